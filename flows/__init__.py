@@ -1,0 +1,1 @@
+"""Prefect flows: entry points that compose tasks (see ``plm --help``)."""

@@ -1,0 +1,126 @@
+"""The ``plm`` command line.
+
+    plm data configs/demo.yaml [--set cluster.threads=8]   run the data_refresh flow
+    plm run configs/demo.yaml                               end to end (data, then later stages when enabled)
+    plm config configs/demo.yaml                            print the validated config
+    plm lineage runs | show PATH_OR_ID | trace PATH_OR_ID   query lineage (--db or --config picks the file)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline_lib.errors import PipelineError
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", default="configs/demo.yaml", help="YAML config (default configs/demo.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set cluster.threads=8 (repeatable)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="plm", description="Protein language model data and pretraining pipeline")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name, text in (("data", "run the data_refresh flow"), ("run", "run the end-to-end flow"),
+                       ("config", "validate and print a config")):
+        _add_config(sub.add_parser(name, help=text))
+    lin = sub.add_parser("lineage", help="query the lineage database")
+    lin.add_argument("what", choices=["runs", "show", "trace"])
+    lin.add_argument("target", nargs="?", help="artifact path, artifact/step/run id")
+    lin.add_argument("--db", help="lineage DuckDB file")
+    lin.add_argument("--config", default=None, help="config whose lineage file to read (default configs/demo.yaml)")
+    lin.add_argument("--json", action="store_true", help="print JSON")
+    return ap
+
+
+def _print_summary(result) -> None:
+    print("\nstage      status     key               details")
+    for name, out in result.stages.items():
+        status = "cached" if out.cached else ("checked" if name == "fetch" else "ran")
+        brief = {k: v for k, v in out.stats.items() if k not in ("commands", "packages")}
+        print(f"{name:<10} {status:<10} {out.cache_key[:16]}  {json.dumps(brief, default=str)[:110]}")
+    ing = result.stages["ingest"]
+    print(f"\nshards:     {result.shards_dir}")
+    print(f"quarantine: {ing.path('quarantine.parquet')} (+ split stage: {result.stages['split'].path('quarantine.parquet')})")
+    print(f"lineage:    {result.lineage}   (plm lineage runs | show | trace)")
+
+
+def _lineage(args: argparse.Namespace) -> int:
+    from pipeline_lib.config import load_config
+    from pipeline_lib.lineage import LineageStore
+
+    db = Path(args.db) if args.db else load_config(args.config or "configs/demo.yaml").lineage_path
+    store = LineageStore(db) if db.exists() else None
+    if store is None:
+        raise PipelineError(f"no lineage database at {db}: run a flow first or pass --db")
+    if args.what == "runs":
+        rows: Any = store.runs()
+    elif not args.target:
+        raise PipelineError(f"plm lineage {args.what} needs a PATH_OR_ID")
+    elif args.what == "show":
+        rows = store.show(args.target)
+    else:
+        rows = store.trace(args.target)
+    if args.json or args.what == "show":
+        print(json.dumps(rows, indent=2, default=str))
+    elif args.what == "runs":
+        for r in rows:
+            print(f"{r['run_id']}  {r['flow']:<13} {r['status']:<10} {r['started_at']:%Y-%m-%d %H:%M:%S}  {r['name']}")
+    else:
+        _print_trace(rows)
+    return 0
+
+
+def _print_trace(chain: list[dict[str, Any]]) -> None:
+    for s in chain:
+        pad = "  " * s["depth"]
+        print(f"{pad}<- {s['stage']} [{s['status']}] step {s['step_id']} run {s['run_id']}")
+        release = json.loads(s["stats"] or "{}").get("release")
+        if release:
+            print(f"{pad}   release: {release}")
+        tools = json.loads(s["tool_versions"] or "{}")
+        if tools:
+            print(f"{pad}   tools:  {tools}")
+        print(f"{pad}   params: {s['params']}")
+        for i in s["inputs"]:
+            meta = json.loads(i["meta"] or "{}")
+            extra = f"  {meta}" if meta else ""
+            print(f"{pad}   input:  {i['kind']} {i['path']} sha256:{i['content_hash'][:16]}{extra}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from flows.runs import env_defaults
+
+    env_defaults()
+    try:
+        if args.cmd == "lineage":
+            return _lineage(args)
+        from pipeline_lib.config import load_config
+
+        cfg = load_config(args.config, args.overrides)  # fail fast on config errors, before Prefect starts
+        if args.cmd == "config":
+            print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+            return 0
+        if args.cmd == "data":
+            from flows.data_refresh import data_refresh
+
+            _print_summary(data_refresh(args.config, args.overrides))
+            return 0
+        if args.cmd == "run":
+            from flows.end_to_end import end_to_end
+
+            _print_summary(end_to_end(args.config, args.overrides))
+            return 0
+    except PipelineError as exc:
+        print(f"plm: error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Opening and closing a pipeline run in lineage (shared by every flow)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+
+from prefect.runtime import flow_run
+
+from pipeline_lib.config import Config
+from pipeline_lib.lineage import LineageStore, RunRecord
+from pipeline_lib.tools.mmseqs import MMseqs
+from tasks.common import RunContext, code_version
+
+
+def tool_versions(cfg: Config) -> dict[str, str]:
+    versions = {"plm-pipeline": code_version()}
+    try:
+        versions["mmseqs"] = MMseqs(binary=cfg.cluster.binary).version()
+    except Exception as exc:  # recorded, not fatal here: the stage that needs mmseqs raises clearly
+        versions["mmseqs"] = f"unavailable: {exc}".splitlines()[0]
+    return versions
+
+
+@contextlib.contextmanager
+def pipeline_run(cfg: Config, flow: str) -> Iterator[RunContext]:
+    """Record the run as running, then completed / failed (crashed runs are found by ``mark_crashed``)."""
+    workdir = cfg.workdir_path
+    workdir.mkdir(parents=True, exist_ok=True)
+    store = LineageStore(cfg.lineage_path)
+    store.mark_crashed()
+    run_id = str(flow_run.id or uuid.uuid4())
+    store.start_run(RunRecord(run_id, flow, cfg.name, cfg.model_dump(mode="json"), cfg.hash(), code_version(),
+                              str(workdir), tool_versions=tool_versions(cfg)))
+    ctx = RunContext(run_id, str(workdir), str(cfg.lineage_path))
+    try:
+        yield ctx
+    except BaseException as exc:
+        store.end_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
+        raise
+    store.end_run(run_id, "completed")
+
+
+def env_defaults() -> None:
+    """Offline-friendly Prefect defaults (the user's environment wins)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")

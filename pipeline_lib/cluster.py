@@ -1,0 +1,114 @@
+"""Multi-level MMseqs2 clustering, like UniRef: cluster at the highest identity, then cluster those
+representatives at the next cutoff, and so on.
+
+    result = cluster_sequences(Path("ingest/sequences.parquet"), out_dir, ClusterConfig(), tmp_dir)
+
+Output: ``clusters.parquet`` (``id`` -> ``cluster_<level>`` representative at every level) and
+``cluster_sizes.parquet`` (level, representative, number of sequences).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+from pipeline_lib.config import ClusterConfig
+from pipeline_lib.errors import DataValidationError
+from pipeline_lib.tools.mmseqs import MMseqs
+
+__all__ = ["ClusterResult", "cluster_sequences", "write_fasta_from_parquet"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClusterResult:
+    sequences: int
+    clusters_per_level: dict[str, int]
+    commands: list[list[str]] = field(default_factory=list)
+    mmseqs_version: str = ""
+
+
+def write_fasta_from_parquet(parquet: Path, fasta: Path) -> int:
+    """Write ``>ordinal`` / sequence records (row number as id: mmseqs rewrites ``sp|ACC|NAME`` ids)."""
+    n = 0
+    pf = pq.ParquetFile(parquet)
+    with open(fasta, "w") as fh:
+        for batch in pf.iter_batches(columns=["sequence"], batch_size=65536):
+            for seq in batch.column("sequence").to_pylist():
+                fh.write(f">{n}\n{seq}\n")
+                n += 1
+    return n
+
+
+def cluster_sequences(sequences: Path, out_dir: Path, cfg: ClusterConfig, tmp_dir: Path) -> ClusterResult:
+    mm = MMseqs(binary=cfg.binary, threads=cfg.threads)
+    version = mm.version()
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fasta = tmp_dir / "level_input.fasta"
+    n = write_fasta_from_parquet(sequences, fasta)
+    if n == 0:
+        raise DataValidationError("no sequences to cluster", path=str(sequences))
+    result = ClusterResult(sequences=n, clusters_per_level={}, mmseqs_version=version)
+    tsvs: dict[str, Path] = {}
+    for level in cfg.levels:
+        prefix = tmp_dir / f"{level.name}"
+        args = mm.easy_cluster(fasta, prefix, tmp_dir / f"{level.name}_tmp", method=level.method,
+                               min_seq_id=level.min_seq_id, coverage=level.coverage, cov_mode=level.cov_mode,
+                               cluster_mode=level.cluster_mode, log_file=tmp_dir / "mmseqs.log")
+        result.commands.append(["mmseqs", *args])
+        tsvs[level.name] = Path(f"{prefix}_cluster.tsv")
+        fasta = Path(f"{prefix}_rep_seq.fasta")
+        shutil.rmtree(tmp_dir / f"{level.name}_tmp", ignore_errors=True)
+    result.clusters_per_level = _write_outputs(sequences, tsvs, out_dir, tmp_dir)
+    for level in cfg.levels:
+        log.info("cluster %s (min_seq_id %.2f): %d clusters", level.name, level.min_seq_id,
+                 result.clusters_per_level[level.name])
+    return result
+
+
+def _write_outputs(sequences: Path, tsvs: dict[str, Path], out_dir: Path, tmp_dir: Path) -> dict[str, int]:
+    """Compose the per-level (representative, member) tables into id -> representative at every level.
+
+    Level k clusters the representatives of level k-1, so a sequence's level-k representative is the
+    level-k representative of its level-(k-1) representative. DuckDB does the joins out of core.
+    """
+    from pipeline_lib.ingest import DUCKDB_MEMORY_LIMIT  # shared memory cap for DuckDB work
+
+    names = list(tsvs)
+    con = duckdb.connect()
+    try:
+        con.execute(f"SET memory_limit='{DUCKDB_MEMORY_LIMIT}'; SET temp_directory='{tmp_dir}'")
+        for lv, tsv in tsvs.items():
+            con.execute(f"""CREATE TEMP TABLE l_{lv} AS SELECT * FROM read_csv('{tsv}', delim='\t', header=false,
+                columns={{'rep': 'BIGINT', 'member': 'BIGINT'}})""")
+        select = [f"r_{names[0]}.id AS cluster_{names[0]}"]
+        joins = []
+        for prev, lv in zip(names, names[1:]):
+            joins.append(f"JOIN l_{lv} ON l_{lv}.member = l_{prev}.rep")
+            select.append(f"r_{lv}.id AS cluster_{lv}")
+        con.execute(f"""CREATE TEMP TABLE seqs AS
+            SELECT id, (row_number() OVER ()) - 1 AS ord FROM read_parquet('{sequences}')""")
+        con.execute(f"""CREATE TEMP TABLE clusters AS
+            SELECT s.id, {', '.join(select)} FROM seqs s
+            LEFT JOIN l_{names[0]} ON l_{names[0]}.member = s.ord {' '.join('LEFT ' + j for j in joins)}
+            {' '.join(f'LEFT JOIN seqs r_{lv} ON r_{lv}.ord = l_{lv}.rep' for lv in names)}
+            ORDER BY s.ord""")
+        missing = con.execute(f"SELECT id FROM clusters WHERE {' OR '.join(f'cluster_{lv} IS NULL' for lv in names)} "
+                              "LIMIT 3").fetchall()
+        if missing:
+            raise DataValidationError(f"mmseqs output lacks sequences, e.g. {[m[0] for m in missing]}",
+                                      path=str(sequences))
+        con.execute(f"COPY clusters TO '{out_dir / 'clusters.parquet'}' (FORMAT parquet, COMPRESSION zstd)")
+        union = " UNION ALL ".join(
+            f"SELECT '{lv}' AS level, cluster_{lv} AS representative, count(*)::BIGINT AS size FROM clusters GROUP BY 2"
+            for lv in names)
+        con.execute(f"COPY (SELECT * FROM ({union}) ORDER BY level, size DESC, representative) "
+                    f"TO '{out_dir / 'cluster_sizes.parquet'}' (FORMAT parquet, COMPRESSION zstd)")
+        return {lv: con.execute(f"SELECT count(DISTINCT cluster_{lv}) FROM clusters").fetchone()[0] for lv in names}
+    finally:
+        con.close()

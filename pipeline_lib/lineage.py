@@ -1,0 +1,281 @@
+"""Lineage in DuckDB: runs, steps, artifacts, the edges between them, and metrics.
+
+    store = LineageStore("work/lineage.duckdb")
+    store.start_run(RunRecord(...)); store.record_step(StepRecord(...)); store.end_run(run_id, "completed")
+    store.trace("work/shards/train/part-00000.parquet")   # what produced this shard, from what
+
+DuckDB allows one writing process: every write opens the file, writes in one transaction and closes it
+at once, retrying while another process holds the lock, so readers (CLI, dashboard) and several runs
+interleave. Within a process a lock serializes writers; workers hand their records to the flow process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from pipeline_lib.errors import PipelineError
+from pipeline_lib.io import sha256_file, stable_hash
+
+__all__ = ["ArtifactRecord", "StepRecord", "RunRecord", "LineageStore", "artifact_for", "utcnow"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, flow VARCHAR, name VARCHAR, config JSON, config_hash VARCHAR,
+    code_version VARCHAR, tool_versions JSON, started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ,
+    status VARCHAR, host VARCHAR, pid INTEGER, workdir VARCHAR, error VARCHAR);
+CREATE TABLE IF NOT EXISTS steps (
+    step_id VARCHAR PRIMARY KEY, run_id VARCHAR, stage VARCHAR, params JSON, cache_key VARCHAR,
+    status VARCHAR, started_at TIMESTAMPTZ, ended_at TIMESTAMPTZ, duration_s DOUBLE, error VARCHAR,
+    tool_versions JSON, stats JSON);
+CREATE TABLE IF NOT EXISTS artifacts (
+    artifact_id VARCHAR PRIMARY KEY, path VARCHAR, kind VARCHAR, content_hash VARCHAR, rows BIGINT,
+    bytes BIGINT, meta JSON, created_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS edges (step_id VARCHAR, artifact_id VARCHAR, direction VARCHAR);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id VARCHAR, step_id VARCHAR, name VARCHAR, step BIGINT, value DOUBLE, ts TIMESTAMPTZ);
+"""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class ArtifactRecord:
+    path: str
+    kind: str
+    content_hash: str
+    rows: int | None = None
+    bytes: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def artifact_id(self) -> str:
+        return stable_hash([self.path, self.content_hash])[:24]
+
+
+@dataclass
+class StepRecord:
+    run_id: str
+    stage: str
+    params: dict[str, Any]
+    cache_key: str
+    status: str                       # completed / cached / failed
+    started_at: datetime
+    ended_at: datetime
+    inputs: list[ArtifactRecord] = field(default_factory=list)
+    outputs: list[ArtifactRecord] = field(default_factory=list)
+    tool_versions: dict[str, str] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    step_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.step_id:
+            self.step_id = stable_hash([self.run_id, self.stage, self.cache_key, self.started_at.isoformat()])[:24]
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    flow: str
+    name: str
+    config: dict[str, Any]
+    config_hash: str
+    code_version: str
+    workdir: str
+    tool_versions: dict[str, str] = field(default_factory=dict)
+    started_at: datetime = field(default_factory=utcnow)
+    status: str = "running"
+
+
+def artifact_for(path: str | os.PathLike[str], kind: str, *, rows: int | None = None,
+                 meta: dict[str, Any] | None = None, content_hash: str | None = None) -> ArtifactRecord:
+    """Describe a file (or a directory, hashed over its sorted files) as an artifact."""
+    p = Path(path).resolve()
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        digest = content_hash or stable_hash([[str(f.relative_to(p)), sha256_file(f)] for f in files])
+        size = sum(f.stat().st_size for f in files)
+    else:
+        digest = content_hash or sha256_file(p)
+        size = p.stat().st_size
+    return ArtifactRecord(str(p), kind, digest, rows=rows, bytes=size, meta=meta or {})
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+class LineageStore:
+    """The lineage database. Safe to share between threads; writes retry while another process writes."""
+
+    def __init__(self, path: str | os.PathLike[str], *, lock_timeout_s: float = 120.0) -> None:
+        self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.execute(_SCHEMA)
+
+    @contextmanager
+    def _connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        if read_only and not self.path.exists():
+            raise PipelineError(f"no lineage database at {self.path}")
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.05
+        with self._lock:
+            while True:
+                try:
+                    con = duckdb.connect(str(self.path), read_only=read_only)
+                    break
+                except duckdb.IOException as exc:  # another process holds the file lock
+                    if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                        raise PipelineError(f"lineage database {self.path} is busy: {exc}") from exc
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    # --- writes -------------------------------------------------------------------------------------
+
+    def start_run(self, run: RunRecord) -> None:
+        with self._connect() as con:
+            con.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,NULL,?,?,?,?,NULL)", [
+                run.run_id, run.flow, run.name, _json(run.config), run.config_hash, run.code_version,
+                _json(run.tool_versions), run.started_at, run.status, os.uname().nodename, os.getpid(),
+                run.workdir])
+
+    def end_run(self, run_id: str, status: str, error: str | None = None,
+                tool_versions: dict[str, str] | None = None) -> None:
+        with self._connect() as con:
+            con.execute("UPDATE runs SET ended_at=?, status=?, error=? WHERE run_id=?",
+                        [utcnow(), status, error, run_id])
+            if tool_versions:
+                con.execute("UPDATE runs SET tool_versions=? WHERE run_id=?", [_json(tool_versions), run_id])
+
+    def mark_crashed(self) -> int:
+        """Runs left 'running' by a process that no longer exists on this host become 'crashed'."""
+        host = os.uname().nodename
+        with self._connect() as con:
+            rows = con.execute("SELECT run_id, pid FROM runs WHERE status='running' AND host=?", [host]).fetchall()
+            dead = [rid for rid, pid in rows if pid is not None and not _pid_alive(pid)]
+            for rid in dead:
+                con.execute("UPDATE runs SET status='crashed', ended_at=? WHERE run_id=?", [utcnow(), rid])
+        return len(dead)
+
+    def record_step(self, step: StepRecord) -> None:
+        with self._connect() as con:
+            con.execute("BEGIN")
+            con.execute("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", [
+                step.step_id, step.run_id, step.stage, _json(step.params), step.cache_key, step.status,
+                step.started_at, step.ended_at, (step.ended_at - step.started_at).total_seconds(), step.error,
+                _json(step.tool_versions), _json(step.stats)])
+            for direction, arts in (("input", step.inputs), ("output", step.outputs)):
+                for a in arts:
+                    con.execute("INSERT OR IGNORE INTO artifacts VALUES (?,?,?,?,?,?,?,?)", [
+                        a.artifact_id, a.path, a.kind, a.content_hash, a.rows, a.bytes, _json(a.meta), utcnow()])
+                    con.execute("INSERT INTO edges VALUES (?,?,?)", [step.step_id, a.artifact_id, direction])
+            con.execute("COMMIT")
+
+    def record_metrics(self, run_id: str, step_id: str | None, rows: list[tuple[str, int, float]]) -> None:
+        with self._connect() as con:
+            now = utcnow()
+            con.executemany("INSERT INTO metrics VALUES (?,?,?,?,?,?)",
+                            [(run_id, step_id, name, int(s), float(v), now) for name, s, v in rows])
+
+    # --- reads --------------------------------------------------------------------------------------
+
+    def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        with self._connect(read_only=True) as con:
+            cur = con.execute(sql, params or [])
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self.query("SELECT run_id, flow, name, status, started_at, ended_at, config_hash, code_version "
+                          "FROM runs ORDER BY started_at DESC LIMIT ?", [limit])
+
+    def find_artifacts(self, path_or_id: str) -> list[dict[str, Any]]:
+        p = str(Path(path_or_id).resolve()) if not path_or_id.startswith("/") else path_or_id
+        return self.query("SELECT * FROM artifacts WHERE artifact_id=? OR path=? OR content_hash=? "
+                          "ORDER BY created_at DESC", [path_or_id, p, path_or_id])
+
+    def show(self, path_or_id: str) -> dict[str, Any]:
+        """An artifact, a step or a run by id or path, with its edges."""
+        arts = self.find_artifacts(path_or_id)
+        if arts:
+            a = arts[0]
+            a["produced_by"] = self.query("SELECT s.* FROM edges e JOIN steps s USING (step_id) WHERE "
+                                          "e.artifact_id=? AND e.direction='output' ORDER BY s.started_at",
+                                          [a["artifact_id"]])
+            a["used_by"] = self.query("SELECT s.step_id, s.stage, s.run_id FROM edges e JOIN steps s USING (step_id) "
+                                      "WHERE e.artifact_id=? AND e.direction='input'", [a["artifact_id"]])
+            return {"artifact": a}
+        steps = self.query("SELECT * FROM steps WHERE step_id=?", [path_or_id])
+        if steps:
+            return {"step": steps[0], "edges": self.query(
+                "SELECT e.direction, a.* FROM edges e JOIN artifacts a USING (artifact_id) WHERE e.step_id=?",
+                [path_or_id])}
+        runs = self.query("SELECT * FROM runs WHERE run_id=? OR run_id LIKE ?", [path_or_id, path_or_id + "%"])
+        if runs:
+            return {"run": runs[0], "steps": self.query(
+                "SELECT stage, status, duration_s, cache_key, step_id FROM steps WHERE run_id=? ORDER BY started_at",
+                [runs[0]["run_id"]])}
+        raise PipelineError(f"nothing in lineage matches {path_or_id!r}")
+
+    def trace(self, path_or_id: str, max_depth: int = 32) -> list[dict[str, Any]]:
+        """Walk back from an artifact: each producing step with its params, tool versions and inputs."""
+        arts = self.find_artifacts(path_or_id)
+        if not arts:
+            raise PipelineError(f"no artifact in lineage matches {path_or_id!r}")
+        chain: list[dict[str, Any]] = []
+        frontier, seen, seen_steps = [arts[0]["artifact_id"]], set(), set()
+        depth = 0
+        while frontier and depth < max_depth:
+            nxt = []
+            for aid in frontier:
+                if aid in seen:
+                    continue
+                seen.add(aid)
+                prod = self.query(
+                    "SELECT s.* FROM edges e JOIN steps s USING (step_id) WHERE e.artifact_id=? AND "
+                    "e.direction='output' ORDER BY (s.status='completed') DESC, s.started_at LIMIT 1", [aid])
+                for s in prod:
+                    if s["step_id"] in seen_steps:
+                        continue
+                    seen_steps.add(s["step_id"])
+                    s["inputs"] = self.query(
+                        "SELECT a.artifact_id, a.path, a.kind, a.content_hash, a.meta FROM edges e JOIN artifacts a "
+                        "USING (artifact_id) WHERE e.step_id=? AND e.direction='input'", [s["step_id"]])
+                    s["depth"] = depth
+                    chain.append(s)
+                    nxt += [i["artifact_id"] for i in s["inputs"]]
+            frontier, depth = nxt, depth + 1
+        return chain
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    return asdict(obj)

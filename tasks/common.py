@@ -1,0 +1,151 @@
+"""What every stage task shares: the run context, the content-addressed stage cache, lineage records.
+
+A stage's cache key hashes its parameters, the content hashes of its inputs and the code version.
+Its outputs live in ``<workdir>/stages/<stage>/<key16>/`` with a ``_SUCCESS.json`` marker written
+last (the datatrove "completions" idea), and the directory is built under a temporary name and renamed:
+a killed stage leaves no partial output under the final name, a re-run with nothing changed skips the
+stage ("cached"), and changing one stage's parameters recomputes that stage and what depends on it.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect.logging import get_run_logger
+
+from pipeline_lib import __version__
+from pipeline_lib.errors import TransientError
+from pipeline_lib.io import atomic_dir, clean_temporaries, stable_hash, write_json_atomic
+from pipeline_lib.lineage import ArtifactRecord, LineageStore, StepRecord, artifact_for, utcnow
+
+__all__ = ["RunContext", "StageOutput", "Produced", "run_stage", "code_version", "retry_transient", "logger"]
+
+MARKER = "_SUCCESS.json"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """Package version + hash of the library and task sources (any code change invalidates caches)."""
+    h = hashlib.sha256()
+    for pkg in ("pipeline_lib", "tasks"):
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            h.update(str(f.relative_to(ROOT)).encode())
+            h.update(f.read_bytes())
+    return f"{__version__}+{h.hexdigest()[:12]}"
+
+
+def logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except Exception:  # outside a Prefect run (library use, tests calling .fn)
+        return logging.getLogger("plm")
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Prefect retry condition: retry only network / lock failures, never data or config errors."""
+    try:
+        state.result(raise_on_failure=True)
+    except TransientError:
+        return True
+    except BaseException:
+        return False
+    return False
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Serializable handle a task needs: where to write and which run it belongs to."""
+
+    run_id: str
+    workdir: str
+    lineage_path: str
+
+    @property
+    def store(self) -> LineageStore:
+        return LineageStore(self.lineage_path)
+
+
+@dataclass
+class Produced:
+    """One output of a stage: a file in the stage directory, or ``path`` elsewhere (downloads, sources)."""
+
+    name: str
+    kind: str
+    rows: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+
+@dataclass
+class StageOutput:
+    stage: str
+    cache_key: str
+    directory: str
+    cached: bool
+    outputs: dict[str, ArtifactRecord]
+    stats: dict[str, Any]
+    tool_versions: dict[str, str]
+
+    def path(self, name: str) -> Path:
+        return Path(self.outputs[name].path)
+
+
+def _load_marker(directory: Path) -> dict[str, Any] | None:
+    marker = directory / MARKER
+    if not marker.is_file():
+        return None
+    data = json.loads(marker.read_text())
+    for art in data["outputs"].values():
+        p = Path(art["path"])
+        if not p.exists() or (p.is_file() and p.stat().st_size != art["bytes"]):
+            return None  # outputs deleted or changed since: recompute
+    return data
+
+
+def run_stage(ctx: RunContext, stage: str, params: dict[str, Any], inputs: list[ArtifactRecord],
+              compute: Callable[[Path], tuple[list[Produced], dict[str, Any], dict[str, str]]],
+              *, cache: bool = True) -> StageOutput:
+    """Run ``compute(tmp_dir) -> (produced, stats, tool_versions)`` unless a finished result exists.
+
+    Records one lineage step (completed / cached / failed) with inputs, outputs and edges.
+    """
+    log = logger()
+    key = stable_hash({"stage": stage, "params": params, "inputs": sorted(a.content_hash for a in inputs),
+                       "code": code_version()})
+    final = Path(ctx.workdir) / "stages" / stage / key[:16]
+    clean_temporaries(final.parent)
+    started = utcnow()
+    data = _load_marker(final) if cache else None
+    status = "cached"
+    try:
+        if data is None:
+            status = "completed"
+            log.info("%s: running (cache key %s)", stage, key[:16])
+            with atomic_dir(final) as tmp:
+                produced, stats, tools = compute(tmp)
+                outputs = {p.name: asdict(artifact_for(p.path or tmp / p.name, p.kind, rows=p.rows, meta=p.meta))
+                           for p in produced}
+                for art in outputs.values():  # files made in the stage directory: point at its final name
+                    if Path(art["path"]).is_relative_to(tmp.resolve()):
+                        art["path"] = str(final / Path(art["path"]).relative_to(tmp.resolve()))
+                data = {"stage": stage, "cache_key": key, "params": params, "outputs": outputs,
+                        "stats": stats, "tool_versions": tools, "finished_at": utcnow().isoformat()}
+                write_json_atomic(tmp / MARKER, data)
+        else:
+            log.info("%s: cached, skipping (cache key %s)", stage, key[:16])
+    except BaseException as exc:
+        ctx.store.record_step(StepRecord(ctx.run_id, stage, params, key, "failed", started, utcnow(),
+                                         inputs=inputs, error=f"{type(exc).__name__}: {exc}"[:4000]))
+        raise
+    outputs = {k: ArtifactRecord(**v) for k, v in data["outputs"].items()}
+    ctx.store.record_step(StepRecord(ctx.run_id, stage, params, key, status, started, utcnow(), inputs=inputs,
+                                     outputs=list(outputs.values()), tool_versions=data["tool_versions"],
+                                     stats=data["stats"]))
+    return StageOutput(stage, key, str(final), status == "cached", outputs, data["stats"], data["tool_versions"])

@@ -1,0 +1,159 @@
+"""Prefect tasks of the sequence data path: fetch -> ingest -> cluster -> split -> shards."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import task
+
+from pipeline_lib import schemas
+from pipeline_lib.cluster import cluster_sequences
+from pipeline_lib.config import Config
+from pipeline_lib.ingest import ingest_fasta
+from pipeline_lib.lineage import ArtifactRecord, artifact_for
+from pipeline_lib.shards import write_sequence_shards
+from pipeline_lib.split import assign_splits, decontaminate
+from pipeline_lib.tools.mmseqs import MMseqs
+from tasks.common import Produced, RunContext, StageOutput, logger, retry_transient, run_stage
+
+__all__ = ["fetch", "ingest", "cluster", "split", "shards"]
+
+
+def _fetch_sources(cfg: Config, ctx: RunContext) -> tuple[list[Produced], dict[str, Any]]:
+    """Resolve the configured source to local FASTA files (downloading where needed)."""
+    src = cfg.source
+    downloads = Path(ctx.workdir) / "downloads"
+    if src.kind == "embedded":
+        from pipeline_lib.sources.embedded import embedded_corpus
+
+        files = embedded_corpus(src.corpus)
+        produced = [Produced(f"source_{i}", "source_fasta", path=str(f.path),
+                             meta={"package": f.package, "version": f.package_version, "about": f.description})
+                    for i, f in enumerate(files)]
+        return produced, {"source": "embedded", "release": f"embedded-{src.corpus}",
+                          "packages": {f.package: f.package_version for f in files}}
+    if src.kind == "fasta":
+        from pipeline_lib.sources.fasta_files import resolve_fasta_inputs
+
+        paths = resolve_fasta_inputs(src.paths, downloads / "urls")
+        return [Produced(f"source_{i}", "source_fasta", path=str(p)) for i, p in enumerate(paths)], \
+            {"source": "fasta", "release": None}
+    from pipeline_lib.sources.uniref import download_uniref
+
+    result, release = download_uniref(src, downloads)
+    meta = {"release": release.release, "md5": release.md5, "url": result.url, "database": src.database}
+    return [Produced("source_0", "source_fasta", path=str(result.path), meta=meta)], \
+        {"source": "uniref", "release": release.release, "database": src.database, "md5": release.md5}
+
+
+@task(name="fetch", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)
+def fetch(ctx: RunContext, cfg: Config) -> StageOutput:
+    """Stage 1: download / locate the source FASTA files (verified against published checksums)."""
+    def compute(tmp: Path):
+        produced, info = _fetch_sources(cfg, ctx)
+        return produced, info, {}
+
+    # Fetching is never served from cache: it is cheap to re-check and must notice a new release.
+    return run_stage(ctx, "fetch", cfg.source.model_dump(mode="json"), [], compute, cache=False)
+
+
+@task(name="ingest")
+def ingest(ctx: RunContext, cfg: Config, source: StageOutput) -> StageOutput:
+    """Stage 2: FASTA -> sequences / duplicates / quarantine Parquet."""
+    inputs = list(source.outputs.values())
+
+    def compute(tmp: Path):
+        stats = ingest_fasta([Path(a.path) for a in inputs], tmp, cfg.ingest)
+        produced = [Produced("sequences.parquet", "sequences", stats.kept),
+                    Produced("duplicates.parquet", "duplicates", stats.duplicates),
+                    Produced("quarantine.parquet", "quarantine", stats.quarantined)]
+        return produced, _asdict(stats), {}
+
+    return run_stage(ctx, "ingest", cfg.ingest.model_dump(mode="json"), inputs, compute)
+
+
+@task(name="cluster")
+def cluster(ctx: RunContext, cfg: Config, ingested: StageOutput) -> StageOutput:
+    """Stage 3: multi-level MMseqs2 clustering."""
+    seqs = ingested.outputs["sequences.parquet"]
+    mm = MMseqs(binary=cfg.cluster.binary, threads=cfg.cluster.threads)
+    # threads change speed, not results: keep them out of the cache key
+    params = cfg.cluster.model_dump(mode="json", exclude={"threads"}) | {"mmseqs_version": mm.version()}
+
+    def compute(tmp: Path):
+        res = cluster_sequences(Path(seqs.path), tmp, cfg.cluster, tmp / "_mmseqs")
+        _rm(tmp / "_mmseqs")
+        produced = [Produced("clusters.parquet", "clusters", res.sequences,
+                             meta={"levels": [lv.name for lv in cfg.cluster.levels]}),
+                    Produced("cluster_sizes.parquet", "cluster_sizes")]
+        stats = {"sequences": res.sequences, "clusters_per_level": res.clusters_per_level, "commands": res.commands}
+        return produced, stats, {"mmseqs": res.mmseqs_version}
+
+    return run_stage(ctx, "cluster", params, [seqs], compute)
+
+
+@task(name="split")
+def split(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageOutput) -> StageOutput:
+    """Stage 4: train/valid/test by cluster at the split level, with optional decontamination."""
+    seqs, clusters = ingested.outputs["sequences.parquet"], clustered.outputs["clusters.parquet"]
+    inputs: list[ArtifactRecord] = [seqs, clusters] + [artifact_for(f, "eval_fasta") for f in cfg.split.decontaminate.fasta]
+    params = {"split": cfg.split.model_dump(mode="json"), "level": cfg.split_level, "seed": cfg.seed}
+
+    def compute(tmp: Path):
+        rows, cmd = decontaminate(Path(seqs.path), Path(clusters.path), cfg.split.decontaminate, cfg.split,
+                                  level=cfg.split_level, seed=cfg.seed, tmp_dir=tmp / "_mmseqs",
+                                  threads=cfg.cluster.threads, binary=cfg.cluster.binary)
+        _rm(tmp / "_mmseqs")
+        res = assign_splits(Path(clusters.path), tmp, cfg.split, level=cfg.split_level, seed=cfg.seed,
+                            excluded={r["id"] for r in rows})
+        pq.write_table(pa.Table.from_pylist(rows, schema=schemas.QUARANTINE), tmp / "quarantine.parquet")
+        produced = [Produced("splits.parquet", "splits", sum(res.sizes.values())),
+                    Produced("quarantine.parquet", "quarantine", len(rows))]
+        stats = {"sizes": res.sizes, "clusters": res.clusters, "decontaminated": len(rows),
+                 "commands": [cmd] if cmd else []}
+        return produced, stats, ({"mmseqs": MMseqs(binary=cfg.cluster.binary).version()} if cmd else {})
+
+    return run_stage(ctx, "split", params, inputs, compute)
+
+
+@task(name="shards")
+def shards(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageOutput,
+           splitted: StageOutput) -> StageOutput:
+    """Stage 5: tokenized zstd Parquet shards per split + manifest.json."""
+    seqs = ingested.outputs["sequences.parquet"]
+    clusters, splits = clustered.outputs["clusters.parquet"], splitted.outputs["splits.parquet"]
+    levels = [lv.name for lv in cfg.cluster.levels]
+    provenance = {"run_id": ctx.run_id, "config_hash": cfg.hash(), "inputs": {
+        "sequences": seqs.content_hash, "clusters": clusters.content_hash, "splits": splits.content_hash},
+        "cluster_cache_key": clustered.cache_key, "split_cache_key": splitted.cache_key}
+
+    def compute(tmp: Path):
+        manifest = write_sequence_shards(Path(seqs.path), Path(clusters.path), Path(splits.path), tmp,
+                                         levels=levels, cfg=cfg.shards, provenance=provenance)
+        produced = [Produced("manifest.json", "manifest")]
+        for split_name, info in manifest["splits"].items():
+            produced += [Produced(f["path"], "shard", f["rows"], meta={"split": split_name, "tokens": f["tokens"]})
+                         for f in info["files"]]
+        stats = {s: {"rows": v["rows"], "tokens": v["tokens"], "files": len(v["files"])}
+                 for s, v in manifest["splits"].items()}
+        return produced, stats, {}
+
+    # provenance names the run, but the shards' content does not depend on it
+    out = run_stage(ctx, "shards", cfg.shards.model_dump(mode="json") | {"levels": levels},
+                    [seqs, clusters, splits], compute)
+    logger().info("shards in %s", out.directory)
+    return out
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(obj)
+
+
+def _rm(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
