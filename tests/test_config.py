@@ -1,0 +1,73 @@
+import pytest
+
+from pipeline_lib.config import load_config
+from pipeline_lib.errors import ConfigError
+from tests.conftest import ROOT
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_presets_validate():
+    demo = load_config(ROOT / "configs" / "demo.yaml")
+    assert demo.source.kind == "embedded" and demo.split_level == "c50"
+    real = load_config(ROOT / "configs" / "uniref50.yaml")
+    assert real.source.kind == "uniref" and [lv.name for lv in real.cluster.levels] == ["c90", "c50", "c30"]
+
+
+def test_unknown_key_names_its_path(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "cluster:\n  treads: 4\n"))
+    assert "cluster.treads" in str(err.value) and "unknown key" in str(err.value)
+
+
+def test_wrong_type_names_path_and_value(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "cluster:\n  threads: many\n"))
+    msg = str(err.value)
+    assert "cluster.threads" in msg and "'many'" in msg and "integer" in msg
+
+
+def test_source_kind_and_nested_list_errors(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "source: {kind: fasta}\n"))
+    assert "source.paths" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "cluster:\n  levels:\n    - {name: a, min_seq_id: 2}\n"))
+    assert "cluster.levels.0.min_seq_id" in str(err.value)
+
+
+def test_levels_must_decrease_and_split_level_exist(tmp_path):
+    with pytest.raises(ConfigError, match="strictly decreasing"):
+        load_config(write(tmp_path, "cluster:\n  levels: [{name: a, min_seq_id: 0.5}, {name: b, min_seq_id: 0.9}]\n"))
+    with pytest.raises(ConfigError, match="split.level 'c30' is not a cluster level"):
+        load_config(write(tmp_path, "split: {level: c30}\n"))
+
+
+def test_overrides(tmp_path):
+    cfg = load_config(ROOT / "configs" / "demo.yaml", ["cluster.threads=8", "split.valid_fraction=0.1",
+                                                        "source={kind: fasta, paths: [a.fa]}"])
+    assert cfg.cluster.threads == 8 and cfg.split.valid_fraction == 0.1 and cfg.source.paths == ["a.fa"]
+    with pytest.raises(ConfigError, match="source.corpus: unknown key"):
+        load_config(ROOT / "configs" / "demo.yaml", ["source.kind=fasta", "source.paths=[a.fa]"])
+    with pytest.raises(ConfigError, match="KEY.PATH=VALUE"):
+        load_config(None, ["cluster.threads"])
+    with pytest.raises(ConfigError, match="cluster.threads"):
+        load_config(None, ["cluster.threads=-1"])
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "a: [1, 2\n"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_config_hash_changes_with_values():
+    a, b = load_config(None), load_config(None, ["seed=1"])
+    assert a.hash() != b.hash() and a.hash() == load_config(None).hash()
