@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("data", "run the data_refresh flow"), ("run", "run the end-to-end flow"),
                        ("config", "validate and print a config")):
         _add_config(sub.add_parser(name, help=text))
+    sub.choices["config"].add_argument("--reference", action="store_true",
+                                       help="print the reference of every config key (markdown)")
     lin = sub.add_parser("lineage", help="query the lineage database")
     lin.add_argument("what", choices=["runs", "show", "trace"])
     lin.add_argument("target", nargs="?", help="artifact path, artifact/step/run id")
@@ -103,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline_lib.config import load_config
 
         cfg = load_config(args.config, args.overrides)  # fail fast on config errors, before Prefect starts
+        if args.cmd == "config" and args.reference:
+            from pipeline_lib.config_reference import config_reference
+
+            print(config_reference())
+            return 0
         if args.cmd == "config":
             print(json.dumps(cfg.model_dump(mode="json"), indent=2))
             return 0

@@ -134,16 +134,16 @@ class Config(StrictModel):
     name: str = Field("run", description="Name of this pipeline configuration (used in lineage and paths).")
     workdir: str = Field("work", description="Where every artifact goes; relative paths are from the CWD.")
     seed: int = Field(0, description="Seed of every random choice (splits, sampling, masking).")
-    source: Source = Field(default_factory=EmbeddedSource)
-    ingest: IngestConfig = Field(default_factory=IngestConfig)
-    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
-    split: SplitConfig = Field(default_factory=SplitConfig)
-    shards: ShardsConfig = Field(default_factory=ShardsConfig)
-    lineage: LineageConfig = Field(default_factory=LineageConfig)
-    structures: Any = None
-    msa: Any = None
-    train: Any = None
-    evaluate: Any = None
+    source: Source = Field(default_factory=EmbeddedSource, description="Where sequences come from (by `kind`).")
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="FASTA -> Parquet filters.")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Multi-level MMseqs2 clustering.")
+    split: SplitConfig = Field(default_factory=SplitConfig, description="Train/valid/test by cluster.")
+    shards: ShardsConfig = Field(default_factory=ShardsConfig, description="Token shard layout.")
+    lineage: LineageConfig = Field(default_factory=LineageConfig, description="Lineage database.")
+    structures: Any = Field(None, description="Structure / 3Di stage (SaProt tokens).")
+    msa: Any = Field(None, description="MSA stage (MSA Transformer data).")
+    train: Any = Field(None, description="Pretraining.")
+    evaluate: Any = Field(None, description="Evaluation.")
 
     @model_validator(mode="before")
     @classmethod

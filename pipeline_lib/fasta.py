@@ -26,6 +26,7 @@ BLOCK = 1 << 22  # 4 MiB reads
 
 _UNIPROT_ID = re.compile(r"^(?P<db>sp|tr)\|(?P<acc>[A-Za-z0-9_.-]+)\|(?P<name>\S+)$")
 # a field starts at " KEY=" where KEY is an upper/lower-case word, e.g. " OS=", " n=", " TaxID="
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\ufffd]")
 _FIELD = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z]*)=")
 _UNIREF_ID = re.compile(r"^(?P<db>UniRef(?:50|90|100))_(?P<acc>\S+)$")
 
@@ -143,7 +144,7 @@ def parse_header(header: str) -> Header:
     """
     if not header or not header.strip():
         raise ValueError("empty header")
-    if any(ord(c) < 32 and c != "\t" for c in header) or "\ufffd" in header:
+    if _CONTROL.search(header):
         raise ValueError("header has control or non-UTF-8 bytes")
     ident, _, rest = header.strip().partition(" ")
     ident = ident.strip()
