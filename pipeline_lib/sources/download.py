@@ -1,0 +1,425 @@
+"""Resumable, verified HTTP downloads: ``dest.partial`` + Range resume, retries, MD5/size check, atomic rename.
+
+    from pipeline_lib.sources.download import download
+    result = download("https://ftp.uniprot.org/.../uniref50.fasta.gz", "downloads/uniref50.fasta.gz",
+                      expected_size=..., expected_md5=...)
+
+How it behaves:
+
+- ``dest`` already present (and matching ``expected_size``/``expected_md5`` when given): nothing is fetched.
+- Bytes stream (1 MiB chunks) into ``dest.partial``; a retry, or a later run, resumes it with
+  ``Range: bytes=N-`` (206 appends; 200 means the server ignored the range, so it restarts from 0).
+- Transient failures (connection errors, 408/429/5xx, stalls longer than ``timeout_s``, short reads) are
+  retried with exponential backoff; after the last attempt :class:`DownloadError` (a TransientError) is
+  raised. Other 4xx and refused URLs raise :class:`PermanentDownloadError`, which is never retried.
+- MD5 and SHA-256 are computed while streaming (a resumed partial is hashed first); a mismatch raises
+  :class:`ChecksumError` and moves the file aside as ``dest.corrupt``; a good file is renamed into place.
+- URLs in logs and errors go through :func:`redact_url` (no user:password, no token-like query values).
+
+Tests: ``.venv/bin/pytest -q tests/test_download.py``.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import requests
+import urllib3
+
+from pipeline_lib.errors import ChecksumError, DownloadError, PipelineError
+from pipeline_lib.progress import Progress
+
+__all__ = [
+    "DownloadResult", "HeadInfo", "PermanentDownloadError",
+    "download", "fetch_bytes", "head", "redact_url", "check_url_allowed",
+]
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+MAX_BACKOFF_S = 60.0
+_RETRY_STATUS = frozenset({408, 429})
+_SECRET_PARAMS = ("token", "key", "sig", "signature", "password", "passwd", "secret", "auth", "credential")
+T = TypeVar("T")
+
+
+class PermanentDownloadError(PipelineError):
+    """A download that retrying cannot fix: a refused URL, or a 4xx status other than 408/429."""
+
+    def __init__(self, message: str, *, url: str, status: int | None = None):
+        self.url, self.status = url, status
+        super().__init__(message)
+
+
+class _Transient(Exception):
+    """Internal: one attempt failed in a way worth retrying (message is already redacted)."""
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    path: Path
+    url: str          # redacted
+    bytes: int
+    md5: str
+    sha256: str
+    attempts: int     # HTTP attempts made (0 when skipped)
+    resumed: bool     # some bytes came from an earlier partial transfer
+    skipped: bool     # dest was already present and valid; nothing was fetched
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    url: str          # redacted, after redirects
+    size: int | None
+    etag: str | None
+    last_modified: str | None
+    accept_ranges: bool
+
+
+# --- URL policy ------------------------------------------------------------------------------------
+
+def redact_url(url: str) -> str:
+    """``url`` without user:password and with token-like query values replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if any(s in k.lower() for s in _SECRET_PARAMS) else v) for k, v in pairs],
+                          safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _scrub(text: str, url: str) -> str:
+    """Remove the credentials of ``url`` from free text (exception messages may echo them)."""
+    parts = urlsplit(url)
+    for secret in (parts.password, parts.username):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def check_url_allowed(url: str, allowed_schemes: Iterable[str] = ("http", "https"),
+                      allowed_hosts: Iterable[str] | None = None) -> None:
+    """Raise :class:`PermanentDownloadError` unless the scheme (and host, when a list is given) is allowed."""
+    parts = urlsplit(url)
+    schemes = {s.lower() for s in allowed_schemes}
+    if parts.scheme.lower() not in schemes:
+        raise PermanentDownloadError(
+            f"refusing {redact_url(url)}: scheme {parts.scheme or '<none>'!r} is not one of {sorted(schemes)}",
+            url=redact_url(url))
+    if parts.scheme.lower() in ("http", "https") and not parts.hostname:
+        raise PermanentDownloadError(f"refusing {redact_url(url)}: no host", url=redact_url(url))
+    if allowed_hosts is not None:
+        hosts = {h.lower() for h in allowed_hosts}
+        if (parts.hostname or "").lower() not in hosts:
+            raise PermanentDownloadError(
+                f"refusing {redact_url(url)}: host {parts.hostname!r} is not one of {sorted(hosts)}",
+                url=redact_url(url))
+
+
+
+def _policy(url: str, allowed_schemes: Iterable[str], allowed_hosts: Iterable[str] | None) -> dict[str, Any]:
+    """Check ``url`` now and return the policy keywords that :func:`_request` re-checks after redirects."""
+    policy = {"allowed_schemes": tuple(allowed_schemes),
+              "allowed_hosts": None if allowed_hosts is None else tuple(allowed_hosts)}
+    check_url_allowed(url, **policy)
+    return policy
+
+
+# --- retries ---------------------------------------------------------------------------------------
+
+def _with_retries(fn: Callable[[int], T], *, url: str, retries: int, backoff_s: float) -> T:
+    """Call ``fn(attempt)`` until it returns; retry on :class:`_Transient` with exponential backoff."""
+    for attempt in range(retries + 1):
+        try:
+            return fn(attempt)
+        except _Transient as exc:
+            if attempt >= retries:
+                raise DownloadError(f"{redact_url(url)}: giving up after {attempt + 1} attempts: {exc}") from None
+            delay = min(backoff_s * 2 ** attempt, MAX_BACKOFF_S)
+            log.warning("%s: attempt %d/%d failed (%s); retrying in %.1fs",
+                        redact_url(url), attempt + 1, retries + 1, exc, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+_NETWORK_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+
+
+def _session() -> requests.Session:
+    s = requests.Session()
+    # Byte ranges and checksums refer to the stored bytes: never let the server re-encode them.
+    s.headers["Accept-Encoding"] = "identity"
+    return s
+
+
+def _request(session: requests.Session, method: str, url: str, *, headers: dict[str, str], timeout_s: float,
+             allowed_schemes: Iterable[str], allowed_hosts: Iterable[str] | None) -> requests.Response:
+    """One request; network errors become :class:`_Transient`, refused statuses raise at once."""
+    try:
+        resp = session.request(method, url, headers=headers, stream=True, timeout=(timeout_s, timeout_s))
+    except _NETWORK_ERRORS as exc:
+        raise _Transient(_scrub(f"{type(exc).__name__}: {exc}", url)) from None
+    try:
+        check_url_allowed(resp.url, allowed_schemes, allowed_hosts)  # after redirects
+    except PermanentDownloadError:
+        resp.close()
+        raise
+    status = resp.status_code
+    if status >= 500 or status in _RETRY_STATUS:
+        resp.close()
+        raise _Transient(f"HTTP {status} {resp.reason}")
+    if status >= 400 and status != 416:
+        resp.close()
+        raise PermanentDownloadError(f"{redact_url(url)}: HTTP {status} {resp.reason}",
+                                     url=redact_url(url), status=status)
+    return resp
+
+
+def _read_raw(resp: requests.Response, url: str) -> bytes:
+    """The next chunk of the body as stored (no content decoding); network errors are transient."""
+    try:
+        return resp.raw.read(CHUNK, decode_content=False)
+    except _NETWORK_ERRORS as exc:
+        raise _Transient(_scrub(f"{type(exc).__name__}: {exc}", url)) from None
+
+
+# --- hashing ---------------------------------------------------------------------------------------
+
+class _Hashes:
+    """MD5 + SHA-256 of the bytes written so far to the partial file."""
+
+    def __init__(self) -> None:
+        self.md5, self.sha256, self.n = hashlib.md5(), hashlib.sha256(), 0
+
+    def update(self, block: bytes) -> None:
+        self.md5.update(block)
+        self.sha256.update(block)
+        self.n += len(block)
+
+    @classmethod
+    def of_file(cls, path: Path) -> "_Hashes":
+        h = cls()
+        if path.exists():
+            with open(path, "rb") as fh:
+                while block := fh.read(CHUNK):
+                    h.update(block)
+        return h
+
+
+# --- download --------------------------------------------------------------------------------------
+
+class _Transfer:
+    """State of one download across attempts: the partial file and the running hashes."""
+
+    def __init__(self, url: str, dest: Path, expected_size: int | None, timeout_s: float, progress: bool,
+                 policy: dict[str, Any]) -> None:
+        self.url, self.dest, self.expected_size = url, dest, expected_size
+        self.partial = dest.with_name(dest.name + ".partial")
+        # ETag / Last-Modified of the response the partial came from, sent back as If-Range on resume so
+        # that a file changed on the server restarts from 0 instead of being spliced onto old bytes.
+        self.validator = dest.with_name(dest.name + ".partial.validator")
+        self.timeout_s, self.progress, self.policy = timeout_s, progress, policy
+        self.hashes: _Hashes | None = None
+        self.attempts, self.resumed = 0, False
+        self.session = _session()
+
+    def _reset(self, why: str) -> None:
+        if self.partial.exists():
+            log.info("%s: restarting from byte 0 (%s)", redact_url(self.url), why)
+        self.partial.unlink(missing_ok=True)
+        self.validator.unlink(missing_ok=True)
+        self.hashes = _Hashes()
+
+    def _save_validator(self, resp: requests.Response) -> None:
+        etag = resp.headers.get("ETag", "")
+        value = etag if etag and not etag.startswith("W/") else resp.headers.get("Last-Modified", "")
+        self.validator.parent.mkdir(parents=True, exist_ok=True)
+        self.validator.write_text(value) if value else self.validator.unlink(missing_ok=True)
+
+    def _offset(self) -> int:
+        """Bytes already in the partial file; re-hash them unless the hashes are already current."""
+        size = self.partial.stat().st_size if self.partial.exists() else 0
+        if self.expected_size is not None and size > self.expected_size:
+            self._reset(f"partial has {size} bytes, more than the expected {self.expected_size}")
+            return 0
+        if self.hashes is None or self.hashes.n != size:
+            self.hashes = _Hashes.of_file(self.partial)
+        return size
+
+    def attempt(self, attempt: int) -> None:
+        offset = self._offset()
+        if self.expected_size is not None and offset == self.expected_size and offset > 0:
+            self.resumed = True
+            return  # a previous run got every byte; only verification and rename remain
+        self.attempts += 1
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        if offset and self.validator.is_file():
+            headers["If-Range"] = self.validator.read_text().strip()
+        resp = _request(self.session, "GET", self.url, headers=headers, timeout_s=self.timeout_s, **self.policy)
+        with resp:
+            if resp.status_code == 416:
+                return self._range_not_satisfiable(resp, offset)
+            if resp.status_code == 206:
+                self._check_content_range(resp, offset)
+                self.resumed = self.resumed or offset > 0
+            else:
+                if offset:
+                    self._reset("the server ignored the Range request, or the file changed (If-Range)")
+                    offset = 0
+                self._save_validator(resp)
+            length = _content_length(resp)
+            self._check_announced_size(offset, length)
+            self._stream(resp, offset, length)
+
+    def _range_not_satisfiable(self, resp: requests.Response, offset: int) -> None:
+        total_text = resp.headers.get("Content-Range", "").rpartition("/")[2].strip()
+        total = int(total_text) if total_text.isdigit() else None
+        if offset > 0 and total == offset:
+            return  # the partial already holds the whole file
+        self._reset(f"HTTP 416 for Range bytes={offset}- (server size {total})")
+        raise _Transient("HTTP 416 Range Not Satisfiable; partial discarded")
+
+    def _check_content_range(self, resp: requests.Response, offset: int) -> None:
+        start = resp.headers.get("Content-Range", "").removeprefix("bytes ").split("-", 1)[0].strip()
+        if start != str(offset):
+            self._reset(f"asked for bytes={offset}-, got Content-Range {resp.headers.get('Content-Range')!r}")
+            raise _Transient("206 response for the wrong range")
+
+    def _check_announced_size(self, offset: int, length: int | None) -> None:
+        if self.expected_size is not None and length is not None and offset + length != self.expected_size:
+            raise ChecksumError(f"{redact_url(self.url)}: server announces {offset + length} bytes, "
+                                f"expected {self.expected_size} (file {self.dest})")
+
+    def _stream(self, resp: requests.Response, offset: int, length: int | None) -> None:
+        assert self.hashes is not None
+        total = offset + length if length is not None else self.expected_size
+        label = f"download {self.dest.name}"
+        sink = None if self.progress else (lambda _line: None)
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        got = 0
+        with open(self.partial, "ab" if offset else "wb") as fh, \
+                Progress(label, total=total, unit="B", done=offset, sink=sink) as prog:
+            while block := _read_raw(resp, self.url):
+                fh.write(block)
+                self.hashes.update(block)
+                got += len(block)
+                prog.update(len(block))
+            fh.flush()
+            os.fsync(fh.fileno())
+            if length is not None and got < length:  # inside the block: no "done" progress line
+                raise _Transient(f"short read: got {got} of {length} bytes")
+
+
+def _content_length(resp: requests.Response) -> int | None:
+    try:
+        return int(resp.headers["Content-Length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _verify(path: Path, n: int, md5: str, expected_size: int | None, expected_md5: str | None) -> str | None:
+    """The reason ``path`` fails its expectations, or None."""
+    if expected_size is not None and n != expected_size:
+        return f"size: expected {expected_size} bytes, got {n}"
+    if expected_md5 is not None and md5.lower() != expected_md5.lower():
+        return f"md5: expected {expected_md5.lower()}, got {md5}"
+    return None
+
+
+def _existing(dest: Path, url: str, expected_size: int | None, expected_md5: str | None) -> DownloadResult | None:
+    """A skipped result when ``dest`` is already there and valid (files only land there verified)."""
+    if not dest.is_file() or (expected_size is not None and dest.stat().st_size != expected_size):
+        return None
+    h = _Hashes.of_file(dest)
+    problem = _verify(dest, h.n, h.md5.hexdigest(), expected_size, expected_md5)
+    if problem:
+        log.warning("%s exists but does not match (%s); downloading again", dest, problem)
+        return None
+    log.info("%s already present and valid; skipping %s", dest, redact_url(url))
+    return DownloadResult(dest, redact_url(url), h.n, h.md5.hexdigest(), h.sha256.hexdigest(), 0, False, True)
+
+
+def download(url: str, dest: str | os.PathLike[str], *, expected_size: int | None = None,
+             expected_md5: str | None = None, retries: int = 5, timeout_s: float = 60.0, backoff_s: float = 1.0,
+             allowed_schemes: Iterable[str] = ("http", "https"), allowed_hosts: Iterable[str] | None = None,
+             progress: bool = True) -> DownloadResult:
+    """Fetch ``url`` to ``dest`` (resumable, retried, verified, atomic). See the module docstring."""
+    policy = _policy(url, allowed_schemes, allowed_hosts)
+    dest = Path(dest)
+    done = _existing(dest, url, expected_size, expected_md5)
+    if done is not None:
+        return done
+    t = _Transfer(url, dest, expected_size, timeout_s, progress, policy)
+    try:
+        _with_retries(t.attempt, url=url, retries=retries, backoff_s=backoff_s)
+    finally:
+        t.session.close()  # on failure the partial and its validator stay for the next run to resume
+    t.validator.unlink(missing_ok=True)
+    h = t.hashes if t.hashes is not None and t.hashes.n == t.partial.stat().st_size else _Hashes.of_file(t.partial)
+    md5 = h.md5.hexdigest()
+    problem = _verify(t.partial, h.n, md5, expected_size, expected_md5)
+    if problem:
+        corrupt = dest.with_name(dest.name + ".corrupt")
+        os.replace(t.partial, corrupt)
+        raise ChecksumError(f"file {dest}: {problem} (downloaded from {redact_url(url)}; kept as {corrupt})")
+    os.replace(t.partial, dest)
+    return DownloadResult(dest, redact_url(url), h.n, md5, h.sha256.hexdigest(), t.attempts, t.resumed, False)
+
+
+# --- small fetches ---------------------------------------------------------------------------------
+
+def fetch_bytes(url: str, *, max_bytes: int = 64 << 20, retries: int = 5, timeout_s: float = 60.0,
+                backoff_s: float = 1.0, allowed_schemes: Iterable[str] = ("http", "https"),
+                allowed_hosts: Iterable[str] | None = None, progress: bool = False) -> bytes:
+    """The body of a small document (metalink, release note) in memory, with the same retries and policy."""
+    del progress  # accepted so callers can pass download() keyword arguments through
+    policy = _policy(url, allowed_schemes, allowed_hosts)
+
+    def once(_attempt: int) -> bytes:
+        with _session() as s:
+            resp = _request(s, "GET", url, headers={}, timeout_s=timeout_s, **policy)
+            with resp:
+                if resp.status_code != 200:
+                    raise _Transient(f"unexpected HTTP {resp.status_code} for a plain GET")
+                length, body = _content_length(resp), bytearray()
+                while block := _read_raw(resp, url):
+                    body += block
+                    if len(body) > max_bytes:
+                        raise PermanentDownloadError(f"{redact_url(url)}: larger than {max_bytes} bytes",
+                                                     url=redact_url(url))
+                if length is not None and len(body) < length:
+                    raise _Transient(f"short read: got {len(body)} of {length} bytes")
+                return bytes(body)
+
+    return _with_retries(once, url=url, retries=retries, backoff_s=backoff_s)
+
+
+def head(url: str, *, timeout_s: float = 30.0, retries: int = 2, backoff_s: float = 1.0,
+         allowed_schemes: Iterable[str] = ("http", "https"), allowed_hosts: Iterable[str] | None = None) -> HeadInfo:
+    """Size, ETag, Last-Modified and range support of ``url`` from one HEAD request (retried if transient)."""
+    policy = _policy(url, allowed_schemes, allowed_hosts)
+
+    def once(_attempt: int) -> HeadInfo:
+        with _session() as s:
+            resp = _request(s, "HEAD", url, headers={}, timeout_s=timeout_s, **policy)
+            with resp:
+                return HeadInfo(redact_url(resp.url), _content_length(resp), resp.headers.get("ETag"),
+                                resp.headers.get("Last-Modified"),
+                                resp.headers.get("Accept-Ranges", "").lower() == "bytes")
+
+    return _with_retries(once, url=url, retries=retries, backoff_s=backoff_s)

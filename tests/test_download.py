@@ -1,0 +1,253 @@
+"""Downloads against a real HTTP server on 127.0.0.1 with injected faults (drops, stalls, 5xx, 404, no Range).
+
+Run: ``.venv/bin/pytest -q tests/test_download.py``
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest_http import http_server  # noqa: F401  (fixture)
+from http_server import Fault, LocalHTTPServer
+from pipeline_lib.errors import ChecksumError, DownloadError, PipelineError, TransientError
+from pipeline_lib.sources.download import (
+    PermanentDownloadError, check_url_allowed, download, fetch_bytes, head, redact_url,
+)
+
+SIZE = 3 * (1 << 20) + 12345  # a bit over three 1 MiB chunks
+FAST = {"backoff_s": 0.01, "timeout_s": 5.0, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def payload() -> bytes:
+    return random.Random(0).randbytes(SIZE)
+
+
+@pytest.fixture
+def served(http_server: LocalHTTPServer, payload: bytes) -> LocalHTTPServer:  # noqa: F811
+    http_server.put("/data/file.bin", payload)
+    return http_server
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def test_fresh_download_is_verified_and_atomic(served: LocalHTTPServer, payload: bytes, tmp_path: Path):
+    dest = tmp_path / "out" / "file.bin"
+    r = download(served.url("/data/file.bin"), dest, expected_size=SIZE, expected_md5=md5(payload), **FAST)
+    assert dest.read_bytes() == payload
+    assert (r.path, r.bytes, r.md5, r.attempts, r.resumed, r.skipped) == (dest, SIZE, md5(payload), 1, False, False)
+    assert r.sha256 == hashlib.sha256(payload).hexdigest()
+    assert not dest.with_name("file.bin.partial").exists()
+    assert served.requests_for("/data/file.bin")[0].headers.get("Range") is None
+
+
+def test_skips_existing_valid_file(served: LocalHTTPServer, payload: bytes, tmp_path: Path):
+    dest = tmp_path / "file.bin"
+    download(served.url("/data/file.bin"), dest, expected_size=SIZE, expected_md5=md5(payload), **FAST)
+    r = download(served.url("/data/file.bin"), dest, expected_size=SIZE, expected_md5=md5(payload), **FAST)
+    assert r.skipped and r.attempts == 0 and r.md5 == md5(payload)
+    assert len(served.requests_for("/data/file.bin")) == 1
+
+
+def test_existing_file_with_wrong_content_is_replaced(served: LocalHTTPServer, payload: bytes, tmp_path: Path):
+    dest = tmp_path / "file.bin"
+    dest.write_bytes(b"x" * SIZE)  # right size, wrong bytes
+    r = download(served.url("/data/file.bin"), dest, expected_size=SIZE, expected_md5=md5(payload), **FAST)
+    assert not r.skipped and dest.read_bytes() == payload
+
+
+def test_resume_after_dropped_connection(served: LocalHTTPServer, payload: bytes, tmp_path: Path):
+    served.add_faults("/data/file.bin", Fault(drop_after=SIZE // 2))
+    dest = tmp_path / "file.bin"
+    r = download(served.url("/data/file.bin"), dest, expected_size=SIZE, expected_md5=md5(payload), **FAST)
+    assert dest.read_bytes() == payload
+    reqs = served.requests_for("/data/file.bin")
+    assert len(reqs) == 2 and r.attempts == 2 and r.resumed
+    offset = int(reqs[1].headers["Range"].removeprefix("bytes=").rstrip("-"))
+    assert 0 < offset <= SIZE // 2 and reqs[1].status == 206
+    assert reqs[1].headers["If-Range"] == f'"{md5(payload)}"'  # the ETag of the first response
+    assert not dest.with_name("file.bin.partial.validator").exists()
+    assert served.bytes_sent("/data/file.bin") < 2 * SIZE
+
+
+def test_resume_leftover_partial_from_earlier_run(served: LocalHTTPServer, payload: bytes, tmp_path: Path):
+    dest = tmp_path / "file.bin"
+    dest.with_name("file.bin.partial").write_bytes(payload[:1000])
+    r = download(served.url("/data/file.bin"), dest, expected_size=SIZE, expected_md5=md5(payload), **FAST)
+    assert r.resumed and r.md5 == md5(payload) and dest.read_bytes() == payload
+    (req,) = served.requests_for("/data/file.bin")
+    assert req.headers["Range"] == "bytes=1000-" and req.bytes_sent == SIZE - 1000
+
+
+def test_corrupt_partial_is_caught_by_md5(served: LocalHTTPServer, payload: bytes, tmp_path: Path):
+    dest = tmp_path / "file.bin"
+    dest.with_name("file.bin.partial").write_bytes(b"\0" * 1000)  # resumed bytes are hashed too
+    with pytest.raises(ChecksumError, match="md5"):
+        download(served.url("/data/file.bin"), dest, expected_size=SIZE, expected_md5=md5(payload), **FAST)
+    assert not dest.exists() and dest.with_name("file.bin.corrupt").exists()
+    assert not dest.with_name("file.bin.partial").exists()  # the next run starts clean
+
+
+def test_server_ignoring_range_restarts_from_zero(served: LocalHTTPServer, payload: bytes, tmp_path: Path):
+    dest = tmp_path / "file.bin"
+    dest.with_name("file.bin.partial").write_bytes(payload[:5000])
+    served.add_faults("/data/file.bin", Fault(ignore_range=True))
+    r = download(served.url("/data/file.bin"), dest, expected_size=SIZE, expected_md5=md5(payload), **FAST)
+    assert dest.read_bytes() == payload and not r.resumed
+    (req,) = served.requests_for("/data/file.bin")
+    assert req.headers["Range"] == "bytes=5000-" and req.status == 200
+
+
+def test_file_changed_on_server_restarts_via_if_range(served: LocalHTTPServer, payload: bytes, tmp_path: Path):
+    dest = tmp_path / "file.bin"
+    dest.with_name("file.bin.partial").write_bytes(b"old version of the file")
+    dest.with_name("file.bin.partial.validator").write_text('"etag-of-the-old-version"')
+    r = download(served.url("/data/file.bin"), dest, **FAST)  # no checksum to catch a spliced file
+    assert dest.read_bytes() == payload and not r.resumed
+    (req,) = served.requests_for("/data/file.bin")
+    assert req.headers["If-Range"] == '"etag-of-the-old-version"' and req.status == 200
+
+
+def test_complete_partial_without_expected_size_uses_416(served: LocalHTTPServer, payload: bytes, tmp_path: Path):
+    dest = tmp_path / "file.bin"
+    dest.with_name("file.bin.partial").write_bytes(payload)
+    r = download(served.url("/data/file.bin"), dest, **FAST)
+    assert r.md5 == md5(payload) and dest.read_bytes() == payload
+    assert [q.status for q in served.requests_for("/data/file.bin")] == [416]
+
+
+def test_oversized_partial_restarts(served: LocalHTTPServer, payload: bytes, tmp_path: Path):
+    dest = tmp_path / "file.bin"
+    dest.with_name("file.bin.partial").write_bytes(payload + b"junk")
+    r = download(served.url("/data/file.bin"), dest, **FAST)
+    assert dest.read_bytes() == payload and r.md5 == md5(payload)
+
+
+def test_5xx_then_success_is_retried(served: LocalHTTPServer, payload: bytes, tmp_path: Path):
+    served.add_faults("/data/file.bin", Fault(status=500), Fault(status=503), Fault(status=429))
+    r = download(served.url("/data/file.bin"), tmp_path / "f", expected_md5=md5(payload), **FAST)
+    assert r.attempts == 4 and r.md5 == md5(payload)
+
+
+def test_retries_exhausted_raise_transient_download_error(served: LocalHTTPServer, tmp_path: Path):
+    served.add_faults("/data/file.bin", *[Fault(status=502)] * 3)
+    with pytest.raises(DownloadError, match=r"127\.0\.0\.1.*/data/file\.bin.*3 attempts.*502") as exc:
+        download(served.url("/data/file.bin"), tmp_path / "f", retries=2, **FAST)
+    assert isinstance(exc.value, TransientError)
+
+
+def test_404_fails_at_once_naming_url_and_status(served: LocalHTTPServer, tmp_path: Path):
+    url = served.url("/data/missing.bin")
+    with pytest.raises(PermanentDownloadError) as exc:
+        download(url, tmp_path / "f", retries=5, **FAST)
+    assert url in str(exc.value) and "404" in str(exc.value) and exc.value.status == 404
+    assert isinstance(exc.value, PipelineError) and not isinstance(exc.value, TransientError)
+    assert len(served.requests_for("/data/missing.bin")) == 1
+
+
+def test_stall_is_detected_and_retried(served: LocalHTTPServer, payload: bytes, tmp_path: Path):
+    served.add_faults("/data/file.bin", Fault(stall_s=2.0, stall_after=100_000))
+    t0 = time.monotonic()
+    r = download(served.url("/data/file.bin"), tmp_path / "f", expected_md5=md5(payload),
+                 **{**FAST, "timeout_s": 0.3})
+    assert r.md5 == md5(payload) and r.attempts == 2
+    assert time.monotonic() - t0 < 2.0  # gave up on the stalled response rather than waiting it out
+
+
+def test_short_read_is_retried(served: LocalHTTPServer, payload: bytes, tmp_path: Path):
+    served.add_faults("/data/file.bin", Fault(drop_after=10), Fault(drop_after=10))
+    r = download(served.url("/data/file.bin"), tmp_path / "f", **FAST)
+    assert r.md5 == md5(payload) and r.attempts == 3
+
+
+def test_wrong_md5_raises_and_leaves_no_final_file(served: LocalHTTPServer, payload: bytes, tmp_path: Path):
+    dest = tmp_path / "file.bin"
+    with pytest.raises(ChecksumError) as exc:
+        download(served.url("/data/file.bin"), dest, expected_size=SIZE, expected_md5="0" * 32, **FAST)
+    msg = str(exc.value)
+    assert str(dest) in msg and "0" * 32 in msg and md5(payload) in msg
+    assert not dest.exists() and dest.with_name("file.bin.corrupt").read_bytes() == payload
+
+
+def test_size_mismatch_raises_before_transfer(served: LocalHTTPServer, tmp_path: Path):
+    dest = tmp_path / "file.bin"
+    with pytest.raises(ChecksumError, match=f"{SIZE} bytes, expected {SIZE + 1}"):
+        download(served.url("/data/file.bin"), dest, expected_size=SIZE + 1, **FAST)
+    assert not dest.exists() and not dest.with_name("file.bin.partial").exists()
+    assert len(served.requests_for("/data/file.bin")) == 1  # not retried: the server has other data
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://ftp.uniprot.org/pub/x.gz", "gopher://h/x", "/tmp/x"])
+def test_disallowed_schemes_are_refused(url: str, tmp_path: Path):
+    with pytest.raises(PermanentDownloadError, match="scheme"):
+        download(url, tmp_path / "f", **FAST)
+
+
+def test_host_allow_list(served: LocalHTTPServer, payload: bytes, tmp_path: Path):
+    with pytest.raises(PermanentDownloadError, match="host '127.0.0.1' is not one of"):
+        download(served.url("/data/file.bin"), tmp_path / "f", allowed_hosts=["ftp.uniprot.org"], **FAST)
+    assert served.requests == []
+    r = download(served.url("/data/file.bin"), tmp_path / "f", allowed_hosts=["127.0.0.1"], **FAST)
+    assert r.md5 == md5(payload)
+    check_url_allowed("ftp://ftp.uniprot.org/x", allowed_schemes=("ftp",))  # explicitly allowed: fine
+
+
+def test_credentials_never_reach_errors_or_logs(served: LocalHTTPServer, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture):
+    served.add_faults("/data/missing.bin", Fault(status=500))
+    url = served.url("/data/missing.bin?token=abc123&x=1", userinfo="alice:s3cret")
+    with caplog.at_level(logging.DEBUG), pytest.raises(PermanentDownloadError) as exc:
+        download(url, tmp_path / "f", **FAST)
+    ours = "".join(r.getMessage() for r in caplog.records if r.name.startswith("pipeline_lib"))
+    assert "attempt 1/6 failed" in ours
+    text = str(exc.value) + exc.value.url + ours
+    assert "s3cret" not in text and "alice" not in text and "abc123" not in text
+    assert "s3cret" not in caplog.text  # urllib3's own DEBUG lines show the query, never the userinfo
+    assert "***@127.0.0.1" in str(exc.value) and "x=1" in str(exc.value)
+    assert served.requests[-1].headers.get("Authorization", "").startswith("Basic ")  # still sent to the server
+
+
+def test_redact_url():
+    assert redact_url("https://u:p@h.org/a?b=1") == "https://***@h.org/a?b=1"
+    assert redact_url("https://h.org/a?api_key=zz&n=2") == "https://h.org/a?api_key=***&n=2"
+    assert redact_url("https://h.org/a") == "https://h.org/a"
+
+
+def test_connection_refused_is_transient(tmp_path: Path):
+    with LocalHTTPServer(tmp_path / "www") as srv:
+        url = srv.url("/x")
+    with pytest.raises(DownloadError, match="2 attempts"):
+        download(url, tmp_path / "f", retries=1, **FAST)
+
+
+def test_head_and_fetch_bytes(served: LocalHTTPServer, payload: bytes):
+    info = head(served.url("/data/file.bin"))
+    assert info.size == SIZE and info.accept_ranges and info.etag == f'"{md5(payload)}"'
+    served.put("/small.txt", b"hello world")
+    served.add_faults("/small.txt", Fault(drop_after=3), Fault(status=503))
+    assert fetch_bytes(served.url("/small.txt"), backoff_s=0.01) == b"hello world"
+    with pytest.raises(PermanentDownloadError, match="larger than"):
+        fetch_bytes(served.url("/data/file.bin"), max_bytes=1000)
+
+
+def test_pipeline_lib_sources_do_not_import_prefect():
+    code = ("import sys, pipeline_lib.sources.download, pipeline_lib.sources.uniref, "
+            "pipeline_lib.sources.fasta_files; sys.exit('prefect' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
+
+
+def test_progress_reports_bytes_rate_and_completion(served: LocalHTTPServer, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture):
+    with caplog.at_level(logging.INFO, logger="pipeline_lib.progress"):
+        download(served.url("/data/file.bin"), tmp_path / "file.bin", **{**FAST, "progress": True})
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "pipeline_lib.progress"]
+    assert line.startswith("download file.bin: 3.0 MB / 3.0 MB (100.0%)") and "/s" in line and "done in" in line
