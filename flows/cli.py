@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("data", "run the data_refresh flow"), ("run", "run the end-to-end flow"),
                        ("config", "validate and print a config")):
         _add_config(sub.add_parser(name, help=text))
+    sub.choices["data"].add_argument("--if-changed", action="store_true",
+                                     help="stop early ('no new release') when the upstream source is unchanged")
     sub.choices["config"].add_argument("--reference", action="store_true",
                                        help="print the reference of every config key (markdown)")
     lin = sub.add_parser("lineage", help="query the lineage database")
@@ -40,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_summary(result) -> None:
+    if result.status == "no_new_release":
+        print(f"\nno new release: upstream unchanged since run {result.release.previous_run}")
+        return
     print("\nstage      status     key               details")
     for name, out in result.stages.items():
         status = "cached" if out.cached else ("checked" if name == "fetch" else "ran")
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "data":
             from flows.data_refresh import data_refresh
 
-            _print_summary(data_refresh(args.config, args.overrides))
+            _print_summary(data_refresh(args.config, args.overrides, if_changed=args.if_changed))
             return 0
         if args.cmd == "run":
             from flows.end_to_end import end_to_end

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from dataclasses import dataclass
 from collections.abc import Iterator
 
 from prefect.runtime import flow_run
@@ -23,9 +24,19 @@ def tool_versions(cfg: Config) -> dict[str, str]:
     return versions
 
 
+@dataclass
+class RunHandle(RunContext):
+    """The run context plus the final status a flow may set (e.g. ``no_new_release``)."""
+
+    final_status: str = "completed"
+
+
 @contextlib.contextmanager
 def pipeline_run(cfg: Config, flow: str) -> Iterator[RunContext]:
-    """Record the run as running, then completed / failed (crashed runs are found by ``mark_crashed``)."""
+    """Record the run as running, then completed / failed (crashed runs are found by ``mark_crashed``).
+
+    The flow may set ``ctx.final_status`` (e.g. ``no_new_release``) before the block ends.
+    """
     workdir = cfg.workdir_path
     workdir.mkdir(parents=True, exist_ok=True)
     store = LineageStore(cfg.lineage_path)
@@ -33,13 +44,13 @@ def pipeline_run(cfg: Config, flow: str) -> Iterator[RunContext]:
     run_id = str(flow_run.id or uuid.uuid4())
     store.start_run(RunRecord(run_id, flow, cfg.name, cfg.model_dump(mode="json"), cfg.hash(), code_version(),
                               str(workdir), tool_versions=tool_versions(cfg)))
-    ctx = RunContext(run_id, str(workdir), str(cfg.lineage_path))
+    ctx = RunHandle(run_id, str(workdir), str(cfg.lineage_path))
     try:
         yield ctx
     except BaseException as exc:
         store.end_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
         raise
-    store.end_run(run_id, "completed")
+    store.end_run(run_id, ctx.final_status)
 
 
 def env_defaults() -> None:

@@ -59,7 +59,7 @@ def retry_transient(task, task_run, state) -> bool:
     return False
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunContext:
     """Serializable handle a task needs: where to write and which run it belongs to."""
 

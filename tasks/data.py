@@ -1,6 +1,8 @@
 """Prefect tasks of the sequence data path: fetch -> ingest -> cluster -> split -> shards."""
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,32 @@ from pipeline_lib.split import assign_splits, decontaminate
 from pipeline_lib.tools.mmseqs import MMseqs
 from tasks.common import Produced, RunContext, StageOutput, logger, retry_transient, run_stage
 
-__all__ = ["fetch", "ingest", "cluster", "split", "shards"]
+__all__ = ["check_release", "fetch", "ingest", "cluster", "split", "shards", "ReleaseCheck"]
+
+
+@dataclass
+class ReleaseCheck:
+    changed: bool
+    current: dict[str, Any]
+    previous: dict[str, Any] | None
+    previous_run: str | None
+
+
+@task(name="check_release", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)
+def check_release(ctx: RunContext, cfg: Config) -> ReleaseCheck:
+    """Compare the upstream source's identity (release, checksums) with the last completed fetch."""
+    from pipeline_lib.sources.release import identity_changed, source_identity
+
+    current = source_identity(cfg.source, Path(ctx.workdir) / "downloads")
+    rows = ctx.store.query(
+        "SELECT s.stats, s.run_id FROM steps s JOIN runs r USING (run_id) WHERE s.stage='fetch' AND "
+        "s.status='completed' AND r.status='completed' AND s.params=? ORDER BY s.started_at DESC LIMIT 1",
+        [json.dumps(cfg.source.model_dump(mode="json"), sort_keys=True, default=str)])
+    previous = json.loads(rows[0]["stats"]).get("identity") if rows else None
+    check = ReleaseCheck(identity_changed(previous, current), current, previous, rows[0]["run_id"] if rows else None)
+    logger().info("upstream %s: %s", current.get("release") or cfg.source.kind,
+                  "changed since the last run" if check.changed else f"unchanged since run {check.previous_run}")
+    return check
 
 
 def _fetch_sources(cfg: Config, ctx: RunContext) -> tuple[list[Produced], dict[str, Any]]:
@@ -49,10 +76,12 @@ def _fetch_sources(cfg: Config, ctx: RunContext) -> tuple[list[Produced], dict[s
 
 
 @task(name="fetch", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)
-def fetch(ctx: RunContext, cfg: Config) -> StageOutput:
+def fetch(ctx: RunContext, cfg: Config, release: ReleaseCheck | None = None) -> StageOutput:
     """Stage 1: download / locate the source FASTA files (verified against published checksums)."""
     def compute(tmp: Path):
         produced, info = _fetch_sources(cfg, ctx)
+        if release is not None:
+            info["identity"] = release.current
         return produced, info, {}
 
     # Fetching is never served from cache: it is cheap to re-check and must notice a new release.

@@ -62,12 +62,23 @@ def test_rerun_is_cached_and_param_change_recomputes_only_downstream(first_run):
 
 
 def test_failed_stage_marks_run_and_step_failed(prefect_harness, tmp_path):
-    with pytest.raises(Exception, match="nope.fa"):
+    import gzip
+
+    cut = tmp_path / "cut.fa.gz"
+    data = gzip.compress(b">a\n" + b"MKVLA" * 20000 + b"\n")
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(Exception, match="cut.fa.gz"):
+        data_refresh(str(ROOT / "configs" / "demo.yaml"), overrides(tmp_path, f"source={{kind: fasta, paths: [{cut}]}}"))
+    store = LineageStore(tmp_path / "work" / "lineage.duckdb")
+    run = store.runs()[0]
+    assert run["status"] == "failed"
+    step = store.query("SELECT status, error FROM steps WHERE stage='ingest'")[0]
+    assert step["status"] == "failed" and "truncated" in step["error"]
+    assert not list((tmp_path / "work" / "stages" / "ingest").glob("*/_SUCCESS.json"))
+    with pytest.raises(Exception, match="nope.fa"):  # a missing input fails the run before any stage
         data_refresh(str(ROOT / "configs" / "demo.yaml"),
                      overrides(tmp_path, f"source={{kind: fasta, paths: [{tmp_path / 'nope.fa'}]}}"))
-    store = LineageStore(tmp_path / "work" / "lineage.duckdb")
-    assert store.runs()[0]["status"] == "failed"
-    assert store.query("SELECT status FROM steps WHERE stage='fetch'")[0]["status"] == "failed"
+    assert "nope.fa" in store.query("SELECT error FROM runs ORDER BY started_at DESC LIMIT 1")[0]["error"]
 
 
 def test_cli_lineage_and_config_errors(first_run, capsys, tmp_path):
@@ -91,3 +102,36 @@ def test_library_layer_never_imports_prefect():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n == "prefect" or n.startswith("prefect.") for n in names), path
+
+
+def test_uniref_source_end_to_end_with_release_check(prefect_harness, tmp_path):
+    """A UniProt-like FTP tree on 127.0.0.1: download, verify, ingest ... shards; then 'no new release'."""
+    import gzip
+    import hashlib
+
+    from http_server import LocalHTTPServer
+    from tests.helpers import family_fasta
+
+    fa = tmp_path / "src.fa"
+    family_fasta(fa, families=4, mutants=2, unrelated=6, length=80)
+    lines = fa.read_text().splitlines()
+    uniref = "\n".join(f">UniRef50_{line[1:]} Test protein n=1 Tax=Test TaxID=1 RepID={line[1:]}" if line.startswith(">")
+                       else line for line in lines) + "\n"
+    gz = gzip.compress(uniref.encode())
+    metalink = (f'<?xml version="1.0"?><metalink xmlns="http://www.metalinker.org/" version="3.0"><version>2099_01'
+                f'</version><files><file name="uniref50.fasta.gz"><size>{len(gz)}</size><verification>'
+                f'<hash type="md5">{hashlib.md5(gz).hexdigest()}</hash></verification></file></files></metalink>')
+    with LocalHTTPServer(tmp_path / "www") as srv:
+        srv.put("/pub/uniref/uniref50/uniref50.fasta.gz", gz)
+        srv.put("/pub/uniref/uniref50/RELEASE.metalink", metalink.encode())
+        args = overrides(tmp_path, f"source={{kind: uniref, base_url: '{srv.url('/pub')}', database: uniref50}}",
+                         "ingest.min_length=11")
+        res = data_refresh(str(ROOT / "configs" / "demo.yaml"), args, if_changed=True)
+        assert res.status == "completed" and res.release.changed
+        assert res.stages["fetch"].stats["release"] == "2099_01"
+        assert res.stages["ingest"].stats["kept"] == 4 * 3 + 6
+        src = res.stages["fetch"].outputs["source_0"]
+        assert src.meta["release"] == "2099_01" and "2099_01" in src.path
+        again = data_refresh(str(ROOT / "configs" / "demo.yaml"), args, if_changed=True)
+        assert again.status == "no_new_release" and again.release.previous_run == res.run_id
+        assert LineageStore(again.lineage).show(again.run_id)["run"]["status"] == "no_new_release"
