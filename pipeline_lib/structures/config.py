@@ -1,12 +1,80 @@
-"""Config section `structures` (owned by the structures stage)."""
+"""Config section ``structures`` (owned by the structures stage): where structures come from, how 3Di
+strings are computed, and how structure-aware (SaProt) tokens are masked and joined to sequences.
+
+    structures:
+      enabled: true
+      backend: auto            # foldseek when found, else mini3di
+      sources:
+        - {kind: afdb}           # accessions of the ingested sequences
+        - {kind: directory, path: data/pdb}
+"""
 from __future__ import annotations
+
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from pipeline_lib.config import StrictModel
 
-__all__ = ["StructuresConfig"]
+__all__ = ["StructuresConfig", "DirectorySource", "ArchiveSource", "AfdbSource", "FoldcompSource",
+           "StructureSource", "STRUCTURE_PATTERNS"]
+
+STRUCTURE_PATTERNS = ("*.pdb", "*.pdb.gz", "*.ent", "*.ent.gz", "*.cif", "*.cif.gz", "*.mmcif", "*.mmcif.gz")
+
+
+class DirectorySource(StrictModel):
+    kind: Literal["directory"] = "directory"
+    path: str = Field(..., description="Folder of PDB/mmCIF files (plain or .gz).")
+    recursive: bool = Field(True, description="Descend into subfolders.")
+    patterns: list[str] = Field(list(STRUCTURE_PATTERNS),
+                                description="File-name globs to take; add '*' for extensionless PDB files.")
+
+
+class ArchiveSource(StrictModel):
+    kind: Literal["archive"] = "archive"
+    paths: list[str] = Field(..., min_length=1,
+                             description="Tar archives (.tar, .tar.gz, ...) read member by member, never extracted.")
+    max_member_bytes: int = Field(1 << 30, ge=1, description="Larger members are refused (counted).")
+
+
+class AfdbSource(StrictModel):
+    kind: Literal["afdb"] = "afdb"
+    base_url: str = Field("https://alphafold.ebi.ac.uk",
+                          description="AlphaFold DB root; files are resolved through <base_url>/api/prediction/<acc>.")
+    accessions: list[str] = Field(default_factory=list,
+                                  description="UniProt accessions to fetch (empty: those of the ingested sequences).")
+    file_format: Literal["pdb", "cif"] = Field("pdb", description="Which model file to download (pdbUrl or cifUrl).")
+    concurrency: int = Field(4, ge=1, le=64, description="Parallel API requests and downloads.")
+    retries: int = Field(5, ge=0)
+    timeout_s: float = Field(60.0, gt=0)
+    allowed_hosts: list[str] | None = Field(None, description="Hosts model URLs may point to (None: any).")
+
+
+class FoldcompSource(StrictModel):
+    kind: Literal["foldcomp"] = "foldcomp"
+    path: str = Field(..., description="Foldcomp database path (e.g. afdb_swissprot_v4), needs `pip install foldcomp`.")
+    ids: list[str] | None = Field(None, description="Entries to read (None: every entry).")
+
+
+StructureSource = Annotated[DirectorySource | ArchiveSource | AfdbSource | FoldcompSource,
+                            Field(discriminator="kind")]
 
 
 class StructuresConfig(StrictModel):
     enabled: bool = Field(False, description="Run the structures stage.")
+    backend: Literal["auto", "foldseek", "mini3di"] = Field(
+        "auto", description="3Di encoder: the foldseek binary, the mini3di NumPy port, or foldseek when found.")
+    foldseek_binary: str | None = Field(None, description="Path to foldseek (default: $PLM_FOLDSEEK, then PATH).")
+    threads: int = Field(1, ge=1, description="foldseek --threads per batch.")
+    batch_size: int = Field(64, ge=1, description="Structure files per batch (the unit of work of one worker).")
+    workers: int = Field(1, ge=1, description="Worker processes encoding batches in parallel.")
+    altloc: Literal["last", "first", "occupancy"] = Field(
+        "last", description="Alternative atom locations: 'last' matches Foldseek.")
+    plddt_threshold: float = Field(70.0, ge=0, le=100,
+                                   description="Residues with pLDDT below this get '#' as their 3Di letter (SaProt).")
+    on_mismatch: Literal["quarantine", "align"] = Field(
+        "quarantine", description="Modelled sequence differs from the database sequence: quarantine the "
+                                  "record, or map the 3Di string onto it by global alignment.")
+    align_min_identity: float = Field(0.9, ge=0, le=1,
+                                      description="With on_mismatch=align, lower identity still quarantines.")
+    sources: list[StructureSource] = Field(default_factory=list, description="Where structures come from.")

@@ -1,0 +1,218 @@
+"""Parse PDB / mmCIF files (plain or gzipped) into per-chain sequences, pLDDT and backbone coordinates.
+
+    from pipeline_lib.structures.parse import parse_structure, StructureBlob
+    chains = parse_structure("AF-P69905-F1-model_v4.pdb")             # list[Chain]
+    chains = parse_structure(StructureBlob("x/1abc.cif.gz", raw))       # bytes from an archive or download
+
+Residues are selected the way Foldseek's ``createdb`` selects them (``GemmiWrapper::updateStructure``),
+so that 3Di strings computed from them match Foldseek's: first model only; gemmi's first conformer of each
+residue (point mutations / microheterogeneity); polymer or unknown entities; ATOM and HETATM records
+(so ``MSE`` stays in, mapped to ``M``); only residues with a CA atom. When an atom has alternative
+locations Foldseek keeps the *last* one in the file (``altloc="last"``, the default; ``"first"`` and
+``"occupancy"`` are available for other uses). Chains are named ``<file stem>_<chain id>``; the stem is
+the file name without ``.gz`` and ``.pdb`` / ``.ent`` / ``.cif`` / ``.mmcif``. Files without one of those
+extensions are read as PDB text unless they start with an mmCIF ``data_`` block (Foldseek's SCOP examples).
+
+pLDDT per residue: the mmCIF ``_ma_qa_metric_local`` value where present, else the mean B-factor of the
+residue's atoms (AlphaFold DB and ColabFold store pLDDT in the B-factor column).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import gemmi
+import numpy as np
+
+from pipeline_lib.errors import DataValidationError
+from pipeline_lib.structures.residues import one_letter
+
+__all__ = ["Chain", "StructureBlob", "AltlocMode", "BACKBONE_ATOMS", "parse_structure", "structure_stem",
+           "structure_format"]
+
+AltlocMode = Literal["last", "first", "occupancy"]
+BACKBONE_ATOMS = ("N", "CA", "C", "CB")
+_CIF_EXT = (".cif", ".mmcif")
+_PDB_EXT = (".pdb", ".ent")
+_KEPT_ENTITIES = (gemmi.EntityType.Polymer, gemmi.EntityType.Unknown)
+_PDB_COORD_END = 66  # an ATOM/HETATM record is complete up to the B-factor at column 66
+
+
+@dataclass(frozen=True)
+class StructureBlob:
+    """A structure file held in memory under the name it came with (archive member, download, Foldcomp)."""
+
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True, eq=False)
+class Chain:
+    """One modelled chain: residues in file order (only those with a CA atom).
+
+    ``coords`` has shape ``(L, 4, 3)`` (float32, atoms in :data:`BACKBONE_ATOMS` order, NaN where missing);
+    ``plddt`` has shape ``(L,)`` (float32); ``icodes`` holds one insertion code per residue (space: none).
+    """
+
+    name: str
+    chain_id: str
+    source: str
+    sequence: str
+    resnums: np.ndarray
+    icodes: str
+    plddt: np.ndarray
+    coords: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sequence)
+
+    @property
+    def n(self) -> np.ndarray:
+        return self.coords[:, 0]
+
+    @property
+    def ca(self) -> np.ndarray:
+        return self.coords[:, 1]
+
+    @property
+    def c(self) -> np.ndarray:
+        return self.coords[:, 2]
+
+    @property
+    def cb(self) -> np.ndarray:
+        return self.coords[:, 3]
+
+    @property
+    def mean_plddt(self) -> float:
+        return float(np.mean(self.plddt)) if len(self.plddt) else float("nan")
+
+
+def structure_stem(name: str) -> str:
+    """File name without directories, ``.gz`` and a structure extension: ``a/1tim.pdb.gz`` -> ``1tim``."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    if base.lower().endswith(".gz"):
+        base = base[:-3]
+    for ext in _CIF_EXT + _PDB_EXT:
+        if base.lower().endswith(ext):
+            return base[: -len(ext)]
+    return base
+
+
+def structure_format(name: str, data: bytes) -> Literal["pdb", "cif"]:
+    """``cif`` for ``.cif``/``.mmcif`` names or text starting with ``data_``; ``pdb`` otherwise."""
+    base = name.lower().removesuffix(".gz")
+    if base.endswith(_CIF_EXT):
+        return "cif"
+    if base.endswith(_PDB_EXT):
+        return "pdb"
+    return "cif" if data.lstrip()[:5] == b"data_" else "pdb"
+
+
+def _read_bytes(item: str | os.PathLike[str] | StructureBlob) -> tuple[str, bytes]:
+    if isinstance(item, StructureBlob):
+        name, data = item.name, item.data
+    else:
+        name = str(item)
+        try:
+            data = Path(item).read_bytes()
+        except OSError as exc:
+            raise DataValidationError(f"cannot read structure file: {exc.strerror or exc}", path=name) from None
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise DataValidationError(f"truncated or corrupt gzip data ({exc})", path=name) from None
+    if not data.strip():
+        raise DataValidationError("empty structure file", path=name)
+    return name, data
+
+
+def _check_pdb_complete(name: str, data: bytes) -> None:
+    """gemmi reads a PDB file cut in the middle of a record without complaint: catch that case here."""
+    last = data.rstrip(b"\r\n").rsplit(b"\n", 1)[-1]
+    if last[:6] in (b"ATOM  ", b"HETATM") and len(last.rstrip(b"\r")) < _PDB_COORD_END and not data.endswith(b"\n"):
+        raise DataValidationError("truncated file: the last ATOM/HETATM record is incomplete", path=name)
+
+
+def _qa_metric(block: gemmi.cif.Block) -> dict[tuple[str, int], float]:
+    """``_ma_qa_metric_local`` (ModelCIF per-residue pLDDT) keyed by (label_asym_id, label_seq_id)."""
+    table = block.find("_ma_qa_metric_local.", ["label_asym_id", "label_seq_id", "metric_value"])
+    out: dict[tuple[str, int], float] = {}
+    for row in table:
+        try:
+            out[(row.str(0), int(row.str(1)))] = float(row.str(2))
+        except ValueError:
+            continue  # '?' or '.': no value for this residue
+    return out
+
+
+def _load(name: str, data: bytes) -> tuple[gemmi.Structure, dict[tuple[str, int], float]]:
+    try:
+        if structure_format(name, data) == "cif":
+            doc = gemmi.cif.read_string(data)
+            block = doc[0]
+            return gemmi.make_structure_from_block(block), _qa_metric(block)
+        _check_pdb_complete(name, data)
+        return gemmi.read_pdb_string(data), {}
+    except DataValidationError:
+        raise
+    except (RuntimeError, ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise DataValidationError(f"not a readable PDB/mmCIF structure ({exc})", path=name) from None
+
+
+def _pick_atoms(res: gemmi.Residue, altloc: AltlocMode) -> dict[str, gemmi.Atom]:
+    """One atom per name; alternative locations resolved by ``altloc``."""
+    picked: dict[str, gemmi.Atom] = {}
+    for atom in res:
+        prev = picked.get(atom.name)
+        if prev is None or altloc == "last" or (altloc == "occupancy" and atom.occ > prev.occ):
+            picked[atom.name] = atom
+    return picked
+
+
+def _chain(ch: gemmi.Chain, stem: str, source: str, qa: dict[tuple[str, int], float],
+           altloc: AltlocMode) -> Chain | None:
+    seq: list[str] = []
+    nums: list[int] = []
+    icodes: list[str] = []
+    plddt: list[float] = []
+    coords: list[list[list[float]]] = []
+    nan3 = [np.nan, np.nan, np.nan]
+    for res in ch.first_conformer():
+        if res.entity_type not in _KEPT_ENTITIES or res.het_flag not in ("A", "H"):
+            continue
+        atoms = _pick_atoms(res, altloc)
+        if "CA" not in atoms:
+            continue
+        seq.append(one_letter(res.name))
+        nums.append(res.seqid.num)
+        icodes.append(res.seqid.icode if res.seqid.icode.strip() else " ")
+        local = qa.get((res.subchain, res.label_seq)) if qa and res.label_seq is not None else None
+        plddt.append(local if local is not None else sum(a.b_iso for a in atoms.values()) / len(atoms))
+        coords.append([atoms[a].pos.tolist() if a in atoms else nan3 for a in BACKBONE_ATOMS])
+    if not seq:
+        return None
+    return Chain(name=f"{stem}_{ch.name}", chain_id=ch.name, source=source, sequence="".join(seq),
+                 resnums=np.asarray(nums, dtype=np.int32), icodes="".join(icodes),
+                 plddt=np.asarray(plddt, dtype=np.float32), coords=np.asarray(coords, dtype=np.float32))
+
+
+def parse_structure(item: str | os.PathLike[str] | StructureBlob, *, altloc: AltlocMode = "last") -> list[Chain]:
+    """Chains of the first model of a PDB/mmCIF file (path or :class:`StructureBlob`), in file order.
+
+    Raises :class:`DataValidationError` (naming the file) for unreadable, empty, truncated or
+    CA-less input. Chains without any CA residue (waters, ligands) are left out.
+    """
+    name, data = _read_bytes(item)
+    st, qa = _load(name, data)
+    if len(st) == 0:
+        raise DataValidationError("no model with atoms in structure file", path=name)
+    stem = structure_stem(name)
+    chains = [c for ch in st[0] if (c := _chain(ch, stem, name, qa, altloc)) is not None]
+    if not chains:
+        raise DataValidationError("no amino-acid residue with a CA atom in structure file", path=name)
+    return chains
