@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="plm", description="Protein language model data and pretraining pipeline")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name, text in (("data", "run the data_refresh flow"), ("run", "run the end-to-end flow"),
+                       ("structures", "run the data stages and the structures (3Di / SaProt) stage"),
                        ("config", "validate and print a config")):
         _add_config(sub.add_parser(name, help=text))
     sub.choices["data"].add_argument("--if-changed", action="store_true",
@@ -48,10 +49,12 @@ def _print_summary(result) -> None:
     print("\nstage      status     key               details")
     for name, out in result.stages.items():
         status = "cached" if out.cached else ("checked" if name == "fetch" else "ran")
-        brief = {k: v for k, v in out.stats.items() if k not in ("commands", "packages")}
+        brief = {k: v for k, v in out.stats.items() if k not in ("commands", "packages", "identity")}
         print(f"{name:<10} {status:<10} {out.cache_key[:16]}  {json.dumps(brief, default=str)[:110]}")
     ing = result.stages["ingest"]
     print(f"\nshards:     {result.shards_dir}")
+    if "structures" in result.stages:
+        print(f"SaProt:     {Path(result.stages['structures'].directory) / 'shards'}")
     print(f"quarantine: {ing.path('quarantine.parquet')} (+ split stage: {result.stages['split'].path('quarantine.parquet')})")
     print(f"lineage:    {result.lineage}   (plm lineage runs | show | trace)")
 
@@ -127,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
             from flows.end_to_end import end_to_end
 
             _print_summary(end_to_end(args.config, args.overrides))
+            return 0
+        if args.cmd == "structures":
+            from flows.end_to_end import structures_flow
+
+            _print_summary(structures_flow(args.config, args.overrides))
             return 0
     except PipelineError as exc:
         print(f"plm: error: {exc}", file=sys.stderr)

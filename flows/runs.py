@@ -57,3 +57,5 @@ def env_defaults() -> None:
     """Offline-friendly Prefect defaults (the user's environment wins)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    # the temporary API server can take over 20 s to start on a busy 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

@@ -202,17 +202,37 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def _format_errors(exc: ValidationError, origin: str) -> str:
+def _format_errors(errors: list[tuple[tuple, dict[str, Any]]], origin: str) -> str:
     lines = [f"invalid configuration in {origin}:"]
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("uniref", "fasta", "embedded")))
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+    for prefix, err in errors:
+        loc = ".".join(str(p) for p in (*prefix, *err["loc"])
+                       if not (isinstance(p, str) and p in ("uniref", "fasta", "embedded")))
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         got = err.get("input")
         shown = "" if err["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"  {loc or '<root>'}: {msg}{shown}")
     return "\n".join(lines)
+
+
+def _validate(raw: dict[str, Any], origin: str) -> Config:
+    """Validate stage sections one by one (so their errors keep the section prefix), then the rest."""
+    errors: list[tuple[tuple, dict[str, Any]]] = []
+    for key, typ in _section_types().items():
+        value = raw.get(key)
+        if value is not None and not isinstance(value, dict):
+            errors.append(((key,), {"loc": (), "type": "model_type", "msg": "expected a mapping", "input": value}))
+            continue
+        try:
+            typ.model_validate(value or {})
+        except ValidationError as exc:
+            errors += [((key,), e) for e in exc.errors()]
+    try:
+        cfg = Config.model_validate({k: v for k, v in raw.items() if k not in _section_types()})
+    except ValidationError as exc:
+        errors += [((), e) for e in exc.errors()]
+    if errors:
+        raise ConfigError(_format_errors(errors, origin))
+    return Config.model_validate(raw)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
@@ -231,7 +251,4 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
             raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(loaded).__name__}")
         raw = loaded or {}
     raw = apply_overrides(raw, overrides or [])
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, origin)) from None
+    return _validate(raw, origin)

@@ -55,10 +55,15 @@ def _fetch_sources(cfg: Config, ctx: RunContext) -> tuple[list[Produced], dict[s
     if src.kind == "embedded":
         from pipeline_lib.sources.embedded import embedded_corpus
 
+        from pipeline_lib.sources.embedded import write_structure_chains_fasta
+
         files = embedded_corpus(src.corpus)
         produced = [Produced(f"source_{i}", "source_fasta", path=str(f.path),
                              meta={"package": f.package, "version": f.package_version, "about": f.description})
                     for i, f in enumerate(files)]
+        chains = write_structure_chains_fasta(downloads / "embedded" / f"{src.corpus}_structure_chains.fasta", src.corpus)
+        produced.append(Produced(f"source_{len(files)}", "source_fasta", path=str(chains),
+                                 meta={"about": "chain sequences of the embedded demo structures (pyjess)"}))
         return produced, {"source": "embedded", "release": f"embedded-{src.corpus}",
                           "packages": {f.package: f.package_version for f in files}}
     if src.kind == "fasta":

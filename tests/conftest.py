@@ -14,6 +14,7 @@ _prefect_home = tempfile.mkdtemp(prefix="plm-prefect-home-")
 os.environ["PREFECT_HOME"] = _prefect_home
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def fixture_path(*parts: str) -> Path:

