@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 CONFIG ?= configs/demo.yaml
 
-.PHONY: install demo data test bench clean
+.PHONY: install browser demo data test bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,13 @@ demo: install
 data: install
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/plm data $(CONFIG)
 
-test: install
+# headless Chromium for the dashboard's browser tests (they skip with the reason when it is missing)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "chromium not installed: the dashboard browser tests will skip (apt-get install chromium chromium-driver)"
+
+test: install browser
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 bench: install

@@ -4,6 +4,9 @@
     plm run configs/demo.yaml                               end to end (data, then later stages when enabled)
     plm config configs/demo.yaml                            print the validated config
     plm lineage runs | show PATH_OR_ID | trace PATH_OR_ID   query lineage (--db or --config picks the file)
+    plm dashboard [--db F | --config C] [--port 8050]       read-only monitoring dashboard on 127.0.0.1
+    plm report RUN_ID --out report.html [--db F]            one run as a self-contained HTML file
+    plm deploy configs/uniref50.yaml --cron "0 3 * * 1"     schedule a flow on a Prefect work pool
 """
 from __future__ import annotations
 
@@ -22,6 +25,17 @@ def _add_config(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set cluster.threads=8 (repeatable)")
 
 
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help="lineage DuckDB file")
+    p.add_argument("--config", default=None, help="config whose lineage file to read (default configs/demo.yaml)")
+
+
+def _db_path(args: argparse.Namespace) -> Path:
+    from pipeline_lib.config import load_config
+
+    return Path(args.db) if args.db else load_config(args.config or "configs/demo.yaml").lineage_path
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="plm", description="Protein language model data and pretraining pipeline")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -36,9 +50,20 @@ def _parser() -> argparse.ArgumentParser:
     lin = sub.add_parser("lineage", help="query the lineage database")
     lin.add_argument("what", choices=["runs", "show", "trace"])
     lin.add_argument("target", nargs="?", help="artifact path, artifact/step/run id")
-    lin.add_argument("--db", help="lineage DuckDB file")
-    lin.add_argument("--config", default=None, help="config whose lineage file to read (default configs/demo.yaml)")
+    _add_db(lin)
     lin.add_argument("--json", action="store_true", help="print JSON")
+    dash = sub.add_parser("dashboard", help="serve the read-only monitoring dashboard")
+    _add_db(dash)
+    dash.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    dash.add_argument("--port", type=int, default=8050)
+    dash.add_argument("--refresh-s", type=float, default=5.0, help="seconds between checks for new data")
+    rep = sub.add_parser("report", help="write one run's dashboard content as a self-contained HTML file")
+    rep.add_argument("run_id", help="run id or a unique prefix of one (plm lineage runs)")
+    rep.add_argument("--out", default="report.html", help="output HTML file (default report.html)")
+    _add_db(rep)
+    from flows.deploy import add_deploy_parser
+
+    add_deploy_parser(sub)
     return ap
 
 
@@ -60,10 +85,9 @@ def _print_summary(result) -> None:
 
 
 def _lineage(args: argparse.Namespace) -> int:
-    from pipeline_lib.config import load_config
     from pipeline_lib.lineage import LineageStore
 
-    db = Path(args.db) if args.db else load_config(args.config or "configs/demo.yaml").lineage_path
+    db = _db_path(args)
     store = LineageStore(db) if db.exists() else None
     if store is None:
         raise PipelineError(f"no lineage database at {db}: run a flow first or pass --db")
@@ -110,6 +134,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "lineage":
             return _lineage(args)
+        if args.cmd == "dashboard":
+            from pipeline_lib.dashboard.app import serve
+
+            serve(_db_path(args), args.host, args.port, refresh_s=args.refresh_s)
+            return 0
+        if args.cmd == "report":
+            from pipeline_lib.dashboard.report import write_report
+
+            print(write_report(_db_path(args), args.run_id, args.out))
+            return 0
+        if args.cmd == "deploy":
+            from flows.deploy import deploy_command
+
+            return deploy_command(args)
         from pipeline_lib.config import load_config
 
         cfg = load_config(args.config, args.overrides)  # fail fast on config errors, before Prefect starts

@@ -139,8 +139,10 @@ class LineageStore:
                 try:
                     con = duckdb.connect(str(self.path), read_only=read_only)
                     break
-                except duckdb.IOException as exc:  # another process holds the file lock
-                    if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                    # another process holds the file lock, or this process has it open read-only
+                    busy = "lock" in str(exc).lower() or "different configuration" in str(exc).lower()
+                    if not busy or time.monotonic() > deadline:
                         raise PipelineError(f"lineage database {self.path} is busy: {exc}") from exc
                     time.sleep(delay)
                     delay = min(delay * 2, 1.0)

@@ -1,0 +1,225 @@
+"""The read-only monitoring dashboard (Plotly Dash) over the lineage DuckDB.
+
+    plm dashboard --db work/lineage.duckdb                 # http://127.0.0.1:8050
+    python -m pipeline_lib.dashboard work/lineage.duckdb --port 8051
+
+Pages: runs, stages of a run (counts, timeline, steps with stats), dataset (lengths, cluster sizes, splits,
+pLDDT and MSA depth when those artifacts exist), training curves, evaluation across checkpoints, and the
+lineage graph of an artifact. Every few seconds the browser asks whether the database file changed (two
+``stat`` calls) and re-reads only then; each read opens DuckDB read-only for one request (see :mod:`.db`),
+so a running pipeline keeps writing. There is no authentication: the server binds 127.0.0.1 unless told
+otherwise; expose it through an SSH tunnel or an authenticating proxy.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server as _wsgi_server
+
+from pipeline_lib.dashboard import data, figures
+from pipeline_lib.dashboard.db import db_version, read_only
+from pipeline_lib.dashboard.tables import (CSS, Table, eval_rows_table, runs_table, splits_table, steps_table,
+                                           summary_table)
+from pipeline_lib.errors import PipelineError
+
+__all__ = ["create_app", "make_server", "serve", "PAGES"]
+
+log = logging.getLogger("plm.dashboard")
+
+PAGES = {"/": "Runs", "/stages": "Stages", "/dataset": "Dataset", "/training": "Training",
+         "/evaluation": "Evaluation", "/lineage": "Lineage"}
+
+
+def _table(t: Table, table_id: str) -> html.Table:
+    head = html.Thead(html.Tr([html.Th(c) for c in t.columns]))
+    body = []
+    for r, row in enumerate(t.rows):
+        cells = []
+        for i, v in enumerate(row):
+            style = None
+            if i == t.status_column and v in figures.STATUS_COLORS:
+                style = {"color": figures.STATUS_COLORS[v], "fontWeight": 600}
+            cells.append(html.Td(dcc.Link(v, href=t.links[r]) if i == 0 and t.links else v, style=style))
+        body.append(html.Tr(cells))
+    return html.Table([head, html.Tbody(body)], className="plm", id=table_id)
+
+
+def _graph(fig_id: str, fig: Any) -> dcc.Graph:
+    return dcc.Graph(id=fig_id, figure=fig, className="plm-graph", config={"displaylogo": False})
+
+
+# --- pages ------------------------------------------------------------------------------------------------
+
+def runs_page(db: Path, run_id: str | None) -> list[Any]:
+    runs = data.list_runs(db)
+    if not runs:
+        return [html.P("No runs recorded yet.", className="note")]
+    return [html.H3("Runs"), _table(runs_table(runs), "runs-table")]
+
+
+def stages_page(db: Path, run_id: str) -> list[Any]:
+    with read_only(db) as con:
+        found, steps = data.list_runs(con, run_id=run_id), data.run_steps(con, run_id)
+    head = [html.H3(f"Run {run_id}")]
+    if found:
+        run = found[0]
+        head.append(html.P(f"{run['flow']} · {run['name']} · status {run['status']} · config {run['config_hash'][:12]}"
+                           f" · code {run['code_version']} · host {run['host']}", className="note"))
+    return head + [_table(summary_table(data.stage_summary(steps)), "summary-table"),
+                   _graph("fig-timeline", figures.stage_timeline_figure(steps)),
+                   html.H4("Steps"), _table(steps_table(steps), "steps-table")]
+
+
+def dataset_page(db: Path, run_id: str) -> list[Any]:
+    ds = data.dataset(db, run_id)
+    return [html.Div([
+        _graph("fig-lengths", figures.length_figure(ds.lengths)),
+        _graph("fig-clusters", figures.cluster_size_figure(ds.cluster_sizes)),
+        html.Div([_graph("fig-splits", figures.split_figure(ds.splits)), _table(splits_table(ds.splits), "splits-table")]),
+        _graph("fig-plddt", figures.histogram_figure(ds.plddt, "Mean pLDDT per structure",
+                                                     "no structure_shard artifacts in this run")),
+        _graph("fig-msa", figures.histogram_figure(ds.msa_depth, "MSA depth", "no msa artifacts in this run",
+                                                   log_y=True)),
+    ], className="grid")]
+
+
+def training_page(db: Path, run_id: str) -> list[Any]:
+    curves = data.training_curves(db, run_id)
+    if not curves:
+        return [html.P("No training metrics for this run (the metrics table has none yet).", className="note")]
+    names = figures.metric_order(curves)
+    return [html.Div([_graph(f"fig-train-{i}", figures.training_figure(n, curves[n])) for i, n in enumerate(names)],
+                     className="grid")]
+
+
+def evaluation_page(db: Path, run_id: str) -> list[Any]:
+    with read_only(db) as con:
+        names, table = data.eval_table(con, run_id)
+        if not table:
+            names, table = data.eval_table(con)   # nothing for this run: compare every run's checkpoints
+    return [_graph("fig-eval", figures.eval_figure(names, table)),
+            _table(eval_rows_table(names, table), "eval-table")]
+
+
+def lineage_page(db: Path, run_id: str) -> list[Any]:
+    with read_only(db) as con:
+        arts, target = data.run_artifacts(con, run_id), data.default_trace_target(con, run_id)
+    options = [{"label": f"{a['kind']}: {a['path']}", "value": a["artifact_id"]} for a in arts]
+    return [html.Div([html.Label("Artifact "),
+                      dcc.Dropdown(id="artifact", options=options, value=target,
+                                   clearable=False, persistence=True, persistence_type="memory")]),
+            html.Div(id="lineage-view")]
+
+
+def lineage_view(db: Path, target: str) -> list[Any]:
+    graph = data.lineage_graph(db, target)
+    steps = [n for n in graph.nodes if n["type"] == "step"]
+    t = Table(["depth", "step"], [[str(n["depth"]), n["detail"]] for n in sorted(steps, key=lambda n: n["depth"])])
+    return [_graph("fig-lineage", figures.lineage_figure(graph)), _table(t, "trace-table")]
+
+
+RENDER = {"/": runs_page, "/stages": stages_page, "/dataset": dataset_page, "/training": training_page,
+          "/evaluation": evaluation_page, "/lineage": lineage_page}
+
+
+def _guarded(fn: Any, *args: Any) -> list[Any]:
+    """Render, or show the error in the page: a busy or half-written database must not break the UI."""
+    try:
+        return fn(*args)
+    except PipelineError as exc:
+        return [html.Div(str(exc), className="error")]
+    except Exception:
+        log.exception("dashboard page failed")
+        return [html.Div(traceback.format_exc(limit=5), className="error")]
+
+
+# --- app --------------------------------------------------------------------------------------------------
+
+def create_app(db_path: str | os.PathLike[str], *, refresh_s: float = 5.0) -> Dash:
+    """A Dash app reading ``db_path``; ``refresh_s`` is how often the browser checks for changes."""
+    db = Path(db_path).resolve()
+    app = Dash(__name__, title="PLM pipeline", update_title=None, suppress_callback_exceptions=True,
+               serve_locally=True)
+    app.index_string = app.index_string.replace("{%css%}", "{%css%}<style>" + CSS + "</style>")
+    nav = [dcc.Link(title, href=path, id=f"nav{path.replace('/', '-') or '-runs'}") for path, title in PAGES.items()]
+    app.layout = html.Div([
+        dcc.Location(id="url"),
+        dcc.Interval(id="tick", interval=int(refresh_s * 1000)),
+        dcc.Store(id="version"),
+        html.Header([html.H2("PLM pipeline"), html.Nav(nav),
+                     html.Div(dcc.Dropdown(id="run", clearable=False, placeholder="no runs yet"), className="run-picker"),
+                     html.Span(str(db), className="db")]),
+        html.Main(id="page"),
+    ])
+
+    @app.callback(Output("version", "data"), Input("tick", "n_intervals"), State("version", "data"))
+    def _poll(_: int | None, seen: str | None) -> Any:
+        version = db_version(db)
+        return no_update if version == seen else version
+
+    @app.callback(Output("run", "options"), Output("run", "value"), Input("version", "data"),
+                  Input("url", "search"), State("run", "value"))
+    def _runs(_: str | None, search: str | None, current: str | None) -> Any:
+        try:
+            runs = data.list_runs(db, limit=200)
+        except PipelineError:
+            return [], None
+        options = [{"label": f"{r['run_id'][:8]}  {r['flow']}  {r['status']}  {r['started_at']:%Y-%m-%d %H:%M}",
+                    "value": r["run_id"]} for r in runs]
+        ids = {r["run_id"] for r in runs}
+        wanted = parse_qs((search or "").lstrip("?")).get("run", [None])[0]   # /stages?run=<id> (runs table links)
+        if wanted in ids and (ctx.triggered_id == "url" or current is None):
+            return options, wanted
+        return options, current if current in ids else (runs[0]["run_id"] if runs else None)
+
+    @app.callback(Output("page", "children"), Input("url", "pathname"), Input("run", "value"),
+                  Input("version", "data"))
+    def _page(pathname: str | None, run_id: str | None, _: str | None) -> Any:
+        render = RENDER.get(pathname or "/", runs_page)
+        if run_id is None and render is not runs_page:
+            return [html.P("No run selected: the lineage database has no runs yet.", className="note")]
+        return _guarded(render, db, run_id)
+
+    @app.callback(Output("lineage-view", "children"), Input("artifact", "value"), Input("version", "data"))
+    def _lineage(target: str | None, _: str | None) -> Any:
+        if not target:
+            return [html.P("This run produced no artifacts yet.", className="note")]
+        return _guarded(lineage_view, db, target)
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Logs failed requests only: the page polls every few seconds and would flood the log."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        if str(code)[:1] in ("4", "5"):
+            super().log_request(code, size)
+
+
+def make_server(db_path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8050, *,
+                refresh_s: float = 5.0) -> BaseWSGIServer:
+    """A threaded WSGI server for the dashboard (``port=0`` picks a free port: see ``server.server_port``)."""
+    app = create_app(db_path, refresh_s=refresh_s)
+    return _wsgi_server(host, port, app.server, threaded=True, request_handler=_QuietHandler)
+
+
+def serve(db_path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8050, *,
+          refresh_s: float = 5.0) -> None:
+    """Serve until interrupted (Ctrl-C)."""
+    server = make_server(db_path, host, port, refresh_s=refresh_s)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("dashboard bound to %s without authentication: anyone who can reach it can read lineage", host)
+    print(f"plm dashboard: http://{host}:{server.server_port}/  (lineage {Path(db_path).resolve()}; Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
