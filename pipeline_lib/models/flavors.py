@@ -1,0 +1,48 @@
+"""Named model sizes ("flavors", as in torchtitan) and the vocabularies they are built with.
+
+    cfg = model_config("8M", vocab="saprot")        # ESM2Config with 6 layers, 320 wide, 446 tokens
+    cfg = model_config(shape=(12, 480, 20))         # an explicit (layers, width, heads) shape
+
+Sizes are the ESM-2 paper's (layers / width / heads); "tiny" is for tests on CPU.
+"""
+from __future__ import annotations
+
+from pipeline_lib.models.esm2 import ESM2Config
+from pipeline_lib.tokenizer import ESM_ALPHABET, SAPROT_ALPHABET, Alphabet
+
+__all__ = ["FLAVORS", "VOCABS", "alphabet_for", "model_config"]
+
+# name -> (num_layers, hidden_size, num_heads)
+FLAVORS: dict[str, tuple[int, int, int]] = {
+    "tiny": (2, 64, 4),
+    "8M": (6, 320, 20),
+    "35M": (12, 480, 20),
+    "150M": (30, 640, 20),
+    "650M": (33, 1280, 20),
+    "3B": (36, 2560, 40),
+    "15B": (48, 5120, 40),
+}
+
+VOCABS: dict[str, Alphabet] = {"esm2": ESM_ALPHABET, "saprot": SAPROT_ALPHABET}
+
+
+def alphabet_for(vocab: str) -> Alphabet:
+    try:
+        return VOCABS[vocab]
+    except KeyError:
+        raise ValueError(f"unknown vocabulary {vocab!r}; expected one of {sorted(VOCABS)}") from None
+
+
+def model_config(flavor: str | None = "8M", *, vocab: str = "esm2",
+                 shape: tuple[int, int, int] | None = None, intermediate_size: int | None = None,
+                 token_dropout: bool = True) -> ESM2Config:
+    """ESM2Config for a flavor (or an explicit ``shape`` = (layers, width, heads)) and a vocabulary."""
+    if shape is None:
+        if flavor not in FLAVORS:
+            raise ValueError(f"unknown model flavor {flavor!r}; expected one of {list(FLAVORS)} or an explicit shape")
+        shape = FLAVORS[flavor]
+    layers, hidden, heads = shape
+    ab = alphabet_for(vocab)
+    return ESM2Config(num_layers=layers, hidden_size=hidden, num_heads=heads, intermediate_size=intermediate_size,
+                      vocab_size=len(ab), pad_token_id=ab.pad_idx, mask_token_id=ab.mask_idx,
+                      cls_token_id=ab.cls_idx, eos_token_id=ab.eos_idx, token_dropout=token_dropout)

@@ -1,0 +1,166 @@
+"""MSA Transformer (ESM-MSA-1b): axial attention over an alignment, a plain ``nn.Module``.
+
+    from pipeline_lib.models.msa import MSATransformer, MSAConfig
+    model = MSATransformer(MSAConfig(num_layers=2, hidden_size=64, num_heads=4, ffn_size=128))
+    logits = model(tokens)                        # (B, R rows, C columns) -> (B, R, C, vocab)
+
+Follows facebookresearch/esm ``esm/model/msa_transformer.py`` and ``esm/axial_attention.py``: learned
+positions along columns (fairseq offsets: position = running count of non-pad + pad index), an optional
+learned row embedding for at most 1024 rows, LayerNorm before the stack, then per layer tied row
+attention -> column attention -> FFN, each in a pre-LN residual block with dropout; final LayerNorm and
+an LM head tied to the embedding. Tied row attention sums the logits of all rows, with q scaled by
+head_dim^-0.5 / sqrt(rows); padded positions are masked with -10000 as in ESM. The layout here is
+(B, R, C, D) instead of ESM's (R, C, B, D); the arithmetic is the same.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline_lib.models.esm2 import LMHead
+
+__all__ = ["MSAConfig", "MSATransformer", "RowSelfAttention", "ColumnSelfAttention"]
+
+_MASKED = -10000.0  # ESM's fill value for padded logits
+
+
+@dataclass(frozen=True)
+class MSAConfig:
+    """Defaults: ESM-MSA-1b (12 layers, 768 wide, 12 heads, FFN 3072, ESM alphabet)."""
+
+    num_layers: int = 12
+    hidden_size: int = 768
+    num_heads: int = 12
+    ffn_size: int = 3072
+    vocab_size: int = 33
+    pad_token_id: int = 1
+    max_positions: int = 1024
+    max_rows: int = 1024
+    embed_positions_msa: bool = True
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.1
+    layer_norm_eps: float = 1e-5
+
+
+class _AxialBase(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(dim, dim) for _ in range(4))
+        self.dropout = nn.Dropout(dropout)
+
+    def _split(self, proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        return proj(x).view(*x.shape[:-1], self.heads, self.head_dim)  # (B, R, C, H, Dh)
+
+
+class RowSelfAttention(_AxialBase):
+    """Attention along columns of each row, with logits tied (summed) over all rows."""
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+        b, r, c, d = x.shape
+        q = self._split(self.q_proj, x) * (self.head_dim ** -0.5 / math.sqrt(r))
+        k, v = self._split(self.k_proj, x), self._split(self.v_proj, x)
+        if pad is not None:  # padded positions must not contribute to the sum over rows
+            q = q * (1 - pad[..., None, None].to(q))
+        logits = torch.einsum("brihd,brjhd->bhij", q, k)
+        if pad is not None:
+            logits = logits.masked_fill(pad[:, 0][:, None, None, :], _MASKED)
+        probs = self.dropout(logits.softmax(-1))
+        ctx = torch.einsum("bhij,brjhd->brihd", probs, v)
+        return self.out_proj(ctx.reshape(b, r, c, d))
+
+
+class ColumnSelfAttention(_AxialBase):
+    """Attention along rows within each column (untied)."""
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+        b, r, c, d = x.shape
+        if r == 1:  # a single row attends only to itself
+            return self.out_proj(self.v_proj(x))
+        q = self._split(self.q_proj, x) * self.head_dim ** -0.5
+        k, v = self._split(self.k_proj, x), self._split(self.v_proj, x)
+        logits = torch.einsum("bichd,bjchd->bhcij", q, k)
+        if pad is not None:
+            logits = logits.masked_fill(pad.transpose(1, 2)[:, None, :, None, :], _MASKED)
+        probs = self.dropout(logits.softmax(-1))
+        ctx = torch.einsum("bhcij,bjchd->bichd", probs, v)
+        return self.out_proj(ctx.reshape(b, r, c, d))
+
+
+class _FFN(nn.Module):
+    def __init__(self, dim: int, ffn: int, activation_dropout: float) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, ffn), nn.Linear(ffn, dim)
+        self.dropout = nn.Dropout(activation_dropout)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fc2(self.dropout(F.gelu(self.fc1(x))))
+
+
+class _Residual(nn.Module):
+    """x + dropout(layer(LayerNorm(x)))."""
+
+    def __init__(self, layer: nn.Module, dim: int, dropout: float, eps: float) -> None:
+        super().__init__()
+        self.layer, self.norm, self.dropout = layer, nn.LayerNorm(dim, eps=eps), nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+        return x + self.dropout(self.layer(self.norm(x), pad))
+
+
+class AxialLayer(nn.Module):
+    def __init__(self, cfg: MSAConfig) -> None:
+        super().__init__()
+        d, eps = cfg.hidden_size, cfg.layer_norm_eps
+        self.row = _Residual(RowSelfAttention(d, cfg.num_heads, cfg.attention_dropout), d, cfg.dropout, eps)
+        self.column = _Residual(ColumnSelfAttention(d, cfg.num_heads, cfg.attention_dropout), d, cfg.dropout, eps)
+        self.ffn = _Residual(_FFN(d, cfg.ffn_size, cfg.activation_dropout), d, cfg.dropout, eps)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+        return self.ffn(self.column(self.row(x, pad), pad), pad)
+
+
+class MSATransformer(nn.Module):
+    def __init__(self, cfg: MSAConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.hidden_size
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, d, padding_idx=cfg.pad_token_id)
+        # fairseq LearnedPositionalEmbedding: positions start at pad + 1
+        self.embed_positions = nn.Embedding(cfg.max_positions + cfg.pad_token_id + 1, d, padding_idx=cfg.pad_token_id)
+        self.msa_position_embedding = (nn.Parameter(0.01 * torch.randn(1, cfg.max_rows, 1, d))
+                                       if cfg.embed_positions_msa else None)
+        self.emb_layer_norm_before = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(AxialLayer(cfg) for _ in range(cfg.num_layers))
+        self.emb_layer_norm_after = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.lm_head = LMHead(d, cfg.vocab_size, cfg.layer_norm_eps)
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Hidden states (B, R, C, D) after the final LayerNorm."""
+        if tokens.ndim != 3:
+            raise ValueError(f"MSA tokens must be (batch, rows, columns), got shape {tuple(tokens.shape)}")
+        b, r, c = tokens.shape
+        if self.msa_position_embedding is not None and r > self.cfg.max_rows:
+            raise ValueError(f"MSA has {r} rows; the row embedding covers at most {self.cfg.max_rows}")
+        pad_id = self.cfg.pad_token_id
+        pad = tokens.eq(pad_id)
+        nonpad = (~pad).long()
+        positions = torch.cumsum(nonpad, dim=-1) * nonpad + pad_id
+        x = self.embed_tokens(tokens) + self.embed_positions(positions)
+        if self.msa_position_embedding is not None:
+            x = x + self.msa_position_embedding[:, :r]
+        x = self.dropout(self.emb_layer_norm_before(x))
+        x = x * (1 - pad.unsqueeze(-1).to(x))
+        pad_mask = pad if bool(pad.any()) else None
+        for layer in self.layers:
+            x = layer(x, pad_mask)
+        return self.emb_layer_norm_after(x)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.encode(tokens), self.embed_tokens.weight)
