@@ -41,10 +41,16 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name, text in (("data", "run the data_refresh flow"), ("run", "run the end-to-end flow"),
                        ("structures", "run the data stages and the structures (3Di / SaProt) stage"),
+                       ("train", "run the data stages and pretraining (torchrun)"),
+                       ("evaluate", "evaluate checkpoints / Hugging Face ESM-2 directories on this config's data"),
                        ("config", "validate and print a config")):
         _add_config(sub.add_parser(name, help=text))
     sub.choices["data"].add_argument("--if-changed", action="store_true",
                                      help="stop early ('no new release') when the upstream source is unchanged")
+    sub.choices["evaluate"].add_argument("--checkpoint", nargs="+", default=[], metavar="DIR",
+                                         help="our checkpoint directory or a Hugging Face EsmForMaskedLM directory")
+    sub.choices["evaluate"].add_argument("--compare", action="store_true",
+                                         help="print a table of every evaluation in lineage, by checkpoint")
     sub.choices["config"].add_argument("--reference", action="store_true",
                                        help="print the reference of every config key (markdown)")
     lin = sub.add_parser("lineage", help="query the lineage database")
@@ -76,12 +82,39 @@ def _print_summary(result) -> None:
         status = "cached" if out.cached else ("checked" if name == "fetch" else "ran")
         brief = {k: v for k, v in out.stats.items() if k not in ("commands", "packages", "identity")}
         print(f"{name:<10} {status:<10} {out.cache_key[:16]}  {json.dumps(brief, default=str)[:110]}")
+    if "train" in result.stages:
+        t = result.stages["train"]
+        print(f"\ncheckpoint: {next((a.path for a in t.outputs.values() if a.kind == 'checkpoint'), '-')}")
+        if "hf" in t.outputs:
+            print(f"HF model:   {t.outputs['hf'].path}  (transformers.EsmForMaskedLM.from_pretrained)")
+    for name, out in result.stages.items():
+        if name.startswith("evaluate") and "metrics.md" in out.outputs:
+            print(f"\nevaluation ({out.stats.get('checkpoint')}):\n" + Path(out.path("metrics.md")).read_text())
     ing = result.stages["ingest"]
     print(f"\nshards:     {result.shards_dir}")
     if "structures" in result.stages:
         print(f"SaProt:     {Path(result.stages['structures'].directory) / 'shards'}")
     print(f"quarantine: {ing.path('quarantine.parquet')} (+ split stage: {result.stages['split'].path('quarantine.parquet')})")
     print(f"lineage:    {result.lineage}   (plm lineage runs | show | trace)")
+
+
+def _compare(db: Path) -> str:
+    """Markdown table of every evaluation recorded in lineage (rows: metrics, columns: checkpoints)."""
+    import pyarrow.parquet as pq
+
+    from pipeline_lib.evaluate.report import MetricRow, render_comparison
+    from pipeline_lib.lineage import LineageStore
+
+    arts = LineageStore(db).query("SELECT DISTINCT path FROM artifacts WHERE kind='eval_metrics' ORDER BY path")
+    results: dict[str, list] = {}
+    for a in arts:
+        if Path(a["path"]).is_file():
+            for r in pq.read_table(a["path"]).to_pylist():
+                results.setdefault(r["checkpoint"] or Path(a["path"]).parent.name, []).append(
+                    MetricRow(r["metric"], r["subset"], r["value"], r["n"]))
+    if not results:
+        raise PipelineError(f"no evaluations in {db}: run plm evaluate or plm run first")
+    return render_comparison(results)
 
 
 def _lineage(args: argparse.Namespace) -> int:
@@ -173,6 +206,23 @@ def main(argv: list[str] | None = None) -> int:
             from flows.end_to_end import structures_flow
 
             _print_summary(structures_flow(args.config, args.overrides))
+            return 0
+        if args.cmd == "train":
+            from flows.end_to_end import train_flow
+
+            _print_summary(train_flow(args.config, args.overrides))
+            return 0
+        if args.cmd == "evaluate":
+            if args.compare and not args.checkpoint:
+                print(_compare(cfg.lineage_path))
+                return 0
+            if not args.checkpoint:
+                raise PipelineError("plm evaluate needs --checkpoint DIR [DIR ...] (or --compare)")
+            from flows.end_to_end import evaluate_flow
+
+            _print_summary(evaluate_flow(args.config, args.overrides, args.checkpoint))
+            if args.compare:
+                print(_compare(cfg.lineage_path))
             return 0
     except PipelineError as exc:
         print(f"plm: error: {exc}", file=sys.stderr)

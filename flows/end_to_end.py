@@ -1,34 +1,80 @@
-"""The end-to-end flow: data refresh, then each later stage that the config enables.
+"""End-to-end and per-stage flows: data refresh -> structures -> train -> evaluate, each stage cached.
 
-    plm run configs/demo.yaml
+    plm run configs/demo.yaml                 # everything the config enables
+    plm structures configs/demo.yaml          # data stages + structures
+    plm train configs/demo.yaml               # data stages (+ structures for SaProt) + train
+    plm evaluate configs/demo.yaml --checkpoint DIR [DIR ...]    # evaluate given checkpoints / HF dirs
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 from prefect import flow
 
 from flows.data_refresh import DataRefreshResult, run_data_stages
 from flows.runs import pipeline_run
-from pipeline_lib.config import load_config
+from pipeline_lib.config import Config, load_config
+from pipeline_lib.lineage import artifact_for
 from tasks import data
+from tasks.evaluate import evaluate
 from tasks.structures import structures
+from tasks.train import train
+
+
+def _with(overrides: list[str] | None, *extra: str) -> list[str]:
+    return [*(overrides or []), *extra]
+
+
+def _training_shards(cfg: Config, stages: dict) -> object:
+    return stages["structures"] if cfg.train.vocab == "saprot" else stages["shards"]
+
+
+def _stages(ctx, cfg: Config, *, train_stage: bool, evaluate_stage: bool) -> dict:
+    stages = run_data_stages(ctx, cfg, data.check_release(ctx, cfg))
+    if cfg.structures.enabled or (train_stage and cfg.train.vocab == "saprot"):
+        stages["structures"] = structures(ctx, cfg, stages["ingest"], stages["cluster"], stages["split"])
+    if train_stage:
+        stages["train"] = train(ctx, cfg, _training_shards(cfg, stages))
+        if evaluate_stage:
+            trained = stages["train"].outputs
+            ckpt = trained.get("hf") or next(a for a in trained.values() if a.kind == "checkpoint")
+            stages["evaluate"] = evaluate(ctx, cfg, ckpt, _training_shards(cfg, stages))
+    return stages
 
 
 @flow(name="end_to_end", log_prints=True)
 def end_to_end(config_path: str | None = None, overrides: list[str] | None = None) -> DataRefreshResult:
     cfg = load_config(config_path, overrides)
     with pipeline_run(cfg, "end_to_end") as ctx:
-        release = data.check_release(ctx, cfg)
-        stages = run_data_stages(ctx, cfg, release)
-        if cfg.structures.enabled:
-            stages["structures"] = structures(ctx, cfg, stages["ingest"], stages["cluster"], stages["split"])
-    return DataRefreshResult(ctx.run_id, stages, ctx.lineage_path, release)
+        stages = _stages(ctx, cfg, train_stage=cfg.train.enabled, evaluate_stage=cfg.evaluate.enabled)
+    return DataRefreshResult(ctx.run_id, stages, ctx.lineage_path)
 
 
 @flow(name="structures", log_prints=True)
 def structures_flow(config_path: str | None = None, overrides: list[str] | None = None) -> DataRefreshResult:
-    """``plm structures CONFIG``: the data stages (cached when unchanged) and the structures stage."""
-    cfg = load_config(config_path, overrides + ["structures.enabled=true"] if overrides else ["structures.enabled=true"])
+    cfg = load_config(config_path, _with(overrides, "structures.enabled=true"))
     with pipeline_run(cfg, "structures") as ctx:
-        stages = run_data_stages(ctx, cfg, data.check_release(ctx, cfg))
-        stages["structures"] = structures(ctx, cfg, stages["ingest"], stages["cluster"], stages["split"])
+        stages = _stages(ctx, cfg, train_stage=False, evaluate_stage=False)
+    return DataRefreshResult(ctx.run_id, stages, ctx.lineage_path)
+
+
+@flow(name="train", log_prints=True)
+def train_flow(config_path: str | None = None, overrides: list[str] | None = None) -> DataRefreshResult:
+    cfg = load_config(config_path, _with(overrides, "train.enabled=true"))
+    with pipeline_run(cfg, "train") as ctx:
+        stages = _stages(ctx, cfg, train_stage=True, evaluate_stage=False)
+    return DataRefreshResult(ctx.run_id, stages, ctx.lineage_path)
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(config_path: str | None = None, overrides: list[str] | None = None,
+                  checkpoints: list[str] | None = None) -> DataRefreshResult:
+    """Evaluate the given checkpoints (ours or Hugging Face ESM-2 directories) on this config's data."""
+    cfg = load_config(config_path, _with(overrides, "evaluate.enabled=true"))
+    with pipeline_run(cfg, "evaluate") as ctx:
+        stages = _stages(ctx, cfg, train_stage=False, evaluate_stage=False)
+        shards = stages.get("structures") if cfg.train.vocab == "saprot" else stages["shards"]
+        for i, path in enumerate(checkpoints or []):
+            art = artifact_for(path, "hf_model" if (Path(path) / "config.json").is_file() else "checkpoint")
+            stages[f"evaluate_{i}"] = evaluate(ctx, cfg, art, shards, label=Path(path).name)
     return DataRefreshResult(ctx.run_id, stages, ctx.lineage_path)

@@ -8,6 +8,7 @@ stage ("cached"), and changing one stage's parameters recomputes that stage and 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -101,6 +102,12 @@ class StageOutput:
         return Path(self.outputs[name].path)
 
 
+@contextlib.contextmanager
+def _in_place(final: Path):
+    final.mkdir(parents=True, exist_ok=True)
+    yield final
+
+
 def _load_marker(directory: Path) -> dict[str, Any] | None:
     marker = directory / MARKER
     if not marker.is_file():
@@ -115,9 +122,11 @@ def _load_marker(directory: Path) -> dict[str, Any] | None:
 
 def run_stage(ctx: RunContext, stage: str, params: dict[str, Any], inputs: list[ArtifactRecord],
               compute: Callable[[Path], tuple[list[Produced], dict[str, Any], dict[str, str]]],
-              *, cache: bool = True) -> StageOutput:
+              *, cache: bool = True, resumable: bool = False) -> StageOutput:
     """Run ``compute(tmp_dir) -> (produced, stats, tool_versions)`` unless a finished result exists.
 
+    ``resumable`` stages (training) write straight into the final directory, which they resume from
+    after a crash (their own files are written atomically); the marker still comes last.
     Records one lineage step (completed / cached / failed) with inputs, outputs and edges.
     """
     log = logger()
@@ -132,7 +141,7 @@ def run_stage(ctx: RunContext, stage: str, params: dict[str, Any], inputs: list[
         if data is None:
             status = "completed"
             log.info("%s: running (cache key %s)", stage, key[:16])
-            with atomic_dir(final) as tmp:
+            with (_in_place(final) if resumable else atomic_dir(final)) as tmp:
                 produced, stats, tools = compute(tmp)
                 outputs = {p.name: asdict(artifact_for(p.path or tmp / p.name, p.kind, rows=p.rows, meta=p.meta))
                            for p in produced}

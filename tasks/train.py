@@ -1,0 +1,80 @@
+"""Prefect task of the train stage: launches torchrun, streams metrics into lineage, records the checkpoint."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from pipeline_lib.config import Config
+from pipeline_lib.lineage import ArtifactRecord, LineageStore
+from pipeline_lib.train.run import launch_torchrun
+from tasks.common import Produced, RunContext, StageOutput, logger, run_stage
+
+__all__ = ["train", "MetricsSink"]
+
+METRIC_FLUSH_EVERY = 20  # lineage writes cost ~0.1 s each: batch them
+
+
+class MetricsSink:
+    """Buffers per-step training metrics and writes them to lineage in batches."""
+
+    def __init__(self, store: LineageStore, run_id: str, step_id: str | None = None) -> None:
+        self.store, self.run_id, self.step_id = store, run_id, step_id
+        self.rows: list[tuple[str, int, float]] = []
+        self.last: dict[str, Any] = {}
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        step = int(record.get("step", 0))
+        self.rows += [(k, step, float(v)) for k, v in record.items()
+                      if k != "step" and isinstance(v, (int, float)) and v == v]
+        self.last = record
+        if step % METRIC_FLUSH_EVERY == 0:
+            logger().info("train step %d: %s", step, {k: round(v, 4) if isinstance(v, float) else v
+                                                      for k, v in record.items() if k in ("loss", "lr", "tokens_per_s")})
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.store.record_metrics(self.run_id, self.step_id, self.rows)
+            self.rows = []
+
+
+@task(name="train")
+def train(ctx: RunContext, cfg: Config, shards: StageOutput) -> StageOutput:
+    """Stage: pretrain on the shards (ESM-2 token shards, or the SaProt shards of the structures stage)."""
+    tcfg = cfg.train
+    manifest = next(a for a in shards.outputs.values() if a.kind in ("manifest", "structure_manifest"))
+    shards_dir = Path(manifest.path).parent
+    inputs: list[ArtifactRecord] = [a for a in shards.outputs.values()
+                                    if a.kind in ("manifest", "structure_manifest", "shard", "structure_shard")]
+    params = tcfg.model_dump(mode="json", exclude={"shards_dir", "output_dir", "enabled"})
+    sink = MetricsSink(ctx.store, ctx.run_id)
+
+    def compute(out: Path):
+        run_cfg = tcfg.model_copy(update={"shards_dir": str(shards_dir), "output_dir": str(out)})
+        result = launch_torchrun(run_cfg, config_path=out / "train_config.json", shards_dir=shards_dir,
+                                 output_dir=out, on_metrics=sink)
+        sink.flush()
+        if result.checkpoint is None:
+            raise RuntimeError(f"training wrote no checkpoint; see {result.log}")
+        produced = [Produced(str(result.checkpoint.relative_to(out)), "checkpoint", meta={"step": result.step}),
+                    Produced("metrics.jsonl", "train_metrics")]
+        if result.hf_dir is not None:
+            produced.append(Produced("hf", "hf_model", meta={"step": result.step, "format": "EsmForMaskedLM"}))
+        final = {k: v for k, v in sink.last.items() if isinstance(v, (int, float))}
+        return produced, {"final_step": result.step, "final": final, "argv": result.argv}, _versions()
+
+    return run_stage(ctx, "train", params, inputs, compute, resumable=True)
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def final_metrics(out: StageOutput) -> dict[str, Any]:
+    return json.loads(json.dumps(out.stats.get("final", {})))
