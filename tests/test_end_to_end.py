@@ -1,0 +1,70 @@
+"""`plm run` end to end on a small corpus: data -> structures -> train -> evaluate, with lineage all the way."""
+import json
+
+import pytest
+
+from flows.cli import _compare
+from flows.end_to_end import end_to_end, evaluate_flow
+from pipeline_lib.lineage import LineageStore
+from tests.conftest import ROOT
+from tests.helpers import family_fasta
+
+SMALL_TRAIN = ["train.total_steps=6", "train.checkpoint_every=3", "train.warmup_steps=1", "train.batch_tokens=2048",
+               "evaluate.perplexity.pseudo_max_sequences=2", "evaluate.perplexity.max_sequences=8"]
+
+
+@pytest.fixture(scope="module")
+def e2e(prefect_harness, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    fa = tmp / "in.fa"
+    family_fasta(fa, families=20, mutants=2, unrelated=30, length=90)
+    args = [f"workdir={tmp / 'work'}", f"source={{kind: fasta, paths: [{fa}]}}",
+            "split.valid_fraction=0.2", "split.test_fraction=0.2", *SMALL_TRAIN]
+    return tmp, args, end_to_end(str(ROOT / "configs" / "demo.yaml"), args)
+
+
+def test_checkpoint_lineage_leads_back_to_shards_and_source(e2e):
+    _, _, res = e2e
+    hf = res.stages["train"].outputs["hf"]
+    chain = LineageStore(res.lineage).trace(hf.path)
+    stages = [s["stage"] for s in chain]
+    assert stages[0] == "train" and {"shards", "split", "cluster", "ingest", "fetch"} <= set(stages)
+    train_inputs = {i["kind"] for i in chain[0]["inputs"]}
+    assert {"manifest", "shard"} <= train_inputs
+
+
+def test_training_metrics_and_evaluation_in_lineage(e2e):
+    _, _, res = e2e
+    store = LineageStore(res.lineage)
+    loss = store.query("SELECT step, value FROM metrics WHERE run_id=? AND name='loss' ORDER BY step", [res.run_id])
+    assert [r["step"] for r in loss] == list(range(1, 7)) and all(r["value"] > 0 for r in loss)
+    evals = {r["name"] for r in store.query("SELECT name FROM metrics WHERE run_id=? AND name LIKE 'eval/%'",
+                                             [res.run_id])}
+    assert {"eval/perplexity/valid", "eval/perplexity/test"} <= evals
+    assert any(n.startswith("eval/contact_precision") for n in evals)
+
+
+def test_exported_model_loads_in_transformers(e2e):
+    transformers = pytest.importorskip("transformers")
+    _, _, res = e2e
+    model = transformers.EsmForMaskedLM.from_pretrained(res.stages["train"].outputs["hf"].path)
+    assert model.config.vocab_size == 33
+
+
+def test_rerun_is_fully_cached_and_compare_lists_checkpoints(e2e):
+    tmp, args, res = e2e
+    again = end_to_end(str(ROOT / "configs" / "demo.yaml"), args)
+    assert all(again.stages[s].cached for s in ("ingest", "cluster", "split", "shards", "structures", "train", "evaluate"))
+    from pathlib import Path
+
+    hf = res.stages["train"].outputs["hf"].path
+    same = evaluate_flow(str(ROOT / "configs" / "demo.yaml"), args, [hf])
+    assert same.stages["evaluate_0"].cached  # the same model on the same data is not evaluated twice
+    step3 = Path(hf).parent / "checkpoints" / "step_00000003"
+    other = evaluate_flow(str(ROOT / "configs" / "demo.yaml"), args, [str(step3)])
+    assert not other.stages["evaluate_0"].cached and other.stages["evaluate_0"].stats["checkpoint"] == "step_00000003"
+    table = _compare(tmp / "work" / "lineage.duckdb")
+    header = table.splitlines()[0]
+    assert "step-6" in header and "step_00000003" in header and "perplexity" in table
+    manifest = json.loads((res.shards_dir / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["rows"] > 0
