@@ -1,0 +1,247 @@
+"""Parse A3M / A2M / Stockholm alignments into :class:`Msa` (query first, insertions removed) and compute Neff.
+
+    msa = read_a3m("query.a3m")                 # or import_alignment("family.sto")
+    msa.depth, msa.query_length, msa.neff       # rows, match columns, Neff at 80% identity
+    msa.array()                                 # (depth, query_length) uint8 ASCII codes
+
+A3M (HHblits, ``mmseqs result2msa --msa-format-mode 6``): the first record is the query; upper-case
+letters and ``-`` are match columns, lower-case letters (and ``.``, ``*``) are insertions relative to the
+query and are removed, as the ESM examples do before tokenizing. A2M reads with the same rule. Stockholm
+(via Bio.AlignIO) also drops the columns where the query has a gap, so the query is gap-free like in A3M.
+Every error is a :class:`DataValidationError` naming the file and the record (0-based index and header).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from pipeline_lib.errors import DataValidationError
+from pipeline_lib.tokenizer import ESM_TOKENS
+
+__all__ = ["Msa", "HeaderStats", "parse_a3m", "read_a3m", "import_alignment", "remove_insertions",
+           "parse_mmseqs_header", "sequence_weights", "compute_neff", "ALIGNED_LETTERS"]
+
+# residue letters of the ESM alphabet plus the gap; '.' is an ESM token but in A3M/A2M it marks insert gaps
+ALIGNED_LETTERS = "".join(t for t in ESM_TOKENS if len(t) == 1 and t != ".")
+_DELETE_INSERTIONS = str.maketrans("", "", string.ascii_lowercase + ".*\x00")
+_DELETE_ALLOWED = str.maketrans("", "", ALIGNED_LETTERS)
+NEFF_IDENTITY = 0.8
+
+Format = Literal["a3m", "a2m", "stockholm"]
+_SUFFIX_FORMATS: dict[str, Format] = {".a3m": "a3m", ".a2m": "a2m", ".fasta": "a2m", ".fa": "a2m",
+                                      ".afa": "a2m", ".sto": "stockholm", ".stk": "stockholm",
+                                      ".stockholm": "stockholm"}
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderStats:
+    """Alignment statistics from an mmseqs ``result2msa`` header (``target bits fident evalue qstart qend
+    qlen tstart tend tlen``, tab separated, 0-based starts)."""
+
+    target: str
+    bits: float
+    identity: float
+    evalue: float
+    coverage: float
+
+
+def parse_mmseqs_header(header: str) -> HeaderStats | None:
+    """Statistics of one mmseqs-style A3M header, or None when the header is not in that format."""
+    parts = header.split("\t")
+    if len(parts) != 10:
+        return None
+    try:
+        bits, ident, evalue = float(parts[1]), float(parts[2]), float(parts[3])
+        qstart, qend, qlen, _tstart, _tend, _tlen = (int(x) for x in parts[4:])
+    except ValueError:
+        return None
+    coverage = (qend - qstart + 1) / qlen if qlen > 0 else math.nan
+    return HeaderStats(parts[0], bits, ident, evalue, coverage)
+
+
+@dataclass(frozen=True)
+class Msa:
+    """One alignment: ``rows[0]`` is the query; every row has ``query_length`` match columns."""
+
+    query_id: str
+    rows: tuple[str, ...]
+    headers: tuple[str, ...]
+    source: str = ""
+
+    @property
+    def depth(self) -> int:
+        return len(self.rows)
+
+    @property
+    def query_length(self) -> int:
+        return len(self.rows[0])
+
+    @property
+    def query(self) -> str:
+        return self.rows[0]
+
+    def array(self) -> np.ndarray:
+        """ASCII codes, shape (depth, query_length), uint8."""
+        return np.frombuffer("".join(self.rows).encode("ascii"), dtype=np.uint8).reshape(
+            self.depth, self.query_length)
+
+    @functools.cached_property
+    def neff(self) -> float:
+        """Effective number of sequences at 80% identity (see :func:`compute_neff`), computed once."""
+        return compute_neff(self.array())
+
+    def header_stats(self) -> list[HeaderStats | None]:
+        return [parse_mmseqs_header(h) for h in self.headers]
+
+    def take(self, indices: np.ndarray | list[int]) -> "Msa":
+        """A new Msa with the rows at ``indices`` (in that order)."""
+        idx = [int(i) for i in indices]
+        return Msa(self.query_id, tuple(self.rows[i] for i in idx), tuple(self.headers[i] for i in idx),
+                   self.source)
+
+    def to_a3m(self) -> str:
+        return "".join(f">{h}\n{r}\n" for h, r in zip(self.headers, self.rows))
+
+
+def remove_insertions(seq: str) -> str:
+    """Drop A3M/A2M insertions: lower-case letters, ``.`` and ``*``."""
+    return seq.translate(_DELETE_INSERTIONS)
+
+
+def _records(text: str, source: str) -> list[tuple[str, str]]:
+    """(header, raw sequence) pairs; '#' comment lines before the first record are skipped."""
+    records: list[tuple[str, list[str]]] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip().replace("\x00", "")
+        if not line:
+            continue
+        if line.startswith(">"):
+            records.append((line[1:], []))
+        elif records:
+            records[-1][1].append(line)
+        elif not line.startswith("#"):
+            raise DataValidationError(f"line {lineno}: sequence data before the first '>' header",
+                                      path=source)
+    return [(h, "".join(parts)) for h, parts in records]
+
+
+def _build(records: list[tuple[str, str]], source: str, query_id: str | None) -> Msa:
+    if not records:
+        raise DataValidationError("no '>' records: no query sequence", path=source)
+    rows, headers = [], []
+    length = -1
+    for i, (header, raw) in enumerate(records):
+        row = remove_insertions(raw)
+        bad = row.translate(_DELETE_ALLOWED)
+        if bad:
+            raise DataValidationError(
+                f"characters outside the alphabet {sorted(set(bad))!r} (allowed: {ALIGNED_LETTERS} and "
+                f"lower-case insertions)", path=source, record=f"{i} ({header[:60]!r})")
+        if i == 0:
+            if not row.strip("-"):
+                raise DataValidationError("no query sequence (first record has no residues)",
+                                          path=source, record=f"0 ({header[:60]!r})")
+            length = len(row)
+        elif len(row) != length:
+            raise DataValidationError(
+                f"ragged alignment: {len(row)} match columns after removing insertions, query has {length}",
+                path=source, record=f"{i} ({header[:60]!r})")
+        rows.append(row)
+        headers.append(header)
+    qid = query_id or (headers[0].split()[0] if headers[0].split() else Path(source).stem)
+    return Msa(qid, tuple(rows), tuple(headers), source)
+
+
+def parse_a3m(text: str, *, source: str = "<string>", query_id: str | None = None) -> Msa:
+    """Parse A3M (or A2M) text. ``query_id`` defaults to the query header's first word, else the file stem."""
+    if not text.strip():
+        raise DataValidationError("empty file: no alignment records", path=source)
+    return _build(_records(text, source), source, query_id)
+
+
+def read_a3m(path: str | Path, *, query_id: str | None = None) -> Msa:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataValidationError(f"cannot read alignment: {exc}", path=str(p)) from exc
+    return parse_a3m(text, source=str(p), query_id=query_id)
+
+
+def _read_stockholm(path: Path) -> list[tuple[str, str]]:
+    from Bio import AlignIO  # noqa: PLC0415  (only needed for this format)
+
+    try:
+        aln = AlignIO.read(str(path), "stockholm")
+    except (ValueError, OSError) as exc:
+        raise DataValidationError(f"not a readable Stockholm alignment: {exc}", path=str(path)) from exc
+    records = [(rec.id + (f" {rec.description}" if rec.description and rec.description != rec.id else ""),
+                str(rec.seq)) for rec in aln]
+    if not records:
+        return records
+    # Stockholm has no query convention: keep the columns where the first sequence has a residue
+    query = np.frombuffer(remove_insertions(records[0][1]).encode(), dtype=np.uint8)
+    keep = query != ord("-")
+    out = []
+    for header, seq in records:
+        row = np.frombuffer(remove_insertions(seq).encode(), dtype=np.uint8)
+        out.append((header, row[keep].tobytes().decode() if len(row) == len(keep) else remove_insertions(seq)))
+    return out
+
+
+def import_alignment(path: str | Path, fmt: Format | None = None, *, query_id: str | None = None) -> Msa:
+    """Read an A3M, A2M or Stockholm file (format from ``fmt`` or the suffix; unknown suffixes read as A3M)."""
+    p = Path(path)
+    fmt = fmt or _SUFFIX_FORMATS.get(p.suffix.lower(), "a3m")
+    if fmt in ("a3m", "a2m"):
+        return read_a3m(p, query_id=query_id)
+    if not p.is_file() or p.stat().st_size == 0:
+        raise DataValidationError("empty or missing file: no alignment records", path=str(p))
+    return _build(_read_stockholm(p), str(p), query_id)
+
+
+def _onehot(codes: np.ndarray) -> np.ndarray:
+    """(n, L) symbol codes -> (n, L * K) float32 one-hot over the K symbols present."""
+    symbols, inverse = np.unique(codes, return_inverse=True)
+    n, length = codes.shape
+    k = len(symbols)
+    out = np.zeros((n, length * k), dtype=np.float32)
+    cols = np.arange(length)[None, :] * k + inverse.reshape(n, length)
+    out[np.arange(n)[:, None], cols] = 1.0
+    return out
+
+
+def sequence_weights(codes: np.ndarray, threshold: float = NEFF_IDENTITY, max_cells: int = 1 << 24) -> np.ndarray:
+    """1 / (number of rows with identity >= ``threshold``, itself included), shape (depth,).
+
+    Identity is the fraction of the L columns where two rows agree, gaps included (1 - normalised
+    Hamming distance, as in EVcouplings). Match counts are one-hot matrix products (one GEMM when the
+    MSA is small), blocked over rows and columns so no temporary exceeds ``max_cells`` float32 cells.
+    """
+    n, length = codes.shape
+    if n == 0 or length == 0:
+        return np.ones(n, dtype=np.float64)
+    need = math.ceil(threshold * length - 1e-6) - 0.5  # identity >= threshold <=> matches >= need
+    symbols = max(1, len(np.unique(codes)))
+    row_block = max(1, min(n, max_cells // n))
+    col_block = max(1, min(length, max_cells // (n * symbols)))
+    neighbours = np.empty(n, dtype=np.int64)
+    for r0 in range(0, n, row_block):
+        rows = slice(r0, min(n, r0 + row_block))
+        matches = np.zeros((rows.stop - r0, n), dtype=np.float32)
+        for c0 in range(0, length, col_block):
+            onehot = _onehot(codes[:, c0:c0 + col_block])
+            matches += onehot[rows] @ onehot.T
+        neighbours[rows] = (matches >= need).sum(axis=1)
+    return 1.0 / neighbours
+
+
+def compute_neff(codes: np.ndarray, threshold: float = NEFF_IDENTITY) -> float:
+    """Neff = sum of :func:`sequence_weights`; 1 <= Neff <= depth."""
+    return float(sequence_weights(codes, threshold).sum())
