@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name, text in (("data", "run the data_refresh flow"), ("run", "run the end-to-end flow"),
                        ("structures", "run the data stages and the structures (3Di / SaProt) stage"),
+                       ("msa", "run the data stages and the MSA (MMseqs2) stage"),
                        ("train", "run the data stages and pretraining (torchrun)"),
                        ("evaluate", "evaluate checkpoints / Hugging Face ESM-2 directories on this config's data"),
                        ("config", "validate and print a config")):
@@ -94,6 +95,8 @@ def _print_summary(result) -> None:
     print(f"\nshards:     {result.shards_dir}")
     if "structures" in result.stages:
         print(f"SaProt:     {Path(result.stages['structures'].directory) / 'shards'}")
+    if "msa" in result.stages:
+        print(f"MSAs:       {Path(result.stages['msa'].directory) / 'shards'}")
     print(f"quarantine: {ing.path('quarantine.parquet')} (+ split stage: {result.stages['split'].path('quarantine.parquet')})")
     print(f"lineage:    {result.lineage}   (plm lineage runs | show | trace)")
 
@@ -206,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
             from flows.end_to_end import structures_flow
 
             _print_summary(structures_flow(args.config, args.overrides))
+            return 0
+        if args.cmd == "msa":
+            from flows.end_to_end import msa_flow
+
+            _print_summary(msa_flow(args.config, args.overrides))
             return 0
         if args.cmd == "train":
             from flows.end_to_end import train_flow

@@ -2,6 +2,7 @@
 
     plm run configs/demo.yaml                 # everything the config enables
     plm structures configs/demo.yaml          # data stages + structures
+    plm msa configs/demo.yaml                 # data stages + MSAs
     plm train configs/demo.yaml               # data stages (+ structures for SaProt) + train
     plm evaluate configs/demo.yaml --checkpoint DIR [DIR ...]    # evaluate given checkpoints / HF dirs
 """
@@ -17,6 +18,7 @@ from pipeline_lib.config import Config, load_config
 from pipeline_lib.lineage import artifact_for
 from tasks import data
 from tasks.evaluate import evaluate
+from tasks.msa import msa_batch, msa_queries, msa_shards, msa_target
 from tasks.structures import structures
 from tasks.train import train
 
@@ -33,6 +35,8 @@ def _stages(ctx, cfg: Config, *, train_stage: bool, evaluate_stage: bool) -> dic
     stages = run_data_stages(ctx, cfg, data.check_release(ctx, cfg))
     if cfg.structures.enabled or (train_stage and cfg.train.vocab == "saprot"):
         stages["structures"] = structures(ctx, cfg, stages["ingest"], stages["cluster"], stages["split"])
+    if cfg.msa.enabled:
+        stages["msa"] = run_msa_stage(ctx, cfg, stages)
     if train_stage:
         stages["train"] = train(ctx, cfg, _training_shards(cfg, stages))
         if evaluate_stage:
@@ -40,6 +44,14 @@ def _stages(ctx, cfg: Config, *, train_stage: bool, evaluate_stage: bool) -> dic
             ckpt = trained.get("hf") or next(a for a in trained.values() if a.kind == "checkpoint")
             stages["evaluate"] = evaluate(ctx, cfg, ckpt, _training_shards(cfg, stages))
     return stages
+
+
+def run_msa_stage(ctx, cfg: Config, stages: dict):
+    """Target DB once, then the query batches as parallel tasks, then the MSA shards."""
+    target = msa_target(ctx, cfg, stages["ingest"])
+    batches = msa_queries(cfg, stages["ingest"], stages["cluster"], stages["split"])
+    futures = [msa_batch.submit(ctx, cfg, batch, target, i) for i, batch in enumerate(batches)]
+    return msa_shards(ctx, cfg, [f.result() for f in futures], stages["split"])
 
 
 @flow(name="end_to_end", log_prints=True)
@@ -54,6 +66,15 @@ def end_to_end(config_path: str | None = None, overrides: list[str] | None = Non
 def structures_flow(config_path: str | None = None, overrides: list[str] | None = None) -> DataRefreshResult:
     cfg = load_config(config_path, _with(overrides, "structures.enabled=true"))
     with pipeline_run(cfg, "structures") as ctx:
+        stages = _stages(ctx, cfg, train_stage=False, evaluate_stage=False)
+    return DataRefreshResult(ctx.run_id, stages, ctx.lineage_path)
+
+
+@flow(name="msa", log_prints=True)
+def msa_flow(config_path: str | None = None, overrides: list[str] | None = None) -> DataRefreshResult:
+    """``plm msa CONFIG``: the data stages (cached when unchanged) and the MSA stage."""
+    cfg = load_config(config_path, _with(overrides, "msa.enabled=true"))
+    with pipeline_run(cfg, "msa") as ctx:
         stages = _stages(ctx, cfg, train_stage=False, evaluate_stage=False)
     return DataRefreshResult(ctx.run_id, stages, ctx.lineage_path)
 

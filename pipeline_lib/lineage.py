@@ -113,6 +113,18 @@ def artifact_for(path: str | os.PathLike[str], kind: str, *, rows: int | None = 
     return ArtifactRecord(str(p), kind, digest, rows=rows, bytes=size, meta=meta or {})
 
 
+_LOCKS: dict[str, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _path_lock(path: Path) -> threading.RLock:
+    """One lock per database file for the whole process: DuckDB refuses a second open of the same
+    file from one process, so every LineageStore on that path (one per task thread) must share it."""
+    key = str(path.resolve())
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(key, threading.RLock())
+
+
 def _json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
@@ -123,8 +135,8 @@ class LineageStore:
     def __init__(self, path: str | os.PathLike[str], *, lock_timeout_s: float = 120.0) -> None:
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
-        self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _path_lock(self.path)
         with self._connect() as con:
             con.execute(_SCHEMA)
 

@@ -68,3 +68,20 @@ def test_rerun_is_fully_cached_and_compare_lists_checkpoints(e2e):
     assert "step-6" in header and "step_00000003" in header and "perplexity" in table
     manifest = json.loads((res.shards_dir / "manifest.json").read_text())
     assert manifest["splits"]["train"]["rows"] > 0
+
+
+def test_msa_stage_builds_msas_with_the_query_first(e2e):
+    import pyarrow.parquet as pq
+
+    _, _, res = e2e
+    msa = res.stages["msa"]
+    table = pq.read_table(msa.path("msas.parquet")).to_pylist()
+    assert len(table) == msa.stats["msas"] > 0
+    for row in table:
+        assert row["headers"][0] == row["query_id"] and 1 <= row["neff"] <= row["depth"]
+        assert {len(r) for r in row["rows"]} == {row["query_length"]}
+    fam = [r for r in table if r["query_id"].startswith("fam")]
+    assert fam and max(r["depth"] for r in fam) >= 3  # a parent finds its point mutants
+    steps = LineageStore(res.lineage).query("SELECT tool_versions FROM steps WHERE run_id=? AND stage='msa_batch'",
+                                            [res.run_id])
+    assert steps and all(json.loads(s["tool_versions"])["mmseqs"] for s in steps)
