@@ -80,3 +80,10 @@ def test_stage_section_errors_keep_their_prefix(tmp_path):
     assert "structures.plddt_threshold" in msg and "structures.nonsense: unknown key" in msg
     with pytest.raises(ConfigError, match="train: expected a mapping"):
         load_config(write(tmp_path, "train: 3\n"))
+
+
+def test_config_reference_doc_is_current():
+    """docs/config.md is generated from the schema; regenerate with: plm config --reference > docs/config.md"""
+    from pipeline_lib.config_reference import config_reference
+
+    assert (ROOT / "docs" / "config.md").read_text() == config_reference() + "\n"
