@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import uuid
 from dataclasses import dataclass
 from collections.abc import Iterator
@@ -48,7 +49,10 @@ def pipeline_run(cfg: Config, flow: str) -> Iterator[RunContext]:
     try:
         yield ctx
     except BaseException as exc:
-        store.end_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
+        try:
+            store.end_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
+        except Exception as lineage_exc:  # e.g. a full disk: report it, but keep the run's own error
+            print(f"plm: could not record the failed run in lineage: {lineage_exc}", file=sys.stderr)
         raise
     store.end_run(run_id, ctx.final_status)
 

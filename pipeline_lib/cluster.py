@@ -17,7 +17,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from pipeline_lib.config import ClusterConfig
-from pipeline_lib.errors import DataValidationError
+from pipeline_lib.errors import DataValidationError, ToolError
 from pipeline_lib.tools.mmseqs import MMseqs
 
 __all__ = ["ClusterResult", "cluster_sequences", "write_fasta_from_parquet"]
@@ -31,6 +31,11 @@ class ClusterResult:
     clusters_per_level: dict[str, int]
     commands: list[list[str]] = field(default_factory=list)
     mmseqs_version: str = ""
+
+
+def _sql_str(value: object) -> str:
+    """A path as a DuckDB string literal (quotes doubled: ``o'brien`` is a valid directory name)."""
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def write_fasta_from_parquet(parquet: Path, fasta: Path) -> int:
@@ -63,6 +68,9 @@ def cluster_sequences(sequences: Path, out_dir: Path, cfg: ClusterConfig, tmp_di
         result.commands.append(["mmseqs", *args])
         tsvs[level.name] = Path(f"{prefix}_cluster.tsv")
         fasta = Path(f"{prefix}_rep_seq.fasta")
+        missing = [p.name for p in (tsvs[level.name], fasta) if not p.is_file()]
+        if missing:  # exit code 0 is not enough: a wrapper or a killed child can "succeed" with nothing written
+            raise ToolError(f"mmseqs exited 0 but did not write {', '.join(missing)}", argv=[mm.binary, *args])
         shutil.rmtree(tmp_dir / f"{level.name}_tmp", ignore_errors=True)
     result.clusters_per_level = _write_outputs(sequences, tsvs, out_dir, tmp_dir)
     for level in cfg.levels:
@@ -82,17 +90,22 @@ def _write_outputs(sequences: Path, tsvs: dict[str, Path], out_dir: Path, tmp_di
     names = list(tsvs)
     con = duckdb.connect()
     try:
-        con.execute(f"SET memory_limit='{DUCKDB_MEMORY_LIMIT}'; SET temp_directory='{tmp_dir}'")
+        con.execute(f"SET memory_limit='{DUCKDB_MEMORY_LIMIT}'; SET temp_directory={_sql_str(tmp_dir)}")
         for lv, tsv in tsvs.items():
-            con.execute(f"""CREATE TEMP TABLE l_{lv} AS SELECT * FROM read_csv('{tsv}', delim='\t', header=false,
-                columns={{'rep': 'BIGINT', 'member': 'BIGINT'}})""")
+            try:
+                con.execute(f"""CREATE TEMP TABLE l_{lv} AS SELECT * FROM read_csv({_sql_str(tsv)}, delim='\t',
+                    header=false, columns={{'rep': 'BIGINT', 'member': 'BIGINT'}})""")
+            except duckdb.Error as exc:  # mmseqs wrote something, but not "<rep>\t<member>" ordinals
+                first = str(exc).splitlines()[0]
+                raise DataValidationError(f"mmseqs cluster table is not two integer columns: {first}",
+                                          path=str(tsv)) from exc
         select = [f"r_{names[0]}.id AS cluster_{names[0]}"]
         joins = []
         for prev, lv in zip(names, names[1:]):
             joins.append(f"JOIN l_{lv} ON l_{lv}.member = l_{prev}.rep")
             select.append(f"r_{lv}.id AS cluster_{lv}")
         con.execute(f"""CREATE TEMP TABLE seqs AS
-            SELECT id, (row_number() OVER ()) - 1 AS ord FROM read_parquet('{sequences}')""")
+            SELECT id, (row_number() OVER ()) - 1 AS ord FROM read_parquet({_sql_str(sequences)})""")
         con.execute(f"""CREATE TEMP TABLE clusters AS
             SELECT s.id, {', '.join(select)} FROM seqs s
             LEFT JOIN l_{names[0]} ON l_{names[0]}.member = s.ord {' '.join('LEFT ' + j for j in joins)}
@@ -103,12 +116,12 @@ def _write_outputs(sequences: Path, tsvs: dict[str, Path], out_dir: Path, tmp_di
         if missing:
             raise DataValidationError(f"mmseqs output lacks sequences, e.g. {[m[0] for m in missing]}",
                                       path=str(sequences))
-        con.execute(f"COPY clusters TO '{out_dir / 'clusters.parquet'}' (FORMAT parquet, COMPRESSION zstd)")
+        con.execute(f"COPY clusters TO {_sql_str(out_dir / 'clusters.parquet')} (FORMAT parquet, COMPRESSION zstd)")
         union = " UNION ALL ".join(
             f"SELECT '{lv}' AS level, cluster_{lv} AS representative, count(*)::BIGINT AS size FROM clusters GROUP BY 2"
             for lv in names)
         con.execute(f"COPY (SELECT * FROM ({union}) ORDER BY level, size DESC, representative) "
-                    f"TO '{out_dir / 'cluster_sizes.parquet'}' (FORMAT parquet, COMPRESSION zstd)")
+                    f"TO {_sql_str(out_dir / 'cluster_sizes.parquet')} (FORMAT parquet, COMPRESSION zstd)")
         return {lv: con.execute(f"SELECT count(DISTINCT cluster_{lv}) FROM clusters").fetchone()[0] for lv in names}
     finally:
         con.close()

@@ -9,6 +9,7 @@ beside their code and are imported here.
 from __future__ import annotations
 
 import os
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -202,6 +203,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def _short(value: Any) -> str:
+    """A repr of ~100 characters at most: a hostile value (a YAML alias bomb) must not blow up the message."""
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = 60
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = 4
+    r.maxlevel = 3
+    return r.repr(value)
+
+
 def _format_errors(errors: list[tuple[tuple, dict[str, Any]]], origin: str) -> str:
     lines = [f"invalid configuration in {origin}:"]
     for prefix, err in errors:
@@ -209,7 +219,7 @@ def _format_errors(errors: list[tuple[tuple, dict[str, Any]]], origin: str) -> s
                        if not (isinstance(p, str) and p in ("uniref", "fasta", "embedded")))
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         got = err.get("input")
-        shown = "" if err["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
+        shown = "" if err["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {_short(got)})"
         lines.append(f"  {loc or '<root>'}: {msg}{shown}")
     return "\n".join(lines)
 

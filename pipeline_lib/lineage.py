@@ -7,11 +7,14 @@
 DuckDB allows one writing process: every write opens the file, writes in one transaction and closes it
 at once, retrying while another process holds the lock, so readers (CLI, dashboard) and several runs
 interleave. Within a process a lock serializes writers; workers hand their records to the flow process.
+Credentials never reach the file: ``user:password@`` in URLs and token-like query values are written
+as ``***`` (:func:`redact_secrets`), in JSON columns and error texts alike.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +29,8 @@ import duckdb
 from pipeline_lib.errors import PipelineError
 from pipeline_lib.io import sha256_file, stable_hash
 
-__all__ = ["ArtifactRecord", "StepRecord", "RunRecord", "LineageStore", "artifact_for", "utcnow"]
+__all__ = ["ArtifactRecord", "StepRecord", "RunRecord", "LineageStore", "artifact_for", "utcnow", "redact_secrets",
+           "to_json"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -125,8 +129,29 @@ def _path_lock(path: Path) -> threading.RLock:
         return _LOCKS.setdefault(key, threading.RLock())
 
 
-def _json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, default=str)
+# user:password@ in any URL, and the values of query parameters whose name looks like a secret
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s@\"']+@")
+_SECRET_QUERY = re.compile(r"(?i)([?&][a-z0-9_.-]*(?:token|key|sig|signature|password|passwd|secret|auth|credential)"
+                           r"[a-z0-9_.-]*=)[^&#\s\"']+")
+
+
+def redact_secrets(obj: Any) -> Any:
+    """``obj`` (strings, and lists / dicts of them, walked) with URL credentials replaced by ``***``."""
+    if isinstance(obj, str):
+        return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", obj))
+    if isinstance(obj, dict):
+        return {k: redact_secrets(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact_secrets(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any) -> str:
+    """The JSON that lineage stores for ``obj`` (sorted keys, secrets redacted): compare stored params with it."""
+    return json.dumps(redact_secrets(obj), sort_keys=True, default=str)
+
+
+_json = to_json
 
 
 class LineageStore:
@@ -137,8 +162,17 @@ class LineageStore:
         self.lock_timeout_s = lock_timeout_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _path_lock(self.path)
-        with self._connect() as con:
-            con.execute(_SCHEMA)
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            self.path.unlink()  # an empty file is a creation that failed (disk full): nothing to keep
+        existed = self.path.exists()
+        try:
+            with self._connect() as con:
+                con.execute(_SCHEMA)
+        except BaseException:
+            if not existed and _unusable(self.path):  # half-written: every later open would fail
+                for p in (self.path, self.path.with_name(self.path.name + ".wal")):
+                    p.unlink(missing_ok=True)
+            raise
 
     @contextmanager
     def _connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -154,7 +188,9 @@ class LineageStore:
                 except (duckdb.IOException, duckdb.ConnectionException) as exc:
                     # another process holds the file lock, or this process has it open read-only
                     busy = "lock" in str(exc).lower() or "different configuration" in str(exc).lower()
-                    if not busy or time.monotonic() > deadline:
+                    if not busy:
+                        raise PipelineError(f"cannot open lineage database {self.path}: {exc}") from exc
+                    if time.monotonic() > deadline:
                         raise PipelineError(f"lineage database {self.path} is busy: {exc}") from exc
                     time.sleep(delay)
                     delay = min(delay * 2, 1.0)
@@ -176,7 +212,7 @@ class LineageStore:
                 tool_versions: dict[str, str] | None = None) -> None:
         with self._connect() as con:
             con.execute("UPDATE runs SET ended_at=?, status=?, error=? WHERE run_id=?",
-                        [utcnow(), status, error, run_id])
+                        [utcnow(), status, redact_secrets(error), run_id])
             if tool_versions:
                 con.execute("UPDATE runs SET tool_versions=? WHERE run_id=?", [_json(tool_versions), run_id])
 
@@ -195,12 +231,14 @@ class LineageStore:
             con.execute("BEGIN")
             con.execute("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", [
                 step.step_id, step.run_id, step.stage, _json(step.params), step.cache_key, step.status,
-                step.started_at, step.ended_at, (step.ended_at - step.started_at).total_seconds(), step.error,
+                step.started_at, step.ended_at, (step.ended_at - step.started_at).total_seconds(),
+                redact_secrets(step.error),
                 _json(step.tool_versions), _json(step.stats)])
             for direction, arts in (("input", step.inputs), ("output", step.outputs)):
                 for a in arts:
                     con.execute("INSERT OR IGNORE INTO artifacts VALUES (?,?,?,?,?,?,?,?)", [
-                        a.artifact_id, a.path, a.kind, a.content_hash, a.rows, a.bytes, _json(a.meta), utcnow()])
+                        a.artifact_id, redact_secrets(a.path), a.kind, a.content_hash, a.rows, a.bytes, _json(a.meta),
+                        utcnow()])
                     con.execute("INSERT INTO edges VALUES (?,?,?)", [step.step_id, a.artifact_id, direction])
             con.execute("COMMIT")
 
@@ -279,6 +317,19 @@ class LineageStore:
                     nxt += [i["artifact_id"] for i in s["inputs"]]
             frontier, depth = nxt, depth + 1
         return chain
+
+
+def _unusable(path: Path) -> bool:
+    """True when ``path`` exists but DuckDB cannot open it (not merely locked by another process)."""
+    if not path.exists():
+        return False
+    try:
+        duckdb.connect(str(path), read_only=True).close()
+    except duckdb.IOException as exc:
+        return "lock" not in str(exc).lower()
+    except duckdb.Error:
+        return True
+    return False
 
 
 def _pid_alive(pid: int) -> bool:

@@ -81,8 +81,12 @@ class Alphabet:
         return [self.cls_idx, *ids, self.eos_idx] if add_special else ids
 
     def decode(self, ids: Sequence[int] | np.ndarray, *, strip_special: bool = True) -> str:
-        out = [self.tokens[int(i)] for i in ids if not (strip_special and int(i) in self.special_ids)]
-        return "".join(out)
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < len(self.tokens)]
+        if bad:  # a negative id would silently index from the end
+            raise DataValidationError(f"token ids outside the {self.name} vocabulary (0..{len(self.tokens) - 1}): "
+                                      f"{bad[:5]}")
+        return "".join(self.tokens[i] for i in ids if not (strip_special and i in self.special_ids))
 
 
 ESM_ALPHABET = Alphabet(ESM_TOKENS, name="esm2")

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,8 +23,9 @@ from prefect.logging import get_run_logger
 
 from pipeline_lib import __version__
 from pipeline_lib.errors import TransientError
-from pipeline_lib.io import atomic_dir, clean_temporaries, stable_hash, write_json_atomic
+from pipeline_lib.io import atomic_dir, stable_hash, write_json_atomic
 from pipeline_lib.lineage import ArtifactRecord, LineageStore, StepRecord, artifact_for, utcnow
+from pipeline_lib.locks import FileLock
 
 __all__ = ["RunContext", "StageOutput", "Produced", "run_stage", "code_version", "retry_transient", "logger"]
 
@@ -120,6 +122,39 @@ def _load_marker(directory: Path) -> dict[str, Any] | None:
     return data
 
 
+def _remove_temporaries(final: Path) -> None:
+    """What killed runs left while building ``final`` (``<key16>.tmp-<pid>-<rand>``); call under its lock."""
+    for tmp in final.parent.glob(f"{final.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def _build(final: Path, stage: str, key: str, params: dict[str, Any],
+           compute: Callable[[Path], tuple[list[Produced], dict[str, Any], dict[str, str]]],
+           resumable: bool) -> dict[str, Any]:
+    """Run ``compute`` in the stage directory (a temporary one unless ``resumable``); returns the marker."""
+    with (_in_place(final) if resumable else atomic_dir(final)) as tmp:
+        produced, stats, tools = compute(tmp)
+        outputs = {p.name: asdict(artifact_for(p.path or tmp / p.name, p.kind, rows=p.rows, meta=p.meta))
+                   for p in produced}
+        for art in outputs.values():  # files made in the stage directory: point at its final name
+            if Path(art["path"]).is_relative_to(tmp.resolve()):
+                art["path"] = str(final / Path(art["path"]).relative_to(tmp.resolve()))
+        data = {"stage": stage, "cache_key": key, "params": params, "outputs": outputs,
+                "stats": stats, "tool_versions": tools, "finished_at": utcnow().isoformat()}
+        write_json_atomic(tmp / MARKER, data)
+    return data
+
+
+def _record_failure(ctx: RunContext, step: StepRecord) -> None:
+    """Record a failed step. If lineage cannot be written either (a full disk), log that and let the stage's
+    own error propagate: the lineage error must not replace it."""
+    try:
+        ctx.store.record_step(step)
+    except Exception as exc:  # logged as text: a record holding the exception would pin the failed stage's files
+        logger().error("could not record the failed %s step in lineage %s: %s", step.stage, ctx.lineage_path,
+                       str(exc))
+
+
 def run_stage(ctx: RunContext, stage: str, params: dict[str, Any], inputs: list[ArtifactRecord],
               compute: Callable[[Path], tuple[list[Produced], dict[str, Any], dict[str, str]]],
               *, cache: bool = True, resumable: bool = False) -> StageOutput:
@@ -133,29 +168,24 @@ def run_stage(ctx: RunContext, stage: str, params: dict[str, Any], inputs: list[
     key = stable_hash({"stage": stage, "params": params, "inputs": sorted(a.content_hash for a in inputs),
                        "code": code_version()})
     final = Path(ctx.workdir) / "stages" / stage / key[:16]
-    clean_temporaries(final.parent)
     started = utcnow()
-    data = _load_marker(final) if cache else None
     status = "cached"
     try:
-        if data is None:
-            status = "completed"
-            log.info("%s: running (cache key %s)", stage, key[:16])
-            with (_in_place(final) if resumable else atomic_dir(final)) as tmp:
-                produced, stats, tools = compute(tmp)
-                outputs = {p.name: asdict(artifact_for(p.path or tmp / p.name, p.kind, rows=p.rows, meta=p.meta))
-                           for p in produced}
-                for art in outputs.values():  # files made in the stage directory: point at its final name
-                    if Path(art["path"]).is_relative_to(tmp.resolve()):
-                        art["path"] = str(final / Path(art["path"]).relative_to(tmp.resolve()))
-                data = {"stage": stage, "cache_key": key, "params": params, "outputs": outputs,
-                        "stats": stats, "tool_versions": tools, "finished_at": utcnow().isoformat()}
-                write_json_atomic(tmp / MARKER, data)
-        else:
-            log.info("%s: cached, skipping (cache key %s)", stage, key[:16])
+        # One process at a time per stage key: a concurrent run waits here (saying for whom), then finds the
+        # result cached. Only this key's temporaries are removed, and only under its lock, so a stage that
+        # another run is building is never touched. The kernel drops the lock when its holder dies.
+        with FileLock(final.with_name(final.name + ".lock"), sink=log.warning, note=f"{stage} of run {ctx.run_id}"):
+            _remove_temporaries(final)
+            data = _load_marker(final) if cache else None
+            if data is None:
+                status = "completed"
+                log.info("%s: running (cache key %s)", stage, key[:16])
+                data = _build(final, stage, key, params, compute, resumable)
+            else:
+                log.info("%s: cached, skipping (cache key %s)", stage, key[:16])
     except BaseException as exc:
-        ctx.store.record_step(StepRecord(ctx.run_id, stage, params, key, "failed", started, utcnow(),
-                                         inputs=inputs, error=f"{type(exc).__name__}: {exc}"[:4000]))
+        _record_failure(ctx, StepRecord(ctx.run_id, stage, params, key, "failed", started, utcnow(),
+                                        inputs=inputs, error=f"{type(exc).__name__}: {exc}"[:4000]))
         raise
     outputs = {k: ArtifactRecord(**v) for k, v in data["outputs"].items()}
     ctx.store.record_step(StepRecord(ctx.run_id, stage, params, key, status, started, utcnow(), inputs=inputs,

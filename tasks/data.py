@@ -13,8 +13,9 @@ from prefect import task
 from pipeline_lib import schemas
 from pipeline_lib.cluster import cluster_sequences
 from pipeline_lib.config import Config
+from pipeline_lib.errors import DataValidationError
 from pipeline_lib.ingest import ingest_fasta
-from pipeline_lib.lineage import ArtifactRecord, artifact_for
+from pipeline_lib.lineage import ArtifactRecord, artifact_for, redact_secrets, to_json
 from pipeline_lib.shards import write_sequence_shards
 from pipeline_lib.split import assign_splits, decontaminate
 from pipeline_lib.tools.mmseqs import MMseqs
@@ -36,11 +37,12 @@ def check_release(ctx: RunContext, cfg: Config) -> ReleaseCheck:
     """Compare the upstream source's identity (release, checksums) with the last completed fetch."""
     from pipeline_lib.sources.release import identity_changed, source_identity
 
-    current = source_identity(cfg.source, Path(ctx.workdir) / "downloads")
+    # compared with the identity lineage stored, which has its URL credentials redacted
+    current = redact_secrets(source_identity(cfg.source, Path(ctx.workdir) / "downloads"))
     rows = ctx.store.query(
         "SELECT s.stats, s.run_id FROM steps s JOIN runs r USING (run_id) WHERE s.stage='fetch' AND "
         "s.status='completed' AND r.status='completed' AND s.params=? ORDER BY s.started_at DESC LIMIT 1",
-        [json.dumps(cfg.source.model_dump(mode="json"), sort_keys=True, default=str)])
+        [to_json(cfg.source.model_dump(mode="json"))])  # as lineage stores it: secrets redacted
     previous = json.loads(rows[0]["stats"]).get("identity") if rows else None
     check = ReleaseCheck(identity_changed(previous, current), current, previous, rows[0]["run_id"] if rows else None)
     logger().info("upstream %s: %s", current.get("release") or cfg.source.kind,
@@ -100,6 +102,9 @@ def ingest(ctx: RunContext, cfg: Config, source: StageOutput) -> StageOutput:
 
     def compute(tmp: Path):
         stats = ingest_fasta([Path(a.path) for a in inputs], tmp, cfg.ingest)
+        if stats.records_in == 0:  # a truncated download or a wrong path far more often than intended
+            raise DataValidationError("no FASTA records: the input is empty or blank",
+                                      path=", ".join(a.path for a in inputs))
         produced = [Produced("sequences.parquet", "sequences", stats.kept),
                     Produced("duplicates.parquet", "duplicates", stats.duplicates),
                     Produced("quarantine.parquet", "quarantine", stats.quarantined)]

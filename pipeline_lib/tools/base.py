@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 from collections import deque
 from pathlib import Path
@@ -21,6 +22,13 @@ __all__ = ["BinaryTool"]
 log = logging.getLogger(__name__)
 
 STDERR_TAIL_LINES = 30
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 class BinaryTool:
@@ -79,6 +87,7 @@ class BinaryTool:
                     logfh.write(line)
             proc.wait()
         if proc.returncode != 0:
-            raise ToolError(f"{self.name} failed", argv=argv, returncode=proc.returncode,
+            how = f"was killed by {_signal_name(-proc.returncode)}" if proc.returncode < 0 else "failed"
+            raise ToolError(f"{self.name} {how}", argv=argv, returncode=proc.returncode,
                             stderr_tail="\n".join(tail))
         return stdout
