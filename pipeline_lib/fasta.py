@@ -1,34 +1,50 @@
-"""Streaming FASTA reader and UniProt/UniRef header parser.
+"""Streaming FASTA reader and UniProt/UniRef header parser, per record or columnar per chunk.
 
     for rec in read_fasta("uniref50.fasta.gz"):
         rec.header, rec.sequence, rec.index
 
-Reads plain or gzip input in large blocks (memory stays flat whatever the file size), tolerates CRLF,
-and yields every record, good or bad: judging a record is the ingest stage's job, so nothing is lost
-here. Text before the first ``>`` comes out as a record with ``header=None``. A truncated or corrupt
+    for chunk in read_chunks("uniref50.fasta.gz"):      # ~4 MiB of whole records at a time
+        layout = record_layout(chunk, first=...)         # record boundaries as NumPy offsets
+        headers = layout.slices(layout.head_start, layout.head_end)   # pa.BinaryArray, one per record
+
+Decompresses in 4 MiB blocks on a background thread (ISA-L's ``igzip`` when the ``isal`` package is
+installed, else the standard ``gzip`` module: same bytes, ~3x faster), so memory stays flat whatever the file
+size. Blocks are cut at record boundaries (a ``>`` at the start of a line), never inside a record. Every
+record comes out, good or bad: judging a record is the ingest stage's job, so nothing is lost here. Text
+before the first ``>`` comes out as a record with ``header=None``. CRLF is tolerated. A truncated or corrupt
 gzip stream raises :class:`DataValidationError` naming the file, never a silent short read.
 """
 from __future__ import annotations
 
 import gzip
 import os
-import re
+import queue
+import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pyarrow as pa
 
 from pipeline_lib.errors import DataValidationError
+from pipeline_lib.fasta_headers import Header, parse_header  # noqa: F401  (re-exported: the header half)
 
-__all__ = ["FastaRecord", "Header", "read_fasta", "parse_header", "open_maybe_gzip"]
+try:  # optional: ISA-L decompresses gzip ~3x faster than zlib, byte for byte the same output
+    from isal import igzip as _igzip
+    from isal.isal_zlib import error as _isal_error
+except ImportError:  # pragma: no cover - depends on the environment
+    _igzip, _isal_error = None, zlib.error
+
+__all__ = ["FastaRecord", "Header", "RecordLayout", "read_fasta", "read_chunks", "record_layout", "decode_header",
+           "parse_header", "open_maybe_gzip", "DECOMPRESSOR", "named_record"]
 
 BLOCK = 1 << 22  # 4 MiB reads
-
-_UNIPROT_ID = re.compile(r"^(?P<db>sp|tr)\|(?P<acc>[A-Za-z0-9_.-]+)\|(?P<name>\S+)$")
-# a field starts at " KEY=" where KEY is an upper/lower-case word, e.g. " OS=", " n=", " TaxID="
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\ufffd]")
-_FIELD = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z]*)=")
-_UNIREF_ID = re.compile(r"^(?P<db>UniRef(?:50|90|100))_(?P<acc>\S+)$")
+MAX_RECORD_BYTES = 64 << 20  # one record at most; titin, the longest protein, is 35 kB
+DECOMPRESSOR = "isal.igzip" if _igzip is not None else "gzip"
+WHITESPACE = b" \t\r\x0b\x0c"  # removed from residue lines (with the line breaks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,126 +54,179 @@ class FastaRecord:
     index: int               # 0-based record number within the file
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
-    id: str
-    accession: str
-    description: str
-    db: str | None = None
-    n_members: int | None = None
-    tax: str | None = None
-    taxid: int | None = None
-    rep_id: str | None = None
-    gene: str | None = None
-    pe: int | None = None
-    sv: int | None = None
+# --- bytes in ------------------------------------------------------------------------------------------
 
-
-def open_maybe_gzip(path: str | os.PathLike[str]):
+def open_maybe_gzip(path: str | os.PathLike[str]) -> BinaryIO:
     """Open ``path`` for binary reading, transparently gunzipping (detected by magic bytes)."""
-    fh = open(path, "rb")
-    magic = fh.read(2)
-    fh.seek(0)
-    if magic == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=fh, mode="rb")
-    return fh
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b":  # opened by path, so closing the reader closes the file too
+        return _igzip.open(path, "rb") if _igzip is not None else gzip.open(path, "rb")
+    return open(path, "rb")
 
 
-def _blocks(path: Path) -> Iterator[bytes]:
+def _read_blocks(path: Path, block: int, out: queue.Queue, stop: threading.Event) -> None:
+    """Producer thread: decompressed blocks, then ``None`` (end) or the exception that stopped it."""
+    item: bytes | BaseException | None = None
     try:
         with open_maybe_gzip(path) as fh:
-            while block := fh.read(BLOCK):
-                yield block
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise DataValidationError(f"corrupt or truncated gzip stream ({exc})", path=str(path)) from exc
+            while not stop.is_set() and (data := fh.read(block)):
+                while not stop.is_set():
+                    try:
+                        out.put(data, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+    except BaseException as exc:  # handed to the consumer, which raises it
+        item = exc
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
 
 
-def _lines(path: Path) -> Iterator[bytes]:
-    rest = b""
-    for block in _blocks(path):
-        block = rest + block
-        lines = block.split(b"\n")
-        rest = lines.pop()
-        yield from lines
-    if rest:
-        yield rest
+def _blocks(path: Path, block: int) -> Iterator[bytes]:
+    """Decompressed blocks of ``path``; decompression runs on a thread (zlib and ISA-L release the GIL)."""
+    out: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    worker = threading.Thread(target=_read_blocks, args=(path, block, out, stop), daemon=True,
+                              name=f"gunzip {path.name}")
+    worker.start()
+    try:
+        while (item := out.get()) is not None:
+            if isinstance(item, BaseException):
+                if isinstance(item, (EOFError, zlib.error, _isal_error, gzip.BadGzipFile)):
+                    raise DataValidationError(f"corrupt or truncated gzip stream ({item})", path=str(path)) from item
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
-_WS = b" \t\r\x0b\x0c"
+def read_chunks(path: str | os.PathLike[str], block: int | None = None) -> Iterator[bytes]:
+    """Decompressed text of ``path`` in pieces of whole records (each ends right before a line-start ``>``).
 
+    Pieces are about ``block`` bytes (default :data:`BLOCK`); every piece but the first starts with ``>``; a
+    record longer than a block makes a longer piece.
+    """
+    pending: list[bytes] = []  # the unfinished piece, as blocks (joined once: no quadratic copying)
+    size = 0
+    for data in _blocks(Path(path), block or BLOCK):
+        cut = data.rfind(b"\n>") + 1
+        if cut == 0 and not (data[:1] == b">" and pending and pending[-1][-1:] == b"\n"):
+            pending.append(data)
+            size += len(data)
+            if size > MAX_RECORD_BYTES:  # else memory grows with the file: binary input, CR-only line ends
+                raise DataValidationError(f"no record boundary ('\\n>') in {size} bytes, more than any protein "
+                                          "record: not a FASTA file, or CR-only line ends?", path=str(path))
+            continue
+        view = memoryview(data)
+        pending.append(view[:cut])
+        piece = b"".join(pending)
+        if piece:
+            yield piece
+        pending = [view[cut:]]
+        size = len(pending[0])
+    piece = b"".join(pending)
+    if piece:
+        yield piece
+
+
+# --- records, one at a time ------------------------------------------------------------------------------
 
 def read_fasta(path: str | os.PathLike[str]) -> Iterator[FastaRecord]:
-    """Yield every record of a FASTA file (plain or gzip) in file order."""
-    path = Path(path)
-    header: str | None = None
-    chunks: list[bytes] = []
-    index = 0
-    started = False
-    for line in _lines(path):
-        if line.startswith(b">"):
-            if started:
-                yield FastaRecord(header, _join(chunks), index)
-                index += 1
-            header = line[1:].rstrip(b"\r").decode("utf-8", "replace").strip()
-            chunks = []
-            started = True
-        else:
-            stripped = line.translate(None, _WS)
-            if stripped:
-                chunks.append(stripped)
-                started = True
-    if started:
-        yield FastaRecord(header, _join(chunks), index)
+    """Yield every record of a FASTA file (plain or gzip) in file order.
 
-
-def _join(chunks: list[bytes]) -> str:
-    # latin-1 keeps one char per byte, so binary garbage stays visible to the validator
-    return b"".join(chunks).decode("latin-1")
-
-
-def _fields(rest: str) -> tuple[str, dict[str, str]]:
-    """Split ``desc KEY=value KEY=value`` into the description and a field dict (values may hold spaces)."""
-    matches = list(_FIELD.finditer(rest))
-    if not matches:
-        return rest.strip(), {}
-    desc = rest[: matches[0].start()].strip()
-    fields: dict[str, str] = {}
-    for m, nxt in zip(matches, [*matches[1:], None]):
-        fields.setdefault(m.group(1), rest[m.end(): nxt.start() if nxt else len(rest)].strip())
-    return desc, fields
-
-
-def _int(fields: dict[str, str], key: str, ident: str) -> int | None:
-    if key not in fields:
-        return None
-    try:
-        return int(fields[key])
-    except ValueError:
-        raise ValueError(f"{ident}: field {key}= is not an integer: {fields[key]!r}") from None
-
-
-def parse_header(header: str) -> Header:
-    """Parse a FASTA header (without '>') into id, accession and UniProtKB / UniRef fields.
-
-    Raises ``ValueError`` with the reason when the header is malformed (empty id, control characters,
-    a UniProtKB id that is not ``db|accession|name``, a numeric field that is not a number).
+    A corrupt stream raises :class:`DataValidationError` naming the file and the record it broke in.
     """
-    if not header or not header.strip():
-        raise ValueError("empty header")
-    if _CONTROL.search(header):
-        raise ValueError("header has control or non-UTF-8 bytes")
-    ident, _, rest = header.strip().partition(" ")
-    ident = ident.strip()
-    m = _UNIPROT_ID.match(ident)
-    if ident.startswith(("sp|", "tr|")) and not m:
-        raise ValueError(f"UniProtKB id {ident!r} is not db|accession|name")
-    if m:
-        desc, f = _fields(rest)
-        return Header(ident, m["acc"], desc, db=m["db"], tax=f.get("OS"), taxid=_int(f, "OX", ident),
-                      gene=f.get("GN"), pe=_int(f, "PE", ident), sv=_int(f, "SV", ident))
-    m = _UNIREF_ID.match(ident)
-    if m:
-        desc, f = _fields(rest)
-        return Header(ident, m["acc"], desc, db=m["db"], n_members=_int(f, "n", ident), tax=f.get("Tax"),
-                      taxid=_int(f, "TaxID", ident), rep_id=f.get("RepID"))
-    return Header(ident, ident, rest.strip())
+    index = 0
+    first = True
+    for chunk in named_record(read_chunks(path), lambda: index):
+        pieces = chunk.split(b"\n>")
+        if first and not chunk.startswith(b">"):  # text before the first header
+            pre = pieces.pop(0).translate(None, WHITESPACE + b"\n")
+            if pre:
+                yield FastaRecord(None, pre.decode("latin-1"), index)
+                index += 1
+        elif pieces:
+            pieces[0] = pieces[0][1:]
+        first = False
+        for piece in pieces:
+            head, _, body = piece.partition(b"\n")
+            yield FastaRecord(decode_header(head), body.translate(None, WHITESPACE + b"\n").decode("latin-1"), index)
+            index += 1
+
+
+def named_record(chunks: Iterator[bytes], record: Callable[[], int]) -> Iterator[bytes]:
+    """``chunks``, adding ``record()`` (the record being read) to a :class:`DataValidationError` without one."""
+    try:
+        yield from chunks
+    except DataValidationError as exc:
+        if exc.record is not None:
+            raise
+        raise DataValidationError(exc.reason, path=exc.path, record=record()) from exc
+
+
+def decode_header(line: bytes) -> str:
+    """A header line (without '>' and newline) as text: undecodable bytes become U+FFFD, then stripped."""
+    return line.rstrip(b"\r").decode("utf-8", "replace").strip()
+
+
+# --- records, a chunk at a time (columnar) -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RecordLayout:
+    """Where the records of one chunk lie in ``text``: the chunk with every line break removed.
+
+    Record ``i`` has header ``text[head_start[i]:head_end[i]]`` and residues ``text[head_end[i]:body_end[i]]``
+    (still holding any whitespace but ``\\n``). ``preamble`` is the text before the first ``>`` (first chunk only).
+    """
+    text: bytes
+    head_start: np.ndarray   # int64 [n]
+    head_end: np.ndarray     # int64 [n]
+    body_end: np.ndarray     # int64 [n]
+    preamble: bytes
+
+    def __len__(self) -> int:
+        return len(self.head_start)
+
+    def slices(self, starts: np.ndarray, ends: np.ndarray) -> pa.Array:
+        """``text[starts[i]:ends[i]]`` as one binary array (ranges ascending, not overlapping): one copy."""
+        n = len(starts)
+        offsets = np.empty(2 * n + 1, dtype=np.int64)
+        offsets[0] = 0
+        offsets[1::2], offsets[2::2] = starts, ends
+        large = len(self.text) >= 2**31 - 1
+        whole = pa.Array.from_buffers(pa.large_binary() if large else pa.binary(), 2 * n,
+                                      [None, pa.py_buffer(offsets if large else offsets.astype(np.int32)),
+                                       pa.py_buffer(self.text)])
+        return whole.take(np.arange(1, 2 * n, 2))
+
+
+def record_layout(chunk: bytes, *, first: bool) -> RecordLayout:
+    """Find the records of a chunk from :func:`read_chunks` with whole-array operations (no per-line loop)."""
+    if b"\r" in chunk and chunk.count(b"\r") == chunk.count(b"\r\n"):
+        chunk = chunk.replace(b"\r\n", b"\n")  # plain CRLF: the same records as stripping each line's '\r'
+    raw = np.frombuffer(chunk, dtype=np.uint8)
+    nl = np.flatnonzero(raw == 10)
+    follow = nl + 1
+    if len(nl) and follow[-1] == len(raw):
+        follow = follow[:-1]
+    before = np.flatnonzero(raw[follow] == 62) + 1  # line breaks before each record's '>'
+    if chunk[:1] == b">":
+        before = np.concatenate(([0], before))
+    elif not first:
+        raise ValueError("a chunk after the first must start with '>'")
+    # with the chunk's edges as line breaks: record i's '>' follows break before[i], its header ends at the next
+    breaks = np.concatenate(([-1], nl, [len(chunk)]))
+    starts, ends = breaks[before] + 1, breaks[before + 1]
+    text = chunk.replace(b"\n", b"")
+    head_start = starts + 1 - before
+    head_end = ends - before
+    body_end = np.append(head_start[1:] - 1, len(text)).astype(np.int64)
+    preamble = text[: head_start[0] - 1] if len(head_start) else text
+    return RecordLayout(text, head_start.astype(np.int64), head_end.astype(np.int64), body_end,
+                        preamble if first and chunk[:1] != b">" else b"")

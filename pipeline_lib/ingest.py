@@ -2,37 +2,51 @@
 
     stats = ingest_fasta([Path("uniref50.fasta.gz")], out_dir, IngestConfig())
 
-Phase 1 streams records through validation into Parquet row groups (memory flat in input size).
-Phase 2 lets DuckDB (out-of-core, memory-capped) find duplicate ids (quarantined) and exact duplicate
-sequences (collapsed onto the first occurrence, mapping kept). Counts always reconcile:
-``records_in == kept + duplicates + quarantined``.
+Phase 1 (parse) takes the decompressed text a chunk of whole records at a time (~4 MiB) and judges all the
+records of a chunk together: one ``bytes.translate`` pass checks the residues of the chunk, RE2 and Arrow
+string kernels check and split the headers (:func:`~pipeline_lib.fasta_headers.parse_headers`); only the
+sha256 is per record. A record the fast checks do not pass (bad letters, stray whitespace, odd headers, too
+short...) goes through :func:`validate_record`, the definition, so kept rows and quarantine reasons are
+exactly its. Chunk k + 1 is checked on a thread while chunk k's rows are made; rows go out as Arrow tables,
+a Parquet row group per ``batch_rows`` on a writer thread: memory stays flat in input size.
+Phase 2 (:mod:`pipeline_lib.ingest_dedupe`) finds duplicate ids (quarantined: the first occurrence wins) and
+exact duplicate sequences (collapsed onto the first occurrence, mapping kept) with DuckDB on the narrow
+columns. Counts always reconcile: ``records_in == kept + duplicates + quarantined``.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import logging
-import os
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline_lib import schemas
 from pipeline_lib.config import IngestConfig
-from pipeline_lib.fasta import parse_header, read_fasta
+from pipeline_lib.fasta import WHITESPACE, RecordLayout, decode_header, named_record, read_chunks, record_layout
+from pipeline_lib.fasta_headers import parse_header, parse_headers
+from pipeline_lib.ingest_dedupe import DUCKDB_MEMORY_LIMIT, dedupe  # (the cap is re-exported: cluster uses it)
 from pipeline_lib.progress import Progress
 
-__all__ = ["IngestStats", "ingest_fasta", "validate_record", "DUCKDB_MEMORY_LIMIT"]
+__all__ = ["IngestStats", "ingest_fasta", "validate_record", "seq_hash", "DUCKDB_MEMORY_LIMIT"]
 
 log = logging.getLogger(__name__)
 
-DUCKDB_MEMORY_LIMIT = os.environ.get("PLM_DUCKDB_MEMORY", "512MB")
+_FLUSH_BYTES = 64 << 20  # a row group is written at batch_rows rows or this many bytes, whichever comes first
+# Parquet options for the row files: dictionaries only where values repeat, min/max only on short columns
+PARQUET_OPTIONS = dict(compression="zstd",
+                       use_dictionary=["db", "tax", "n_members", "taxid", "pe", "sv", "source_file"],
+                       write_statistics=["id", "n_members", "taxid", "pe", "sv", "length", "source_record"])
 
 
 @dataclass
@@ -85,106 +99,228 @@ def _invalid_pattern(allowed: frozenset[str]) -> re.Pattern[str]:
     return re.compile("[^" + "".join(re.escape(c) for c in sorted(allowed)) + "]")
 
 
-class _Writer:
-    """Buffers rows column-wise and writes a row group when ``batch_rows`` is reached."""
+def _np(a: pa.Array) -> np.ndarray:
+    return a.to_numpy(zero_copy_only=False)
 
-    def __init__(self, path: Path, schema: pa.Schema, batch_rows: int) -> None:
+
+@dataclass
+class _Checked:
+    """One chunk after the whole-chunk checks: ``fast`` flags the records that passed them (their header
+    ``fields``, upper-cased ``bodies`` and ``length`` are kept, in order); the others need the reference path."""
+    layout: RecordLayout
+    fast: np.ndarray
+    fields: pa.Table
+    bodies: pa.Array
+    length: np.ndarray
+
+
+class _Judge:
+    """Validates the records of one chunk together; the uncommon ones go through :func:`validate_record`."""
+
+    def __init__(self, cfg: IngestConfig) -> None:
+        self.cfg = cfg
+        allowed = frozenset(cfg.alphabet.upper())
+        self.invalid = _invalid_pattern(allowed)
+        # letters the fast check accepts: printable ASCII, never whitespace (validate_record would drop it)
+        upper = sorted(c for c in allowed if " " < c <= "~")
+        lower = sorted(c for c in map(chr, range(ord("a"), ord("z") + 1)) if c.upper() in allowed)
+        self.upper_bytes, self.lower_bytes = "".join(upper).encode(), "".join(lower).encode()
+        self.seq_any = "^[" + "".join(f"\\x{{{ord(c):02x}}}" for c in upper + lower) + "]*$"
+
+    def check(self, chunk: bytes, first: bool) -> _Checked:
+        """The whole-chunk work (Arrow and NumPy kernels, mostly outside the GIL): find and check the records."""
+        lay = record_layout(chunk, first=first)
+        n, cfg = len(lay), self.cfg
+        he, be = lay.head_end, lay.body_end
+        text = np.frombuffer(lay.text, dtype=np.uint8)
+        star = np.zeros(n, dtype=bool)  # one trailing '*' is dropped, as validate_record does
+        nonempty = be > he
+        star[nonempty] = text[be[nonempty] - 1] == ord("*")
+        length = be - star - he
+        fast, bodies = self._letters(lay.slices(he, be - star))
+        fast &= length >= cfg.min_length  # >= 1: no empty sequence passes
+        if cfg.max_length is not None:
+            fast &= length <= cfg.max_length
+        hidx, fields = parse_headers(lay.slices(lay.head_start, he))
+        parsed = np.zeros(n, dtype=bool)
+        parsed[hidx] = True
+        fast &= parsed
+        if not fast.all():
+            fields, bodies = fields.filter(pa.array(fast[hidx])), bodies.filter(pa.array(fast))
+        return _Checked(lay, fast, fields, bodies, length[fast])
+
+    def rows(self, c: _Checked, source: str, index0: int) -> tuple[pa.Table | None, list[dict[str, Any]]]:
+        """Kept rows (:data:`schemas.SEQUENCES`, record order) and quarantine rows of the records of a checked
+        chunk, numbered from ``index0``: the fast rows get their hashes, the others go through
+        :func:`validate_record`."""
+        lay, tables = c.layout, []
+        if len(c.bodies):
+            tables.append(self._fast_rows(c.fields, c.bodies, c.length, source, index0 + np.flatnonzero(c.fast)))
+        slow_rows: list[dict[str, Any]] = []
+        quarantine: list[dict[str, Any]] = []
+        for i in np.flatnonzero(~c.fast).tolist():
+            header = decode_header(lay.text[lay.head_start[i]: lay.head_end[i]])
+            sequence = lay.text[lay.head_end[i]: lay.body_end[i]].translate(None, WHITESPACE).decode("latin-1")
+            self.judge_one(header, sequence, source, index0 + i, slow_rows, quarantine)
+        if slow_rows:
+            tables.append(pa.Table.from_pylist(slow_rows, schema=schemas.SEQUENCES))
+        if not tables:
+            return None, quarantine
+        if len(tables) == 1:
+            return tables[0], quarantine
+        table = pa.concat_tables(tables)  # put the slow path's rows back in record order
+        return table.take(pc.sort_indices(table.column("source_record"))), quarantine
+
+    def judge_one(self, header: str | None, sequence: str, source: str, index: int,
+                  kept: list[dict[str, Any]], quarantine: list[dict[str, Any]]) -> None:
+        """The reference path: :func:`validate_record` on one record; its row goes to ``kept`` or ``quarantine``."""
+        ok, bad = validate_record(header, sequence, self.cfg, self.invalid)
+        if bad is not None:
+            reason, detail = bad
+            quarantine.append({"stage": "ingest", "source_file": source, "source_record": index,
+                               "id": header.split(" ", 1)[0] if header else None, "reason": reason, "detail": detail,
+                               "raw": (header or "")[:200]})
+            return
+        h, seq = ok
+        kept.append({"id": h.id, "accession": h.accession, "description": h.description, "db": h.db,
+                     "n_members": h.n_members, "tax": h.tax, "taxid": h.taxid, "rep_id": h.rep_id, "gene": h.gene,
+                     "pe": h.pe, "sv": h.sv, "sequence": seq, "length": len(seq), "seq_hash": seq_hash(seq),
+                     "source_file": source, "source_record": index})
+
+    def _letters(self, bodies: pa.Array) -> tuple[np.ndarray, pa.Array]:
+        """Which bodies are only alphabet letters (either case), and the bodies upper-cased."""
+        n = len(bodies)
+        offsets = np.frombuffer(bodies.buffers()[1], dtype=np.int32)[bodies.offset: bodies.offset + n + 1]
+        data = bodies.buffers()[2]
+        raw = data.to_pybytes()[offsets[0]: offsets[-1]] if n and data is not None else b""
+        rest = raw.translate(None, self.upper_bytes)  # one C pass over the chunk: usually nothing is left
+        if not rest:
+            return np.ones(n, dtype=bool), bodies
+        if rest.translate(None, self.lower_bytes):  # some other byte: find the rows, one regex per row
+            ok = _np(pc.match_substring_regex(bodies, self.seq_any))
+        else:
+            ok = np.ones(n, dtype=bool)
+        # bytes.upper() is ASCII upper-casing: what str.upper() does to the rows that pass
+        return ok, pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets - offsets[0]),
+                                                          pa.py_buffer(raw.upper())])
+
+    @staticmethod
+    def _fast_rows(fields: pa.Table, seqs: pa.Array, length: np.ndarray, source: str, records: np.ndarray) -> pa.Table:
+        data = seqs.buffers()[2]
+        offsets = np.frombuffer(seqs.buffers()[1], dtype=np.int32)[seqs.offset: seqs.offset + len(seqs) + 1]
+        mv, sha, bounds = memoryview(data), hashlib.sha256, offsets.tolist()
+        digests = b"".join([sha(mv[a:b]).digest() for a, b in zip(bounds, bounds[1:])])  # the one per-row loop
+        hexes = np.frombuffer(digests, dtype=np.uint8).reshape(-1, 32)[:, :16].tobytes().hex().encode()
+        steps = np.arange(0, 32 * len(seqs) + 1, 32, dtype=np.int32)  # seq_hash: first 32 hex digits
+        hashes = pa.Array.from_buffers(pa.string(), len(seqs), [None, pa.py_buffer(steps), pa.py_buffer(hexes)])
+        cols = [*fields.columns, seqs.view(pa.string()), pa.array(length, pa.int32()), hashes,
+                pa.repeat(pa.scalar(source, pa.string()), len(seqs)), pa.array(records, pa.int64())]
+        return pa.Table.from_arrays(cols, schema=schemas.SEQUENCES)
+
+
+class _ParquetSink:
+    """Collects Arrow tables; writes a row group per ``batch_rows`` rows (or 64 MiB) on a writer thread."""
+
+    def __init__(self, path: Path, schema: pa.Schema, batch_rows: int, **options: Any) -> None:
         self.schema, self.batch_rows = schema, batch_rows
-        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
-        self.cols: dict[str, list] = {f.name: [] for f in schema}
-        self.pending = 0
+        self.writer = pq.ParquetWriter(path, schema, **options)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet")
+        self.pending: list[pa.Table] = []
+        self.rows = self.bytes = 0
+        self.inflight: Future | None = None
 
-    def add(self, **row) -> None:
-        for name, col in self.cols.items():
-            col.append(row.get(name))
-        self.pending += 1
-        if self.pending >= self.batch_rows:
-            self.flush()
+    def add(self, table: pa.Table) -> None:
+        while table.num_rows:
+            take = min(table.num_rows, self.batch_rows - self.rows)
+            self.pending.append(table.slice(0, take))
+            self.rows += take
+            self.bytes += table.slice(0, take).nbytes if take < table.num_rows else table.nbytes
+            table = table.slice(take)
+            if self.rows >= self.batch_rows or self.bytes >= _FLUSH_BYTES:
+                self.flush()
+
+    def add_rows(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.add(pa.Table.from_pylist(rows, schema=self.schema))
 
     def flush(self) -> None:
-        if self.pending:
-            self.writer.write_table(pa.table(self.cols, schema=self.schema))
-            self.cols = {k: [] for k in self.cols}
-            self.pending = 0
+        if self.inflight is not None:
+            self.inflight.result()  # at most one row group being written while the next one fills
+            self.inflight = None
+        if self.rows:
+            table = pa.concat_tables(self.pending)
+            self.inflight = self.pool.submit(self.writer.write_table, table, row_group_size=table.num_rows)
+            self.pending, self.rows, self.bytes = [], 0, 0
 
     def close(self) -> None:
-        self.flush()
-        self.writer.close()
+        try:
+            self.flush()
+            self.flush()
+        finally:
+            self.pool.shutdown()
+            self.writer.close()
 
 
-def _parse_files(files: Iterable[Path], raw_path: Path, q_path: Path, cfg: IngestConfig, stats: IngestStats) -> None:
-    allowed = _invalid_pattern(frozenset(cfg.alphabet.upper()))
-    reasons: Counter[str] = Counter()
-    raw = _Writer(raw_path, schemas.SEQUENCES, cfg.batch_rows)
-    quarantine = _Writer(q_path, schemas.QUARANTINE, cfg.batch_rows)
+class _Phase1:
+    """Parse: every record to ``raw_path`` (usable, :data:`schemas.SEQUENCES`) or ``q_path`` (with its reason)."""
+
+    def __init__(self, raw_path: Path, q_path: Path, cfg: IngestConfig) -> None:
+        self.judge = _Judge(cfg)
+        self.reasons: Counter[str] = Counter()
+        self.raw = _ParquetSink(raw_path, schemas.SEQUENCES, cfg.batch_rows, **PARQUET_OPTIONS)
+        self.quarantine = _ParquetSink(q_path, schemas.QUARANTINE, cfg.batch_rows, compression="zstd")
+        self.residues = 0
+
+    def file(self, path: Path) -> int:
+        """Ingest one file; returns its number of records."""
+        source, index = str(path), 0
+        with Progress(f"ingest {path.name}", unit="records") as prog, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-check") as pool:
+            checking: deque[Future[_Checked]] = deque()
+            chunks = named_record(read_chunks(path), lambda: index)  # a corrupt stream names the record
+            for k, chunk in enumerate(chunks):  # chunk k + 1 is checked while chunk k's rows are made
+                checking.append(pool.submit(self.judge.check, chunk, k == 0))
+                del chunk
+                if len(checking) > 1:
+                    index = self._emit(checking.popleft().result(), source, index, prog)
+            while checking:
+                index = self._emit(checking.popleft().result(), source, index, prog)
+        return index
+
+    def _emit(self, checked: _Checked, source: str, index: int, prog: Progress) -> int:
+        q_rows: list[dict[str, Any]] = []
+        preamble = checked.layout.preamble.translate(None, WHITESPACE)
+        if preamble:  # text before the first header: a record without a header
+            self.judge.judge_one(None, preamble.decode("latin-1"), source, index, [], q_rows)
+            index += 1
+        kept, more = self.judge.rows(checked, source, index)
+        if kept is not None:
+            self.raw.add(kept)
+            self.residues += int(pc.sum(kept.column("length")).as_py() or 0)
+        q_rows += more
+        self.reasons.update(r["reason"] for r in q_rows)
+        self.quarantine.add_rows(q_rows)
+        prog.update(len(checked.layout))
+        return index + len(checked.layout)
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+        finally:
+            self.quarantine.close()
+
+
+def _parse_files(files: Iterable[Path], raw_path: Path, q_path: Path, cfg: IngestConfig, stats: IngestStats) -> int:
+    """Phase 1 over all files; returns the residues kept."""
+    phase = _Phase1(raw_path, q_path, cfg)
     try:
         for path in files:
-            size = path.stat().st_size
-            stats.bytes_in += size
-            with Progress(f"ingest {path.name}", unit="records") as prog:
-                for rec in read_fasta(path):
-                    stats.records_in += 1
-                    prog.update()
-                    ok, bad = validate_record(rec.header, rec.sequence, cfg, allowed)
-                    if bad is not None:
-                        reason, detail = bad
-                        reasons[reason] += 1
-                        ident = rec.header.split(" ", 1)[0] if rec.header else None
-                        quarantine.add(stage="ingest", source_file=str(path), source_record=rec.index, id=ident,
-                                       reason=reason, detail=detail, raw=(rec.header or "")[:200])
-                        continue
-                    h, seq = ok
-                    raw.add(id=h.id, accession=h.accession, description=h.description, db=h.db,
-                            n_members=h.n_members, tax=h.tax, taxid=h.taxid, rep_id=h.rep_id, gene=h.gene,
-                            pe=h.pe, sv=h.sv, sequence=seq, length=len(seq), seq_hash=seq_hash(seq),
-                            source_file=str(path), source_record=rec.index)
+            stats.bytes_in += path.stat().st_size
+            stats.records_in += phase.file(path)
     finally:
-        raw.close()
-        quarantine.close()
-    stats.quarantine_reasons = dict(reasons)
-
-
-def _dedupe(raw_path: Path, q_path: Path, files: list[Path], out_dir: Path, tmp_dir: Path,
-            stats: IngestStats) -> None:
-    """Duplicate ids -> quarantine; duplicate sequences -> duplicates map; the rest -> sequences."""
-    con = duckdb.connect()
-    try:
-        con.execute(f"SET memory_limit='{DUCKDB_MEMORY_LIMIT}'")
-        con.execute(f"SET temp_directory='{tmp_dir}'")
-        con.execute("SET threads=2")
-        # order = position of the file in the input list, then record number: independent of install paths
-        con.execute("CREATE TEMP TABLE files (source_file VARCHAR, file_ord INTEGER)")
-        con.executemany("INSERT INTO files VALUES (?, ?)", [(str(f), i) for i, f in enumerate(files)])
-        con.execute(f"""CREATE TEMP VIEW raw AS SELECT r.*, row_number() OVER (ORDER BY f.file_ord, r.source_record)
-            AS ord FROM read_parquet('{raw_path}') r JOIN files f USING (source_file)""")
-        # first occurrence of an id wins; later records with the same id are quarantined
-        con.execute("""CREATE TEMP TABLE ranked AS SELECT *,
-            row_number() OVER (PARTITION BY id ORDER BY ord) AS id_rank FROM raw""")
-        con.execute("""CREATE TEMP TABLE uniq_id AS SELECT * EXCLUDE (id_rank),
-            first_value(id) OVER (PARTITION BY seq_hash ORDER BY ord) AS kept_id FROM ranked WHERE id_rank = 1""")
-        q_cols = ", ".join(f.name for f in schemas.QUARANTINE)
-        seq_cols = ", ".join(f.name for f in schemas.SEQUENCES)
-        dup_cols = ", ".join(f.name for f in schemas.DUPLICATES)
-        con.execute(f"""COPY (
-              SELECT {q_cols} FROM read_parquet('{q_path}')
-              UNION ALL
-              SELECT 'ingest' AS stage, source_file, source_record, id, 'duplicate_id' AS reason,
-                     id || ': id already used by an earlier record' AS detail, NULL AS raw
-              FROM ranked WHERE id_rank > 1
-            ) TO '{out_dir / 'quarantine.parquet'}' (FORMAT parquet, COMPRESSION zstd)""")
-        con.execute(f"""COPY (SELECT {seq_cols} FROM uniq_id WHERE id = kept_id ORDER BY ord)
-            TO '{out_dir / 'sequences.parquet'}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 65536)""")
-        con.execute(f"""COPY (SELECT {dup_cols} FROM uniq_id WHERE id <> kept_id ORDER BY ord)
-            TO '{out_dir / 'duplicates.parquet'}' (FORMAT parquet, COMPRESSION zstd)""")
-        dup_ids = con.execute("SELECT count(*) FROM ranked WHERE id_rank > 1").fetchone()[0]
-        stats.kept, stats.residues_kept = con.execute(
-            "SELECT count(*), coalesce(sum(length), 0) FROM uniq_id WHERE id = kept_id").fetchone()
-        stats.duplicates = con.execute("SELECT count(*) FROM uniq_id WHERE id <> kept_id").fetchone()[0]
-    finally:
-        con.close()
-    if dup_ids:
-        stats.quarantine_reasons["duplicate_id"] = dup_ids
-    stats.quarantined = sum(stats.quarantine_reasons.values())
+        phase.close()
+    stats.quarantine_reasons = dict(phase.reasons)
+    return phase.residues
 
 
 def ingest_fasta(files: list[Path], out_dir: Path, cfg: IngestConfig) -> IngestStats:
@@ -194,8 +330,13 @@ def ingest_fasta(files: list[Path], out_dir: Path, cfg: IngestConfig) -> IngestS
     work.mkdir(exist_ok=True)
     stats = IngestStats()
     raw_path, q_path = work / "raw.parquet", work / "quarantine_parse.parquet"
-    _parse_files(files, raw_path, q_path, cfg, stats)
-    _dedupe(raw_path, q_path, files, out_dir, work, stats)
+    residues = _parse_files(files, raw_path, q_path, cfg, stats)
+    pa.default_memory_pool().release_unused()  # phase 1's buffers go back to the OS before DuckDB takes its share
+    found = dedupe(raw_path, q_path, out_dir, work, cfg.batch_rows, PARQUET_OPTIONS)
+    stats.kept, stats.duplicates, stats.residues_kept = found.kept, found.duplicates, residues - found.residues_dropped
+    if found.duplicate_ids:
+        stats.quarantine_reasons["duplicate_id"] = found.duplicate_ids
+    stats.quarantined = sum(stats.quarantine_reasons.values())
     for p in work.iterdir():
         p.unlink() if p.is_file() else None
     work.rmdir() if not any(work.iterdir()) else None

@@ -1,9 +1,15 @@
-import pyarrow.parquet as pq
+import gzip
 
-from pipeline_lib import schemas
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline_lib import fasta, schemas
 from pipeline_lib.config import IngestConfig
-from pipeline_lib.ingest import ingest_fasta
+from pipeline_lib.ingest import _invalid_pattern, ingest_fasta, seq_hash, validate_record
 from tests.conftest import fixture_path
+from tests.test_fasta import reference_records
 
 
 def test_counts_reconcile_and_nothing_is_lost(tmp_path):
@@ -33,3 +39,107 @@ def test_real_fasta_and_memory_independent_row_groups(tmp_path):
     t = pq.read_table(tmp_path / "sequences.parquet")
     assert all(v is not None for v in t.column("tax").to_pylist())
     assert set(t.column("db").to_pylist()) == {"sp", "tr"}
+    assert pq.ParquetFile(tmp_path / "sequences.parquet").metadata.num_row_groups == -(-stats.kept // 64)
+
+
+def reference_ingest(files, cfg: IngestConfig):
+    """What ingest_fasta must produce, one record at a time: (sequences, duplicates, quarantine) rows."""
+    allowed = _invalid_pattern(frozenset(cfg.alphabet.upper()))
+    kept, quarantine = [], []
+    for path in files:
+        data = path.read_bytes()
+        data = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+        for index, (header, sequence) in enumerate(reference_records(data)):
+            ok, bad = validate_record(header, sequence, cfg, allowed)
+            if bad:
+                quarantine.append({"stage": "ingest", "source_file": str(path), "source_record": index,
+                                   "id": header.split(" ", 1)[0] if header else None, "reason": bad[0],
+                                   "detail": bad[1], "raw": (header or "")[:200]})
+                continue
+            h, seq = ok
+            kept.append({"id": h.id, "accession": h.accession, "description": h.description, "db": h.db,
+                         "n_members": h.n_members, "tax": h.tax, "taxid": h.taxid, "rep_id": h.rep_id,
+                         "gene": h.gene, "pe": h.pe, "sv": h.sv, "sequence": seq, "length": len(seq),
+                         "seq_hash": seq_hash(seq), "source_file": str(path), "source_record": index})
+    ids, hashes, sequences, duplicates = set(), {}, [], []
+    for row in kept:  # the first occurrence of an id wins, then the first occurrence of a sequence
+        if row["id"] in ids:
+            quarantine.append({"stage": "ingest", "source_file": row["source_file"],
+                               "source_record": row["source_record"], "id": row["id"], "reason": "duplicate_id",
+                               "detail": f"{row['id']}: id already used by an earlier record", "raw": None})
+            continue
+        ids.add(row["id"])
+        if row["seq_hash"] in hashes:
+            duplicates.append({"id": row["id"], "kept_id": hashes[row["seq_hash"]], "seq_hash": row["seq_hash"],
+                               "source_file": row["source_file"], "source_record": row["source_record"]})
+            continue
+        hashes[row["seq_hash"]] = row["id"]
+        sequences.append(row)
+    return sequences, duplicates, quarantine
+
+
+HEADERS = ["UniRef50_A{i} Protein {i} n=2 Tax=Homo sapiens TaxID=9606 RepID=R{i}", "id{i} desc", "dup", "",
+           "sp|P{i}|N{i}_HUMAN Hemo OS=Homo sapiens OX=9606 GN=G{i} PE=1 SV=2", "tr|Q{i}|Q_X T OS=X OX=1 PE=4 SV=1",
+           "sp|bad{i}", "  spaced{i}  ", "ctl\x01{i}", "caf\u00e9{i}", "UniRef90_B{i} x n=abc Tax=a TaxID=1 RepID=b",
+           "x{i} a=b", "UniRef100_D{i}  n=3 Tax= TaxID=5 RepID=  R", "sp|P{i}|N OS=a OX=1 PE=1 SV=1 Split=0"]
+SEQS = ["MKVLAAGIVLLAW", "mkvlaagivllaw", "MKVLAAGIVLLA*", "MKV", "", "MKVLAJGIVLLAW", "MK VLAAG\tIVLLAW",
+        "MKVLAAGIVLLAW**", "MKVL\x00\xffAAGIVLLAW", "XBZUOXBZUOXBZ", "mKvLaAgIvLlAwW", "A" * 130, "*", "MKV>LAAGIVLLA"]
+
+
+@st.composite
+def fasta_files(draw):
+    records = draw(st.lists(st.tuples(st.sampled_from(HEADERS), st.integers(0, 8), st.sampled_from(SEQS),
+                                      st.sampled_from([4, 60, 1000])), max_size=30))
+    nl = draw(st.sampled_from(["\n", "\r\n"]))
+    pre = draw(st.sampled_from(["", "", "MKV" + nl, nl + nl]))
+    text = pre + "".join(f">{h.format(i=i)}{nl}" + nl.join(s[j:j + w] for j in range(0, len(s), w)) + nl
+                         for h, i, s, w in records)
+    return text.encode("latin-1")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(fasta_files(), min_size=1, max_size=2), st.sampled_from([1, 3, 16, 1 << 22]), st.booleans(),
+       st.sampled_from([IngestConfig(), IngestConfig(min_length=1, max_length=20),
+                        IngestConfig(alphabet="ACDEFGHIK*")]))
+def test_same_rows_as_record_by_record(tmp_path_factory, monkeypatch, texts, block, gz, cfg):
+    """Chunked, vectorized ingest == validate_record on each record + first-wins dedupe, row for row."""
+    d = tmp_path_factory.mktemp("ing")
+    files = []
+    for k, text in enumerate(texts):
+        files.append(d / f"f{k}.fa{'.gz' if gz else ''}")
+        files[-1].write_bytes(gzip.compress(text) if gz else text)
+    monkeypatch.setattr(fasta, "BLOCK", block)
+    stats = ingest_fasta(files, d / "out", cfg)
+    sequences, duplicates, quarantine = reference_ingest(files, cfg)
+    assert pq.read_table(d / "out" / "sequences.parquet").to_pylist() == sequences
+    assert pq.read_table(d / "out" / "duplicates.parquet").to_pylist() == duplicates
+    assert pq.read_table(d / "out" / "quarantine.parquet").to_pylist() == quarantine
+    assert (stats.kept, stats.duplicates, stats.quarantined) == (len(sequences), len(duplicates), len(quarantine))
+    assert stats.residues_kept == sum(r["length"] for r in sequences)
+    stats.check()
+
+
+def test_duplicates_are_dropped_in_order_across_row_groups(tmp_path):
+    fa = tmp_path / "dups.fa"
+    seqs = ["MKVLAAGIVLLAW" + "ACDEFGHIKLMNPQRSTVWY"[i % 20] * (i % 7 + 1) for i in range(300)]
+    fa.write_text("".join(f">s{i}\n{seqs[i % 100]}\n" + (f">s{i}\nMKVLAAGIVLLAWKK\n" if i % 50 == 0 else "")
+                          for i in range(300)))
+    stats = ingest_fasta([fa], tmp_path / "out", IngestConfig(batch_rows=32))
+    out = pq.read_table(tmp_path / "out" / "sequences.parquet")
+    assert out.column("id").to_pylist() == [f"s{i}" for i in range(100)]
+    assert pq.ParquetFile(tmp_path / "out" / "sequences.parquet").metadata.num_row_groups > 1
+    assert (stats.kept, stats.duplicates, stats.quarantine_reasons) == (100, 200, {"duplicate_id": 6})
+    dups = pq.read_table(tmp_path / "out" / "duplicates.parquet").to_pylist()
+    assert [d["kept_id"] for d in dups[:3]] == ["s0", "s1", "s2"] and dups[0]["id"] == "s100"
+
+
+def test_binary_garbage_and_truncated_gzip(tmp_path):
+    garbage = tmp_path / "garbage.fa"
+    garbage.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00>\x00\n>\xff\xfe\n\x00\x01MKV\n")
+    stats = ingest_fasta([garbage], tmp_path / "g", IngestConfig())
+    assert stats.records_in == stats.quarantined == 2 and stats.kept == 0
+    cut = tmp_path / "cut.fa.gz"
+    whole = gzip.compress(b"".join(b">s%d\nMKVLAAGIVLLAW%d\n" % (i, i) for i in range(50_000)))
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(Exception, match="cut.fa.gz.*truncated"):
+        ingest_fasta([cut], tmp_path / "c", IngestConfig())

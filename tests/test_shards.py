@@ -1,11 +1,13 @@
 import duckdb
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline_lib.cluster import cluster_sequences
 from pipeline_lib.config import ClusterConfig, IngestConfig, ShardsConfig, SplitConfig
 from pipeline_lib.ingest import ingest_fasta
-from pipeline_lib.shards import read_manifest, verify_manifest, write_sequence_shards
+from pipeline_lib.shards import _tokenize_numpy, read_manifest, tokenize_array, verify_manifest, write_sequence_shards
 from pipeline_lib.split import assign_splits
 from pipeline_lib.tokenizer import ESM_ALPHABET
 from tests.helpers import family_fasta
@@ -60,3 +62,79 @@ def test_tokens_decode_to_sequences_and_readers_agree(shards):
     datasets = pytest.importorskip("datasets")
     ds = datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=str(d / "hf"))
     assert ds[0]["tokens"][0] == ESM_ALPHABET.cls_idx
+
+
+def _hand_made(d, n=120):
+    """sequences.parquet from ingest, clusters / splits written by hand (some ids left out, an unknown split)."""
+    aa = "ACDEFGHIKLMNPQRSTVWY"
+    fa = d / "in.fa"  # unique sequences: residues spell i in base 20
+    fa.write_text("".join(f">s{i}\n{aa[i % 20] * (11 + i % 13)}{aa[i // 20 % 20]}{aa[i // 400 % 20]}\n"
+                          for i in range(n)))
+    ingest_fasta([fa], d, IngestConfig())
+    ids = pq.read_table(d / "sequences.parquet").column("id").to_pylist()
+    assert len(ids) == n
+    keep = [i for i in ids if i != "s7"]  # s7 has no cluster: inner join drops it
+    pq.write_table(pa.table({"id": keep, "cluster_c50": [f"c{int(i[1:]) % 9}" for i in keep]}), d / "clusters.parquet")
+    split = {i: ("valid" if int(i[1:]) % 5 == 0 else "test" if int(i[1:]) % 5 == 1 else "train") for i in ids}
+    split["s9"] = "holdout"  # not a shard split: left out
+    shuffled = sorted(split, key=lambda i: (int(i[1:]) * 37) % n)  # join inputs in another order than sequences
+    pq.write_table(pa.table({"id": shuffled, "split": [split[i] for i in shuffled]}), d / "splits.parquet")
+    return ids, split
+
+
+def test_rows_keep_ingest_order_and_files_are_deterministic(tmp_path):
+    ids, split = _hand_made(tmp_path)
+    cfg = ShardsConfig(rows_per_shard=30, row_group_rows=8)
+    inputs = [tmp_path / "sequences.parquet", tmp_path / "clusters.parquet", tmp_path / "splits.parquet"]
+    a = write_sequence_shards(*inputs, tmp_path / "a", levels=["c50"], cfg=cfg)
+    b = write_sequence_shards(*inputs, tmp_path / "b", levels=["c50"], cfg=cfg)
+    assert a == b  # same files, same sha256
+    for name in ("train", "valid", "test"):
+        expect = [i for i in ids if split[i] == name and i != "s7"]
+        files = a["splits"][name]["files"]
+        got = [r for f in files for r in pq.read_table(tmp_path / "a" / f["path"]).column("id").to_pylist()]
+        assert got == expect
+        assert [f["rows"] for f in files] == [min(30, len(expect) - 30 * k) for k in range(len(files))]
+        for f in files:
+            meta = pq.ParquetFile(tmp_path / "a" / f["path"]).metadata
+            groups = [meta.row_group(k).num_rows for k in range(meta.num_row_groups)]
+            assert groups[:-1] == [8] * (len(groups) - 1) and 0 < groups[-1] <= 8
+    assert verify_manifest(tmp_path / "a") == []
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]  # no spill directory left
+
+
+def test_tokenize_array_fast_path_equals_numpy_path():
+    seqs = pa.array(["MKV", "", "J*x", "LAGVSERTIDPKQNFYMHWCXBUZO" * 3, "\x00\xff"], pa.string())
+    fast = tokenize_array(seqs)
+    raw = seqs.cast(pa.binary())
+    offsets = np.frombuffer(raw.buffers()[1], dtype=np.int32)[: len(raw) + 1]
+    data = np.frombuffer(raw.buffers()[2], dtype=np.uint8)[: offsets[-1]]
+    assert fast.to_pylist() == _tokenize_numpy(data, offsets, ESM_ALPHABET).to_pylist()
+    assert fast.to_pylist()[:4] == [ESM_ALPHABET.encode(s) for s in seqs.to_pylist()[:4]]  # (ASCII ones)
+    assert tokenize_array(pa.chunked_array([seqs[:2], seqs[2:]])).to_pylist() == fast.to_pylist()
+    assert tokenize_array(seqs.cast(pa.large_string())).to_pylist() == fast.to_pylist()
+    assert fast.type == pa.list_(pa.uint8())
+
+
+def test_a_failure_stops_every_shard_thread_and_keeps_no_partial_file(tmp_path):
+    import threading
+
+    from pipeline_lib.errors import DataValidationError
+
+    n = 20_000
+    ids = [f"s{i}" for i in range(n)]
+    seqs = ["MKVLA"] * (n - 1) + [None]  # the tokenizer refuses the last batch, after shards are under way
+    pq.write_table(pa.table({"id": ids, "seq_hash": [f"{i:032x}" for i in range(n)], "length": [5] * n,
+                             "sequence": seqs}), tmp_path / "sequences.parquet")
+    pq.write_table(pa.table({"id": ids, "cluster_c90": ids}), tmp_path / "clusters.parquet")
+    pq.write_table(pa.table({"id": ids, "split": ["train", "valid"] * (n // 2)}), tmp_path / "splits.parquet")
+    before = set(threading.enumerate())
+    with pytest.raises(DataValidationError, match="null"):
+        write_sequence_shards(tmp_path / "sequences.parquet", tmp_path / "clusters.parquet",
+                              tmp_path / "splits.parquet", tmp_path / "out", levels=["c90"],
+                              cfg=ShardsConfig(rows_per_shard=300, row_group_rows=100))
+    assert [t for t in set(threading.enumerate()) - before if t.is_alive()] == []
+    written = sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert written and all(pq.ParquetFile(tmp_path / "out" / p).metadata.num_rows == 300 for p in written)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp-" in p.name]
