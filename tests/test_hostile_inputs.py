@@ -5,7 +5,7 @@ record), counts reconcile, and a failing stage leaves nothing under a final name
 
 Covers malformed FASTA, broken gzip, bad configs, a missing / crashing / lying mmseqs (shell scripts as
 fake binaries), paths with odd characters and a full disk (a 2 MiB tmpfs; skipped where mount fails).
-Tests marked ``xfail(strict=True, reason="needs patch: ...")`` show a bug whose fix is in
+A test that shows a bug whose fix is pending is marked ``xfail(strict=True, reason="needs patch: ...")``, the fix in
 ``docs/reliability.md``; they pass once it is applied (then drop the marker).
 """
 from __future__ import annotations
@@ -151,8 +151,6 @@ def test_empty_input_is_an_error_naming_it(tmp_path, data):
     assert final_stage_dirs(tmp_path / "work", "ingest") == []
 
 
-@pytest.mark.xfail(reason="needs patch: header numbers must fit their Parquet column, else malformed_header "
-                          "(docs/reliability.md, 'Header numbers')", strict=True)
 @pytest.mark.parametrize("header", [
     b"UniRef50_A1 desc n=99999999999 Tax=x TaxID=1 RepID=B",       # n_members is int32
     b"sp|P12345|A_B desc OS=x OX=99999999999999999999999 PE=1 SV=1",  # taxid is int64
@@ -203,8 +201,6 @@ def test_concatenated_gzip_members_are_read_whole(tmp_path):
     assert [r.header for r in read_fasta(path)] == ["a", "b"]
 
 
-@pytest.mark.xfail(reason="needs patch: a gzip error should also name the record where the stream broke "
-                          "(docs/reliability.md, 'Record in gzip errors')", strict=True)
 def test_truncated_gzip_error_names_the_record(tmp_path):
     path = tmp_path / "cut.fa.gz"
     path.write_bytes(_gz_records(20_000)[:30_000])
@@ -214,8 +210,6 @@ def test_truncated_gzip_error_names_the_record(tmp_path):
     assert err.value.record is not None and f"record {err.value.record}" in str(err.value)
 
 
-@pytest.mark.xfail(reason="needs patch: cap the bytes of one record so input without line breaks fails fast "
-                          "instead of filling memory (docs/reliability.md, 'No line breaks')", strict=True)
 def test_input_without_line_breaks_fails_fast(tmp_path):
     """80 MB with no newline (a binary file, CR-only line ends): today it is read whole into one record."""
     path = tmp_path / "oneline.fa.gz"
