@@ -4,6 +4,7 @@
     plm run configs/demo.yaml                               end to end (data, then later stages when enabled)
     plm config configs/demo.yaml                            print the validated config
     plm lineage runs | show PATH_OR_ID | trace PATH_OR_ID   query lineage (--db or --config picks the file)
+    plm msa import FILE... --out msas.parquet               import existing A3M / A2M / Stockholm MSAs
     plm dashboard [--db F | --config C] [--port 8050]       read-only monitoring dashboard on 127.0.0.1
     plm report RUN_ID --out report.html [--db F]            one run as a self-contained HTML file
     plm deploy configs/uniref50.yaml --cron "0 3 * * 1"     schedule a flow on a Prefect work pool
@@ -162,7 +163,32 @@ def _print_trace(chain: list[dict[str, Any]]) -> None:
             print(f"{pad}   input:  {i['kind']} {i['path']} sha256:{i['content_hash'][:16]}{extra}")
 
 
+def _msa_import(argv: list[str]) -> int:
+    """``plm msa import FILE... --out msas.parquet``: existing A3M / A2M / Stockholm files into the MSA table."""
+    from pipeline_lib.msa.a3m import import_alignment
+    from pipeline_lib.msa.store import write_msa_parquet
+
+    ap = argparse.ArgumentParser(prog="plm msa import", description=_msa_import.__doc__)
+    ap.add_argument("files", nargs="+", help="alignment files (format from the extension: .a3m, .a2m, .sto)")
+    ap.add_argument("--out", required=True, help="output Parquet (the MSA table: depth, Neff, rows, headers)")
+    ap.add_argument("--format", choices=["a3m", "a2m", "stockholm"], default=None)
+    args = ap.parse_args(argv)
+    msas = [import_alignment(f, args.format) for f in args.files]
+    write_msa_parquet(msas, Path(args.out))
+    for m in msas:
+        print(f"{m.query_id}: depth {m.depth}, length {m.query_length}, Neff {m.neff:.1f}")
+    print(f"{len(msas)} MSAs -> {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["msa", "import"]:
+        try:
+            return _msa_import(argv[2:])
+        except PipelineError as exc:
+            print(f"plm: error: {exc}", file=sys.stderr)
+            return 2
     args = _parser().parse_args(argv)
     from flows.runs import env_defaults
 

@@ -158,3 +158,26 @@ def test_random_valid_a3m_round_trips(case):
     assert msa.headers == tuple(h for h, _ in records)
     again = parse_a3m(msa.to_a3m())
     assert again.rows == msa.rows and again.headers == msa.headers
+
+
+def test_plm_msa_import_cli(tmp_path, capsys):
+    """`plm msa import` reads the ESM examples' A3M files into the MSA table."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+    import pytest
+
+    from flows.cli import main
+
+    fixtures = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "msa"
+    if not fixtures.is_dir():
+        pytest.skip(f"shared fixture not available: {fixtures}")
+    files = sorted(str(p) for p in fixtures.glob("*.a3m"))
+    assert main(["msa", "import", *files, "--out", str(tmp_path / "m.parquet")]) == 0
+    table = pq.read_table(tmp_path / "m.parquet").to_pylist()
+    assert len(table) == len(files) and all(r["depth"] >= 1 and r["neff"] >= 1 for r in table)
+    assert f"{len(files)} MSAs" in capsys.readouterr().out
+    bad = tmp_path / "bad.a3m"
+    bad.write_text(">q\nACDE\n>r\nAC\n")
+    assert main(["msa", "import", str(bad), "--out", str(tmp_path / "x.parquet")]) == 2
+    assert "bad.a3m" in capsys.readouterr().err
