@@ -44,7 +44,7 @@ def evaluate(ctx: RunContext, cfg: Config, checkpoint: ArtifactRecord, shards: S
 
     def compute(tmp: Path):
         hf_dir = resolve_checkpoint(Path(checkpoint.path), tmp / "hf_export")
-        rows = evaluate_checkpoint(hf_dir, shards_dir, cfg.evaluate, structures)
+        rows = evaluate_checkpoint(hf_dir, shards_dir, cfg.evaluate, structures, cfg.structures)
         pq.write_table(rows_to_table(rows, checkpoint=label), tmp / "metrics.parquet")
         table = render_comparison({label: rows})
         (tmp / "metrics.md").write_text(table + "\n")

@@ -45,3 +45,30 @@ def test_afdb_structures_join_mask_and_quarantine(tmp_path):
     assert rows["no_structure"]["threedi_seq"] == "#" * 12 and rows["no_structure"]["structure_source"] is None
     assert res.manifest["vocabulary"]["tokens"] == list(SAPROT_ALPHABET.tokens)
     assert res.stats["rows"] + res.stats["quarantined"] == 3
+
+
+def test_experimental_bfactors_are_not_treated_as_plddt(tmp_path):
+    """PDB 1xso's B-factors are crystallographic: no residue may be masked under plddt_in_bfactor=auto."""
+    pdb = fixture_path("structures", "pdb")
+    chain = parse_structure(pdb / "1xso.pdb")[0]
+    assert (chain.plddt < 70).any()  # would be masked if taken for pLDDT
+    _inputs(tmp_path, [{"id": "1xso_A", "accession": "1xso_A", "sequence": chain.sequence}])
+    for policy, expect_masked in (("auto", False), ("always", True)):
+        cfg = StructuresConfig(enabled=True, backend="mini3di", plddt_in_bfactor=policy,
+                               sources=[DirectorySource(path=str(pdb), patterns=["1xso.pdb"])])
+        build_structure_shards(tmp_path / "sequences.parquet", tmp_path / "clusters.parquet", tmp_path / "splits.parquet",
+                               tmp_path / policy, cfg, levels=["c50"], shards_cfg=ShardsConfig(), download_dir=tmp_path)
+        row = pq.read_table(tmp_path / policy / "train" / "part-00000.parquet").to_pylist()[0]
+        assert ("#" in row["threedi_seq"]) == expect_masked, policy
+        assert (row["mean_plddt"] is None) == (not expect_masked)
+
+
+def test_threedi_of_structure_for_saprot_dms_scoring():
+    from pipeline_lib.structures.stage import threedi_of_structure
+
+    afdb = fixture_path("structures", "afdb", "AF-Q96HM7-F1-model_v4.pdb")
+    chain = parse_structure(afdb)[0]
+    t = threedi_of_structure(str(afdb), None, StructuresConfig(backend="mini3di"))
+    assert len(t) == len(chain.sequence) and t.count("#") == int((chain.plddt < 70).sum()) > 0 and t == t.lower()
+    multi = threedi_of_structure(str(fixture_path("structures", "pdb", "8crb.pdb")), "C", StructuresConfig(backend="mini3di"))
+    assert "#" not in multi and len(multi) == len(parse_structure(fixture_path("structures", "pdb", "8crb.pdb"))[2].sequence)

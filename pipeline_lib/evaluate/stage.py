@@ -50,8 +50,14 @@ def load_hf_model(hf_dir: Path) -> HFMaskedLM:
 
 
 def evaluate_checkpoint(hf_dir: Path, shards_dir: Path | None, cfg: EvaluateConfig,
-                        contact_structures: list[str] | None = None) -> list[MetricRow]:
-    """Every enabled evaluation of one model; ``contact_structures`` fill an empty contacts config."""
+                        contact_structures: list[str] | None = None,
+                        structures_cfg: "StructuresConfig | None" = None) -> list[MetricRow]:
+    """Every enabled evaluation of one model; ``contact_structures`` fill an empty contacts config, and
+    SaProt models score assays that name a structure with its 3Di string (encoded per ``structures_cfg``)."""
+    from pipeline_lib.structures.config import StructuresConfig
+    from pipeline_lib.structures.stage import threedi_of_structure
+
+    scfg = structures_cfg or StructuresConfig()
     model = load_hf_model(hf_dir)
     perplexity, dms, contacts = [], [], None
     with torch.inference_mode():
@@ -59,7 +65,8 @@ def evaluate_checkpoint(hf_dir: Path, shards_dir: Path | None, cfg: EvaluateConf
             perplexity = evaluate_perplexity(model, shards_dir, cfg.perplexity, batch_size=cfg.batch_size,
                                              window=cfg.window_size)
         if cfg.dms.enabled and cfg.dms.files:
-            dms = evaluate_dms(model, cfg.dms, window=cfg.window_size, batch_size=cfg.batch_size)
+            dms = evaluate_dms(model, cfg.dms, window=cfg.window_size, batch_size=cfg.batch_size,
+                               threedi_for_structure=lambda path, chain: threedi_of_structure(path, chain, scfg))
         contacts_cfg = cfg.contacts
         if contacts_cfg.enabled and not contacts_cfg.test_structures and contact_structures:
             n_train = contacts_cfg.train_structures

@@ -75,6 +75,10 @@ class StructuresConfig(StrictModel):
     workers: int = Field(1, ge=1, description="Worker processes encoding batches in parallel.")
     altloc: Literal["last", "first", "occupancy"] = Field(
         "last", description="Alternative atom locations: 'last' matches Foldseek.")
+    plddt_in_bfactor: Literal["auto", "always", "never"] = Field(
+        "auto", description="Whether the B-factor column is pLDDT: 'auto' = AlphaFold DB models (AF-... names, "
+                            "afdb and foldcomp sources) only; 'always' for e.g. ColabFold output; experimental "
+                            "B-factors are never masked as pLDDT under 'auto'.")
     plddt_threshold: float = Field(70.0, ge=0, le=100,
                                    description="Residues with pLDDT below this get '#' as their 3Di letter (SaProt).")
     on_mismatch: Literal["quarantine", "align"] = Field(

@@ -26,12 +26,13 @@ from pipeline_lib.config import ShardsConfig
 from pipeline_lib.io import atomic_path, sha256_file, write_json_atomic
 from pipeline_lib.structures.config import StructuresConfig
 from pipeline_lib.structures.parse import StructureBlob
-from pipeline_lib.structures.saprot import StructureRecord, saprot_rows, structure_records
+from pipeline_lib.structures.saprot import StructureRecord, parse_afdb_name, saprot_rows, structure_records
 from pipeline_lib.structures.sources import SourceStats, afdb_models, iter_archive, iter_directory, iter_foldcomp
 from pipeline_lib.structures.threedi import EncodeStats, encode_structures, resolve_backend
 from pipeline_lib.tokenizer import SAPROT_ALPHABET
 
-__all__ = ["StructureStageResult", "collect_structures", "build_structure_shards", "backend_version"]
+__all__ = ["StructureStageResult", "collect_structures", "build_structure_shards", "backend_version",
+           "threedi_of_structure"]
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -78,6 +79,14 @@ def _source_version(src) -> str | None:
     return None  # afdb: the model version comes from each file name
 
 
+def _with_plddt_policy(chains, src, policy: str):
+    """Drop the per-residue values of chains whose B-factor column is not pLDDT (no masking for them)."""
+    predicted_source = src.kind in ("afdb", "foldcomp")
+    for ch in chains:
+        is_plddt = policy == "always" or (policy == "auto" and (predicted_source or parse_afdb_name(ch.name)))
+        yield ch if is_plddt else ch._replace(plddt=None)
+
+
 def collect_structures(cfg: StructuresConfig, *, accessions: list[str], download_dir: Path,
                        source_stats: SourceStats, encode_stats: EncodeStats) -> dict[str, StructureRecord]:
     """Encode every configured source; the first source that has a structure for a key wins."""
@@ -86,6 +95,7 @@ def collect_structures(cfg: StructuresConfig, *, accessions: list[str], download
         chains = encode_structures(_inputs(src, accessions, download_dir, source_stats), backend=cfg.backend,
                                    threads=cfg.threads, workers=cfg.workers, batch_size=cfg.batch_size,
                                    foldseek_binary=cfg.foldseek_binary, altloc=cfg.altloc, stats=encode_stats)
+        chains = _with_plddt_policy(chains, src, cfg.plddt_in_bfactor)
         found = structure_records(chains, source=src.kind, version=_source_version(src), threshold=cfg.plddt_threshold)
         for key, rec in found.items():
             records.setdefault(key, rec)
@@ -178,3 +188,17 @@ def build_structure_shards(sequences: Path, clusters: Path, splits: Path, out_di
              "archive_refused": dict(src_stats.refused), "afdb": dict(src_stats.afdb), "backend": backend}
     log.info("structure shards: %s", stats)
     return StructureStageResult(manifest, quarantine, stats)
+
+
+def threedi_of_structure(path: str, chain: str | None, cfg: StructuresConfig) -> str:
+    """The masked, lower-case 3Di string of one chain of one structure file (SaProt scoring of a DMS assay)."""
+    from pipeline_lib.errors import DataValidationError
+    from pipeline_lib.structures.saprot import mask_threedi
+
+    src = type("Src", (), {"kind": "file"})()
+    chains = _with_plddt_policy(encode_structures([path], backend=cfg.backend, foldseek_binary=cfg.foldseek_binary,
+                                                  altloc=cfg.altloc, on_error="raise"), src, cfg.plddt_in_bfactor)
+    for ch in chains:
+        if chain is None or ch.name.rsplit("_", 1)[-1] == chain:
+            return mask_threedi(ch.threedi, ch.plddt, cfg.plddt_threshold)
+    raise DataValidationError(f"no chain {chain!r} with a 3Di string", path=path)
