@@ -25,13 +25,7 @@ needs_fixtures = pytest.mark.skipif(not STRUCTURES.is_dir(),
                                     reason=f"shared structure fixtures not available at {STRUCTURES}")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread; two spinning OpenMP threads on a busy 2-core host are 50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ from pipeline_lib.tokenizer import ESM_ALPHABET, SAPROT_ALPHABET
 from tests.helpers import random_protein
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread; two spinning OpenMP threads on a busy 2-core host are 50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(vocab_size: int = 33, mask_token_id: int = 32, seed: int = 0) -> EsmForMaskedLM:

@@ -21,13 +21,7 @@ ESM_VOCAB = ("<cls> <pad> <eos> <unk> L A G V S E R T I D P K Q N F Y M H W C X 
 WT = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"   # 33 residues
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread; two spinning OpenMP threads on a busy 2-core host are 50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(vocab_size: int = 33, mask_token_id: int = 32) -> EsmConfig:

@@ -18,23 +18,12 @@ from pipeline_lib.msa.commands import TargetDb, msa_commands
 from pipeline_lib.msa.config import MsaConfig
 from pipeline_lib.msa.store import read_msa_parquet, write_msa_parquet
 from pipeline_lib.msa.tokens import write_msa_shards
+from tests.helpers import AA, point_mutant, random_protein  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 TREMBL = Path(__file__).parents[1].parent / "shared" / "fixtures" / "sequences" / "uniprot_trembl_500.fasta"
 MUTANTS = 6
 FAST = {"search": {"num_iterations": 2, "prefilter_mode": 1}}   # no k-mer index: ~0.5 s per batch
-AA = "ACDEFGHIKLMNPQRSTVWY"
-
-
-def random_protein(rng: random.Random, length: int) -> str:
-    return "".join(rng.choice(AA) for _ in range(length))
-
-
-def point_mutant(rng: random.Random, seq: str, n_mutations: int) -> str:
-    s = list(seq)
-    for pos in rng.sample(range(len(s)), n_mutations):
-        s[pos] = rng.choice([a for a in AA if a != s[pos]])
-    return "".join(s)
 
 
 def _family_target(path: Path, seed: int = 0) -> dict[str, list[str]]:
