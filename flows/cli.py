@@ -226,25 +226,12 @@ def main(argv: list[str] | None = None) -> int:
 
             _print_summary(data_refresh(args.config, args.overrides, if_changed=args.if_changed))
             return 0
-        if args.cmd == "run":
-            from flows.end_to_end import end_to_end
+        if args.cmd in ("run", "structures", "msa", "train"):
+            from flows import end_to_end as flows
 
-            _print_summary(end_to_end(args.config, args.overrides))
-            return 0
-        if args.cmd == "structures":
-            from flows.end_to_end import structures_flow
-
-            _print_summary(structures_flow(args.config, args.overrides))
-            return 0
-        if args.cmd == "msa":
-            from flows.end_to_end import msa_flow
-
-            _print_summary(msa_flow(args.config, args.overrides))
-            return 0
-        if args.cmd == "train":
-            from flows.end_to_end import train_flow
-
-            _print_summary(train_flow(args.config, args.overrides))
+            fn = {"run": flows.end_to_end, "structures": flows.structures_flow, "msa": flows.msa_flow,
+                  "train": flows.train_flow}[args.cmd]
+            _print_summary(fn(args.config, args.overrides))
             return 0
         if args.cmd == "evaluate":
             if args.compare and not args.checkpoint:

@@ -62,29 +62,30 @@ def end_to_end(config_path: str | None = None, overrides: list[str] | None = Non
     return DataRefreshResult(ctx.run_id, stages, ctx.lineage_path)
 
 
+def _up_to(config_path: str | None, overrides: list[str] | None, stage: str) -> DataRefreshResult:
+    """The data stages (cached when unchanged) and ``stage``, enabled whatever the config says."""
+    cfg = load_config(config_path, _with(overrides, f"{stage}.enabled=true"))
+    with pipeline_run(cfg, stage) as ctx:
+        stages = _stages(ctx, cfg, train_stage=stage == "train", evaluate_stage=False)
+    return DataRefreshResult(ctx.run_id, stages, ctx.lineage_path)
+
+
 @flow(name="structures", log_prints=True)
 def structures_flow(config_path: str | None = None, overrides: list[str] | None = None) -> DataRefreshResult:
-    cfg = load_config(config_path, _with(overrides, "structures.enabled=true"))
-    with pipeline_run(cfg, "structures") as ctx:
-        stages = _stages(ctx, cfg, train_stage=False, evaluate_stage=False)
-    return DataRefreshResult(ctx.run_id, stages, ctx.lineage_path)
+    """``plm structures CONFIG``: the data stages and the structures stage."""
+    return _up_to(config_path, overrides, "structures")
 
 
 @flow(name="msa", log_prints=True)
 def msa_flow(config_path: str | None = None, overrides: list[str] | None = None) -> DataRefreshResult:
-    """``plm msa CONFIG``: the data stages (cached when unchanged) and the MSA stage."""
-    cfg = load_config(config_path, _with(overrides, "msa.enabled=true"))
-    with pipeline_run(cfg, "msa") as ctx:
-        stages = _stages(ctx, cfg, train_stage=False, evaluate_stage=False)
-    return DataRefreshResult(ctx.run_id, stages, ctx.lineage_path)
+    """``plm msa CONFIG``: the data stages and the MSA stage."""
+    return _up_to(config_path, overrides, "msa")
 
 
 @flow(name="train", log_prints=True)
 def train_flow(config_path: str | None = None, overrides: list[str] | None = None) -> DataRefreshResult:
-    cfg = load_config(config_path, _with(overrides, "train.enabled=true"))
-    with pipeline_run(cfg, "train") as ctx:
-        stages = _stages(ctx, cfg, train_stage=True, evaluate_stage=False)
-    return DataRefreshResult(ctx.run_id, stages, ctx.lineage_path)
+    """``plm train CONFIG``: the data stages (and structures for SaProt) and training."""
+    return _up_to(config_path, overrides, "train")
 
 
 @flow(name="evaluate", log_prints=True)
