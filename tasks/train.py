@@ -1,7 +1,6 @@
 """Prefect task of the train stage: launches torchrun, streams metrics into lineage, records the checkpoint."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +73,3 @@ def _versions() -> dict[str, str]:
     import transformers
 
     return {"torch": torch.__version__, "transformers": transformers.__version__}
-
-
-def final_metrics(out: StageOutput) -> dict[str, Any]:
-    return json.loads(json.dumps(out.stats.get("final", {})))

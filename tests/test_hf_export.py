@@ -19,12 +19,7 @@ from pipeline_lib.tokenizer import ESM_ALPHABET, SAPROT_ALPHABET
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random_model(vocab: str) -> ESM2:
