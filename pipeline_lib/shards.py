@@ -10,8 +10,9 @@ files read with plain pyarrow, DuckDB, polars and Hugging Face ``datasets``. Row
 One pass: DuckDB joins the narrow columns (row number, id -> clusters, split; memory-capped, spilling) and
 returns them in row order; the sequences stream beside them, are tokenized (``bytes.translate`` over a whole
 batch) and routed to their split's current shard. Each shard file is encoded and hashed on its own thread, so
-the Parquet encoding of consecutive shards (the dominant cost: Parquet stores each uint8 token as an INT32
-with its list levels) runs on both cores; a byte budget bounds what waits in memory. On any error every
+the Parquet encoding of consecutive shards (the dominant cost) runs on both cores; a byte budget bounds what
+waits in memory. Tokens are one byte each in a ``binary`` column (see :mod:`pipeline_lib.schemas`), not
+dictionary-encoded: every row is distinct, so a dictionary is built only to be thrown away. On any error every
 thread is stopped and joined, and no partial file is left under a final name.
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pipeline_lib.ingest_dedupe import DUCKDB_MEMORY_LIMIT
 from pipeline_lib.io import atomic_path, sha256_file, write_json_atomic
 from pipeline_lib.tokenizer import ESM_ALPHABET, Alphabet
 
-__all__ = ["tokenize_array", "write_sequence_shards", "read_manifest", "verify_manifest", "SPLITS"]
+__all__ = ["tokenize_array", "tokenize_binary", "write_sequence_shards", "read_manifest", "verify_manifest", "SPLITS"]
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -46,8 +47,34 @@ _BATCH_ROWS = 8192            # sequences tokenized at a time
 _QUEUED_BYTES = 128 << 20     # Arrow data handed to shard threads but not yet encoded, at most
 
 
-def tokenize_array(seqs: pa.Array, alphabet: Alphabet = ESM_ALPHABET) -> pa.ListArray:
+def tokenize_binary(seqs: pa.Array | pa.ChunkedArray, alphabet: Alphabet = ESM_ALPHABET) -> pa.BinaryArray:
+    """Encode a string array as ``<cls> residues <eos>``, one byte per token id (the shards' ``tokens``)."""
+    if alphabet.dtype != np.uint8:
+        raise ValueError(f"{alphabet.name} has {len(alphabet)} tokens: more than one byte each (use tokenize_array)")
+    raw, offsets = _string_buffers(seqs)
+    n = len(offsets) - 1
+    # bytes.translate maps residues to ids (never <cls>/<eos>: those are not single letters); a join adds them
+    ids = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets),
+                                                 pa.py_buffer(raw.translate(_lookup_bytes(alphabet)))])
+    cls, eos = pa.scalar(bytes([alphabet.cls_idx])), pa.scalar(bytes([alphabet.eos_idx]))
+    return pc.binary_join_element_wise(cls, ids, eos, pa.scalar(b""))
+
+
+def tokenize_array(seqs: pa.Array | pa.ChunkedArray, alphabet: Alphabet = ESM_ALPHABET) -> pa.ListArray:
     """Encode a string array as ``<cls> residues <eos>`` token lists in one vectorized pass."""
+    if alphabet.dtype != np.uint8:
+        raw, offsets = _string_buffers(seqs)
+        return _tokenize_numpy(np.frombuffer(raw, dtype=np.uint8), offsets, alphabet)
+    framed = tokenize_binary(seqs, alphabet)
+    if not len(framed):
+        return pa.array([], pa.list_(pa.uint8()))
+    offsets = np.frombuffer(framed.buffers()[1], dtype=np.int32)[framed.offset: framed.offset + len(framed) + 1]
+    values = pa.Array.from_buffers(pa.uint8(), int(offsets[-1]), [None, framed.buffers()[2]])
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def _string_buffers(seqs: pa.Array | pa.ChunkedArray) -> tuple[bytes, np.ndarray]:
+    """The UTF-8 bytes of a string array and its row offsets (from 0)."""
     if isinstance(seqs, pa.ChunkedArray):
         seqs = seqs.combine_chunks()
     if seqs.null_count:
@@ -58,16 +85,7 @@ def tokenize_array(seqs: pa.Array, alphabet: Alphabet = ESM_ALPHABET) -> pa.List
     offsets = np.frombuffer(seqs.buffers()[1], dtype=np.int32)[seqs.offset: seqs.offset + n + 1]
     data = seqs.buffers()[2]
     raw = data.to_pybytes()[offsets[0]: offsets[-1]] if n and data is not None else b""
-    if alphabet.dtype != np.uint8:
-        return _tokenize_numpy(np.frombuffer(raw, dtype=np.uint8), offsets - offsets[0], alphabet)
-    # bytes.translate maps residues to ids (never <cls>/<eos>: those are not single letters); a join adds them
-    ids = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets - offsets[0]),
-                                                 pa.py_buffer(raw.translate(_lookup_bytes(alphabet)))])
-    cls, eos = pa.scalar(bytes([alphabet.cls_idx])), pa.scalar(bytes([alphabet.eos_idx]))
-    framed = pc.binary_join_element_wise(cls, ids, eos, pa.scalar(b""))
-    new_offsets = pa.Array.from_buffers(pa.int32(), n + 1, [None, framed.buffers()[1]], offset=framed.offset)
-    values = pa.Array.from_buffers(pa.uint8(), len(raw) + 2 * n, [None, framed.buffers()[2]])
-    return pa.ListArray.from_arrays(new_offsets, values)
+    return raw, offsets - offsets[0]
 
 
 def _lookup_bytes(alphabet: Alphabet) -> bytes:
@@ -158,7 +176,8 @@ class _ShardFile(threading.Thread):
     def run(self) -> None:
         try:
             with atomic_path(self.final) as tmp:
-                with pq.ParquetWriter(tmp, self.schema, compression="zstd",
+                dictionary = [f.name for f in self.schema if f.name != "tokens"]
+                with pq.ParquetWriter(tmp, self.schema, compression="zstd", use_dictionary=dictionary,
                                       compression_level=self.cfg.compression_level) as writer:
                     while (table := self.queue.get()) is not None:
                         if isinstance(table, _Abort):
@@ -303,7 +322,7 @@ def write_sequence_shards(sequences: Path, clusters: Path, splits: Path, out_dir
     try:
         plan = pq.ParquetFile(_plan(sequences, clusters, splits, levels, Path(work.name)), pre_buffer=False)
         for seqs, rows in _joined(sequences, plan.iter_batches(65536)):
-            tokens = tokenize_array(seqs.column("sequence"))
+            tokens = tokenize_binary(seqs.column("sequence"))
             cols = [seqs.column("id"), seqs.column("seq_hash"), *rows.columns[2:], seqs.column("length"), tokens]
             table = pa.Table.from_arrays([c.cast(f.type) for c, f in zip(cols, schema)], schema=schema)
             split = rows.column(1)

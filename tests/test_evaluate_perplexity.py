@@ -41,7 +41,7 @@ def write_split(root, split: str, seqs: list[str], threedi: list[str] | None = N
     schema = schemas.structure_shard_schema(["c50"]) if threedi else schemas.sequence_shard_schema(["c50"])
     cols = {"id": [f"s{i}" for i in range(len(seqs))], "seq_hash": [f"h{i}" for i in range(len(seqs))],
             "cluster_c50": ["c"] * len(seqs), "length": [len(s) for s in seqs],
-            "tokens": [ESM_ALPHABET.encode(s) for s in seqs]}
+            "tokens": [ESM_ALPHABET.encode_array(s).tobytes() for s in seqs]}
     if threedi:
         cols |= {"aa_seq": seqs, "threedi_seq": threedi,
                  "sa_tokens": [SAPROT_ALPHABET.encode_pairs(s, d) for s, d in zip(seqs, threedi)],

@@ -7,7 +7,10 @@ import pytest
 from pipeline_lib.cluster import cluster_sequences
 from pipeline_lib.config import ClusterConfig, IngestConfig, ShardsConfig, SplitConfig
 from pipeline_lib.ingest import ingest_fasta
-from pipeline_lib.shards import _tokenize_numpy, read_manifest, tokenize_array, verify_manifest, write_sequence_shards
+from pipeline_lib.schemas import token_buffers
+from pipeline_lib.shards import (_tokenize_numpy, read_manifest, tokenize_array, tokenize_binary, verify_manifest,
+                                 write_sequence_shards)
+from pipeline_lib.tokenizer import SAPROT_ALPHABET
 from pipeline_lib.split import assign_splits
 from pipeline_lib.tokenizer import ESM_ALPHABET
 from tests.helpers import family_fasta
@@ -52,7 +55,9 @@ def test_tokens_decode_to_sequences_and_readers_agree(shards):
     d, manifest = shards
     seqs = {r["id"]: r["sequence"] for r in pq.read_table(d / "sequences.parquet").to_pylist()}
     path = d / "out" / manifest["splits"]["train"]["files"][0]["path"]
-    for row in pq.read_table(path).to_pylist():
+    table = pq.read_table(path)
+    assert table.schema.field("tokens").type == pa.binary()  # one byte per token on disk and in memory
+    for row in table.to_pylist():
         assert ESM_ALPHABET.decode(row["tokens"]) == seqs[row["id"]]
         assert len(row["tokens"]) == row["length"] + 2
     n_duck = duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{d / 'out'}/*/*.parquet')").fetchall()[0][0]
@@ -114,6 +119,28 @@ def test_tokenize_array_fast_path_equals_numpy_path():
     assert tokenize_array(pa.chunked_array([seqs[:2], seqs[2:]])).to_pylist() == fast.to_pylist()
     assert tokenize_array(seqs.cast(pa.large_string())).to_pylist() == fast.to_pylist()
     assert fast.type == pa.list_(pa.uint8())
+    packed = tokenize_binary(seqs)
+    assert packed.type == pa.binary() and [list(b) for b in packed.to_pylist()] == fast.to_pylist()
+    with pytest.raises(ValueError, match="more than one byte"):
+        tokenize_binary(seqs, SAPROT_ALPHABET)
+
+
+@pytest.mark.parametrize("kind", ["binary", "large_binary", "list", "large_list", "int16_list"])
+def test_token_buffers_reads_every_token_column_layout_and_slices(kind):
+    rows = [[0, 5, 6, 2], [], [0, 2], [0, 20, 21, 22, 23, 2]]
+    if kind.endswith("binary"):
+        arr = pa.array([bytes(r) for r in rows], getattr(pa, kind)())
+    else:
+        value = pa.int16() if kind == "int16_list" else pa.uint8()
+        arr = pa.array(rows, pa.large_list(value) if kind == "large_list" else pa.list_(value))
+    for lo, hi in [(0, 4), (1, 4), (2, 3), (3, 4), (2, 2)]:
+        offsets, ids = token_buffers(arr.slice(lo, hi - lo))
+        assert ids.dtype == np.int64 and offsets[0] == 0 and len(offsets) == hi - lo + 1
+        assert [ids[offsets[i]:offsets[i + 1]].tolist() for i in range(hi - lo)] == rows[lo:hi]
+    offsets, ids = token_buffers(pa.chunked_array([arr[:1], arr[1:]]))
+    assert [ids[offsets[i]:offsets[i + 1]].tolist() for i in range(4)] == rows
+    with pytest.raises(TypeError, match="not a token column"):
+        token_buffers(pa.array([1, 2]))
 
 
 def test_a_failure_stops_every_shard_thread_and_keeps_no_partial_file(tmp_path):

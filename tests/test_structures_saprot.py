@@ -76,7 +76,7 @@ def test_rows_match_schema_and_join_by_accession(afdb_chains):
     row, bare = table.to_pylist()
     assert row["threedi_seq"] == q96.threedi and row["structure_source"] == "afdb"
     assert row["structure_version"] == "v4" and row["mean_plddt"] == pytest.approx(q96.mean_plddt)
-    assert row["tokens"] == ESM_ALPHABET.encode(q96.aa) and row["length"] == len(q96.aa)
+    assert list(row["tokens"]) == ESM_ALPHABET.encode(q96.aa) and row["length"] == len(q96.aa)
     pairs = SAPROT_ALPHABET.decode(row["sa_tokens"])
     assert pairs == "".join(a + d for a, d in zip(q96.aa, q96.threedi))
     assert bare["threedi_seq"] == "#####" and bare["structure_source"] is None and bare["mean_plddt"] is None

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline_lib.errors import DataValidationError
+from pipeline_lib.schemas import token_buffers
 from pipeline_lib.evaluate.config import PerplexityConfig
 from pipeline_lib.evaluate.model import MaskedLM, pad_batch
 from pipeline_lib.tokenizer import Alphabet
@@ -97,9 +98,7 @@ def iter_token_rows(files: list[Path], column: str, *, vocab_size: int, specials
         if column not in pf.schema_arrow.names:
             raise DataValidationError(f"no {column!r} column (columns: {pf.schema_arrow.names})", path=str(path))
         for rg in range(pf.num_row_groups):
-            col = pf.read_row_group(rg, columns=[column]).column(column).combine_chunks()
-            offsets = col.offsets.to_numpy()
-            values = col.values.to_numpy(zero_copy_only=False).astype(np.int64)
+            offsets, values = token_buffers(pf.read_row_group(rg, columns=[column]).column(column))
             if len(values) and (values.min() < 0 or values.max() >= vocab_size):
                 raise DataValidationError(f"token ids outside the model's vocabulary of {vocab_size}",
                                           path=str(path), record=f"row group {rg}")

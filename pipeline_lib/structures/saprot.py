@@ -153,7 +153,7 @@ def _quarantine(rec: Mapping[str, Any], st: StructureRecord, reason: str, detail
 def _row(rec: Mapping[str, Any], levels: list[str], threedi: str, st: StructureRecord | None) -> dict[str, Any]:
     seq = rec["sequence"]
     row = {"id": rec["id"], "seq_hash": rec["seq_hash"], "length": len(seq),
-           "tokens": ESM_ALPHABET.encode(seq), "aa_seq": seq, "threedi_seq": threedi,
+           "tokens": ESM_ALPHABET.encode_array(seq).tobytes(), "aa_seq": seq, "threedi_seq": threedi,
            "sa_tokens": SAPROT_ALPHABET.encode_pairs(seq, threedi),
            "mean_plddt": st.mean_plddt if st else None, "structure_source": st.source if st else None,
            "structure_version": st.version if st else None}

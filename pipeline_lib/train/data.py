@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline_lib.errors import DataValidationError
+from pipeline_lib.schemas import token_buffers
 
 __all__ = ["ShardIndex", "SampleStream", "RawRow", "Position"]
 
@@ -120,9 +121,7 @@ class ShardIndex:
         if pf is None:
             pf = cache[fi] = pq.ParquetFile(self.files[fi])
         table = pf.read_row_group(int(self.unit_rg[unit]), columns=[self.column, "id"]).take(pa.array(local_rows))
-        col = table.column(self.column).combine_chunks()
-        offsets = col.offsets.to_numpy()
-        values = col.values.to_numpy(zero_copy_only=False).astype(np.int64)
+        offsets, values = token_buffers(table.column(self.column))
         ids = table.column("id").to_pylist()
         start = int(self.unit_start[unit])
         return [RawRow(start + int(r), ids[i], values[offsets[i]:offsets[i + 1]]) for i, r in enumerate(local_rows)]

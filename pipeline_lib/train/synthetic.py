@@ -47,7 +47,7 @@ def _table(rng: np.random.Generator, ids: range, lengths: np.ndarray, saprot: bo
     c50 = [f"C50_{i // 4:07d}" for i in ids]
     cols: dict[str, Any] = {
         "id": names, "seq_hash": [f"{i:032x}" for i in ids], "cluster_c90": c90, "cluster_c50": c50,
-        "length": pa.array(lengths, pa.int32()), "tokens": pa.array(tokens, pa.list_(pa.uint8())),
+        "length": pa.array(lengths, pa.int32()), "tokens": pa.array([t.tobytes() for t in tokens], pa.binary()),
     }
     if not saprot:
         return pa.table(cols, schema=schemas.sequence_shard_schema(["c90", "c50"]))
