@@ -9,7 +9,8 @@ A server must be reachable (``prefect server start`` and ``PREFECT_API_URL``, or
 code is taken from this checkout (``flow.from_source`` on the repository root), so a worker on the same
 machine or on a shared filesystem runs exactly this code; the deployments declared in ``prefect.yaml``
 (``prefect deploy --all``) are the same thing for the standard schedules. Kubernetes / Docker pools:
-docs/operations.md.
+docs/operations.md. With ``notify.automation: true`` in the config, a Prefect automation also POSTs to the
+config's webhook when a run of the deployment fails or crashes (docs/operations.md, section 10).
 """
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pipeline_lib.config import load_config
+from pipeline_lib.config import Config, load_config
 from pipeline_lib.errors import ConfigError, PipelineError
 
 # Prefect is imported inside the functions: `plm --help` and the parser stay fast.
 
-__all__ = ["FLOWS", "DEFAULT_POOL", "deploy", "ensure_work_pool", "add_deploy_parser", "deploy_command"]
+__all__ = ["FLOWS", "DEFAULT_POOL", "deploy", "ensure_work_pool", "ensure_failure_automation", "add_deploy_parser",
+           "deploy_command"]
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWS = {"data_refresh": "flows/data_refresh.py:data_refresh", "end_to_end": "flows/end_to_end.py:end_to_end"}
@@ -84,11 +86,57 @@ def deploy(config_path: str, cron: str, name: str | None = None, work_pool: str 
     parameters: dict[str, Any] = {"config_path": _config_parameter(config_path), "overrides": list(overrides or [])}
     if "if_changed" in remote.parameters.properties:
         parameters["if_changed"] = if_changed
-    return remote.deploy(
-        name=name or f"{cfg.name}-{flow.replace('_', '-')}", work_pool_name=work_pool, schedules=[schedule],
-        parameters=parameters,
+    name = name or f"{cfg.name}-{flow.replace('_', '-')}"
+    dep_id = remote.deploy(
+        name=name, work_pool_name=work_pool, schedules=[schedule], parameters=parameters,
         tags=["plm", flow, cfg.name], paused=paused, description=f"{flow} with {config_path} on '{cron}' ({timezone})",
         build=False, push=False, print_next_steps=False, ignore_warnings=True)
+    if cfg.notify.automation:
+        ensure_failure_automation(cfg, dep_id, f"{flow}/{name}")
+    return dep_id
+
+
+# What the automation POSTs: Prefect renders it (Jinja) when the event fires. The state message is left out:
+# it is the run's exception text, which Prefect does not redact (the flow's own webhook call does).
+_AUTOMATION_PAYLOAD = (
+    '{"event": "prefect.flow-run.{{ flow_run.state.name }}", "state": "{{ flow_run.state.name | lower }}", '
+    '"flow": "{{ flow.name }}", "run_id": "{{ flow_run.id }}", "flow_run": "{{ flow_run.name }}", '
+    '"deployment": %s, "config": %s, "lineage": %s, "ui_url": "{{ flow_run | ui_url }}", '
+    '"text": "plm {{ flow.name }} ({{ flow_run.name }}) {{ flow_run.state.name | lower }}"}')
+
+
+def ensure_failure_automation(cfg: Config, deployment_id: UUID, deployment: str) -> UUID:
+    """A Prefect automation: a flow run of ``deployment_id`` entering Failed or Crashed POSTs to the
+    notify webhook (a Webhook block holds the URL as a secret). Replaces one of the same name; returns its id.
+
+    It covers what the flow cannot report itself: a worker or process killed outright (Crashed).
+    """
+    import json
+
+    from prefect.automations import Automation
+    from prefect.blocks.webhook import Webhook
+    from prefect.events.actions import CallWebhook
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    from pipeline_lib.notify import webhook_url
+    from tasks.artifacts import artifact_key
+
+    url = webhook_url(cfg.notify)
+    if url is None:
+        raise ConfigError("notify.automation needs notify.webhook_url or notify.webhook_url_env (set when deploying)")
+    block_id = Webhook(method="POST", url=url).save(artifact_key("plm", deployment, "failure"), overwrite=True)
+    payload = _AUTOMATION_PAYLOAD % (json.dumps(deployment), json.dumps(cfg.name), json.dumps(str(cfg.lineage_path)))
+    automation = Automation(
+        name=f"plm {deployment}: failed or crashed", description=f"POST to the {cfg.name} webhook (notify)",
+        trigger=EventTrigger(expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+                             match_related={"prefect.resource.id": f"prefect.deployment.{deployment_id}"},
+                             posture=Posture.Reactive, threshold=1),
+        actions=[CallWebhook(block_document_id=block_id, payload=payload)])
+    try:
+        Automation.read(name=automation.name).delete()
+    except ValueError:  # none yet
+        pass
+    return automation.create().id
 
 
 def add_deploy_parser(sub: Any) -> argparse.ArgumentParser:

@@ -4,16 +4,32 @@
         p.update(len(chunk))
 
 Lines go to the ``pipeline_lib.progress`` logger (Prefect's task logger picks them up in tasks).
+Callers up the stack (the tasks layer: Prefect progress artifacts) can follow every Progress made in their
+context with ``with listen(fn): ...``; ``fn(progress, finished)`` runs at each throttled line and at the end.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-__all__ = ["Progress", "human_bytes", "human_count"]
+__all__ = ["Progress", "human_bytes", "human_count", "listen"]
 
 log = logging.getLogger("pipeline_lib.progress")
+Listener = Callable[["Progress", bool], None]
+_listeners: contextvars.ContextVar[tuple[Listener, ...]] = contextvars.ContextVar("plm_progress", default=())
+
+
+@contextlib.contextmanager
+def listen(fn: Listener) -> Iterator[None]:
+    """Call ``fn(progress, finished)`` for the Progress objects created in this context (thread / task)."""
+    token = _listeners.set(_listeners.get() + (fn,))
+    try:
+        yield
+    finally:
+        _listeners.reset(token)
 
 
 def human_bytes(n: float) -> str:
@@ -41,6 +57,14 @@ class Progress:
         self.start_done = self.done = done
         self.sink = sink or log.info
         self.t0 = self._last = time.monotonic()
+        self._listeners = _listeners.get()
+
+    def _notify(self, finished: bool) -> None:
+        for fn in self._listeners:
+            try:
+                fn(self, finished)
+            except Exception as exc:  # a progress display must never fail the work it reports on
+                log.debug("progress listener failed: %s", exc)
 
     def _fmt(self, n: float) -> str:
         return human_bytes(n) if self.unit == "B" else f"{human_count(n)} {self.unit}"
@@ -62,6 +86,7 @@ class Progress:
         if now - self._last >= self.every_s:
             self._last = now
             self.sink(self.line())
+            self._notify(False)
 
     def __enter__(self) -> "Progress":
         return self
@@ -69,3 +94,4 @@ class Progress:
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
             self.sink(self.line() + f", done in {time.monotonic() - self.t0:.1f}s")
+            self._notify(True)

@@ -9,7 +9,8 @@
 
 Range requests honour ``If-Range`` (compared with the ETag, the MD5 of the content).
 Each request for a path consumes that path's next queued :class:`Fault` (none queued: a normal answer).
-Every request is logged (method, path, headers, status, body bytes actually sent) in ``srv.requests``.
+Every request is logged (method, path, headers, status, body bytes actually sent) in ``srv.requests``;
+POST requests (webhook tests) are answered 200 and logged with the body they sent.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ class LoggedRequest:
     headers: dict[str, str]
     status: int = 0
     bytes_sent: int = 0
+    body: bytes = b""                  # what a POST sent (webhook tests)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -61,6 +63,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._serve(body=True)
+
+    def do_POST(self) -> None:
+        """Log the body and answer 200 (or the queued fault's status): a webhook receiver."""
+        path = unquote(urlsplit(self.path).path)
+        entry = LoggedRequest("POST", path, dict(self.headers.items()),
+                              body=self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        self.server.owner._log(entry)
+        fault = self.server.owner._next_fault(path) or Fault()
+        self._empty(entry, fault.status or 200, fault.headers)
 
     def _serve(self, *, body: bool) -> None:
         path = unquote(urlsplit(self.path).path)
