@@ -261,7 +261,8 @@ class LineageStore:
                           "FROM runs ORDER BY started_at DESC LIMIT ?", [limit])
 
     def find_artifacts(self, path_or_id: str) -> list[dict[str, Any]]:
-        p = str(Path(path_or_id).resolve()) if not path_or_id.startswith("/") else path_or_id
+        local = not path_or_id.startswith("/") and "://" not in path_or_id  # URLs (s3://...) are kept as given
+        p = str(Path(path_or_id).resolve()) if local else path_or_id
         return self.query("SELECT * FROM artifacts WHERE artifact_id=? OR path=? OR content_hash=? "
                           "ORDER BY created_at DESC", [path_or_id, p, path_or_id])
 
