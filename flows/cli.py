@@ -221,17 +221,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "config":
             print(json.dumps(cfg.model_dump(mode="json"), indent=2))
             return 0
+        from flows.runner import with_runner  # the configured task runner (threads, processes, Dask, Ray)
+
         if args.cmd == "data":
             from flows.data_refresh import data_refresh
 
-            _print_summary(data_refresh(args.config, args.overrides, if_changed=args.if_changed))
+            _print_summary(with_runner(data_refresh, cfg)(args.config, args.overrides, if_changed=args.if_changed))
             return 0
         if args.cmd in ("run", "structures", "msa", "train"):
             from flows import end_to_end as flows
 
             fn = {"run": flows.end_to_end, "structures": flows.structures_flow, "msa": flows.msa_flow,
                   "train": flows.train_flow}[args.cmd]
-            _print_summary(fn(args.config, args.overrides))
+            _print_summary(with_runner(fn, cfg)(args.config, args.overrides))
             return 0
         if args.cmd == "evaluate":
             if args.compare and not args.checkpoint:
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise PipelineError("plm evaluate needs --checkpoint DIR [DIR ...] (or --compare)")
             from flows.end_to_end import evaluate_flow
 
-            _print_summary(evaluate_flow(args.config, args.overrides, args.checkpoint))
+            _print_summary(with_runner(evaluate_flow, cfg)(args.config, args.overrides, args.checkpoint))
             if args.compare:
                 print(_compare(cfg.lineage_path))
             return 0

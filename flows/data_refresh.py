@@ -1,6 +1,7 @@
 """The ``data_refresh`` flow: source -> ingest -> cluster -> split -> shards, with lineage.
 
     plm data configs/demo.yaml                    # or: python -m flows.data_refresh configs/demo.yaml
+    plm data configs/demo.yaml --set runner.kind=dask     # the stages on a local Dask cluster (flows/runner.py)
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from flows.runs import pipeline_run
 from pipeline_lib.config import Config, load_config
 from tasks import data
 from tasks.common import StageOutput
+from tasks.retention import retention
 
 
 @dataclass
@@ -30,12 +32,18 @@ class DataRefreshResult:
 
 
 def run_data_stages(ctx, cfg: Config, release: data.ReleaseCheck | None = None) -> dict[str, StageOutput]:
-    """The data path as a sequence of tasks (also used by the end-to-end flow)."""
-    source = data.fetch(ctx, cfg, release)
-    ingested = data.ingest(ctx, cfg, source)
-    clustered = data.cluster(ctx, cfg, ingested)
-    splitted = data.split(ctx, cfg, ingested, clustered)
-    sharded = data.shards(ctx, cfg, ingested, clustered, splitted)
+    """The data path on the run's task runner (also used by the end-to-end flow).
+
+    Source files download side by side; then each stage needs the one before, so they run one at a time,
+    each wherever the runner puts it (a thread, a process, a Dask or Ray worker).
+    """
+    for download in [data.fetch_url.submit(ctx, url) for url in data.source_urls(cfg)]:
+        download.result()
+    source = data.fetch.submit(ctx, cfg, release).result()
+    ingested = data.ingest.submit(ctx, cfg, source).result()
+    clustered = data.cluster.submit(ctx, cfg, ingested).result()
+    splitted = data.split.submit(ctx, cfg, ingested, clustered).result()
+    sharded = data.shards.submit(ctx, cfg, ingested, clustered, splitted).result()
     return {"fetch": source, "ingest": ingested, "cluster": clustered, "split": splitted, "shards": sharded}
 
 
@@ -52,8 +60,11 @@ def data_refresh(config_path: str | None = None, overrides: list[str] | None = N
             print(f"no new release: upstream unchanged since run {release.previous_run}")
             return DataRefreshResult(ctx.run_id, {}, ctx.lineage_path, release, "no_new_release")
         stages = run_data_stages(ctx, cfg, release)
+        retention(ctx, cfg)  # keep the newest retention.keep_releases releases' stage outputs
     return DataRefreshResult(ctx.run_id, stages, ctx.lineage_path, release)
 
 
 if __name__ == "__main__":
-    data_refresh(sys.argv[1] if len(sys.argv) > 1 else None)
+    from flows.runner import run_configured
+
+    run_configured(data_refresh, sys.argv[1] if len(sys.argv) > 1 else None, None)

@@ -12,6 +12,7 @@ from prefect.runtime import flow_run
 
 from pipeline_lib.config import Config
 from pipeline_lib.lineage import LineageStore, RunRecord
+from pipeline_lib.notify import notify_failure
 from pipeline_lib.tools.mmseqs import MMseqs
 from tasks.common import RunContext, code_version
 
@@ -45,7 +46,7 @@ def pipeline_run(cfg: Config, flow: str) -> Iterator[RunContext]:
     run_id = str(flow_run.id or uuid.uuid4())
     store.start_run(RunRecord(run_id, flow, cfg.name, cfg.model_dump(mode="json"), cfg.hash(), code_version(),
                               str(workdir), tool_versions=tool_versions(cfg)))
-    ctx = RunHandle(run_id, str(workdir), str(cfg.lineage_path))
+    ctx = RunHandle(run_id, str(workdir), str(cfg.lineage_path), storage=cfg.storage.model_dump(mode="json"))
     try:
         yield ctx
     except BaseException as exc:
@@ -53,6 +54,8 @@ def pipeline_run(cfg: Config, flow: str) -> Iterator[RunContext]:
             store.end_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
         except Exception as lineage_exc:  # e.g. a full disk: report it, but keep the run's own error
             print(f"plm: could not record the failed run in lineage: {lineage_exc}", file=sys.stderr)
+        notify_failure(cfg.notify, flow=flow, run_id=run_id, config_name=cfg.name, exc=exc,
+                       lineage_path=cfg.lineage_path, extra={"ui_url": flow_run.ui_url})
         raise
     store.end_run(run_id, ctx.final_status)
 

@@ -40,7 +40,7 @@ def config_reference() -> str:
         sections.append((f"source (kind: {kind})", model))
     for name, model in _section_types().items():
         sections += _models(model, name)
-    for name in ("ingest", "cluster", "split", "shards", "lineage"):
+    for name in ("ingest", "cluster", "split", "shards", "lineage", "storage", "runner", "retention", "notify"):
         sections += _models(Config.model_fields[name].annotation, name)
     lines = ["# Configuration reference", "",
              "Generated from the typed schema (`plm config --reference`). Unknown keys are errors.", ""]

@@ -45,6 +45,9 @@ class LockTimeout(TransientError):
         self.path, self.waited_s, self.holder = path, waited_s, holder
         super().__init__(f"gave up waiting for lock {path} after {waited_s:.1f}s: held by {_describe(holder)}")
 
+    def __reduce__(self):  # pickled with its arguments: Dask task runners send errors back that way
+        return type(self), (self.path, self.waited_s, self.holder)
+
 
 def lock_holder(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """What the current (or last) holder wrote into the lock file: pid, host, since; None if unknown."""

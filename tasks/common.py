@@ -5,6 +5,10 @@ Its outputs live in ``<workdir>/stages/<stage>/<key16>/`` with a ``_SUCCESS.json
 last (the datatrove "completions" idea), and the directory is built under a temporary name and renamed:
 a killed stage leaves no partial output under the final name, a re-run with nothing changed skips the
 stage ("cached"), and changing one stage's parameters recomputes that stage and what depends on it.
+
+With ``storage.url`` set (pipeline_lib/storage.py) the workdir is the local cache of an object store: a
+finished stage is published there (its marker last), a stage finished there is downloaded instead of
+recomputed, and lineage names stage outputs by their URL.
 """
 from __future__ import annotations
 
@@ -22,10 +26,12 @@ from typing import Any
 from prefect.logging import get_run_logger
 
 from pipeline_lib import __version__
-from pipeline_lib.errors import TransientError
+from pipeline_lib.errors import PipelineError, TransientError
 from pipeline_lib.io import atomic_dir, stable_hash, write_json_atomic
 from pipeline_lib.lineage import ArtifactRecord, LineageStore, StepRecord, artifact_for, utcnow
 from pipeline_lib.locks import FileLock
+from pipeline_lib.storage import ObjectStore, stage_dir_of
+from tasks.artifacts import progress_artifacts, stage_table
 
 __all__ = ["RunContext", "StageOutput", "Produced", "run_stage", "code_version", "retry_transient", "logger"]
 
@@ -73,6 +79,7 @@ class RunContext:
     run_id: str
     workdir: str
     lineage_path: str
+    storage: dict[str, Any] | None = None  # the config's storage section (no credentials: those are in the env)
 
     @property
     def store(self) -> LineageStore:
@@ -99,6 +106,7 @@ class StageOutput:
     outputs: dict[str, ArtifactRecord]
     stats: dict[str, Any]
     tool_versions: dict[str, str]
+    url: str | None = None  # where the stage is published (storage.url), else None
 
     def path(self, name: str) -> Path:
         return Path(self.outputs[name].path)
@@ -145,6 +153,29 @@ def _build(final: Path, stage: str, key: str, params: dict[str, Any],
     return data
 
 
+def _sync_remote(store: ObjectStore, final: Path, rel: str, data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Reconcile the local cache with the store: download a stage finished there, publish one finished only
+    here (a crash between the local build and the end of its upload). Returns the local marker or None."""
+    if data is not None:
+        if store.read_marker(rel) is None:
+            logger().info("%s: publishing the local copy to %s", rel, store.url_of(rel))
+            store.publish(final, rel, data)
+        return data
+    data = store.materialise(rel, final)
+    if data is not None:
+        logger().info("%s: downloaded from %s", rel, store.url_of(rel))
+    return data
+
+
+def _materialise_inputs(store: ObjectStore, workdir: str, inputs: list[ArtifactRecord]) -> None:
+    """Download the stage directories of inputs built on another machine (tasks read local files)."""
+    for rel in sorted({stage_dir_of(a.path, workdir) for a in inputs} - {None}):
+        final = Path(workdir) / rel
+        with FileLock(final.with_name(final.name + ".lock"), sink=logger().warning, note=f"download of {rel}"):
+            if _load_marker(final) is None and store.materialise(rel, final) is None:
+                raise PipelineError(f"input stage {rel} is neither in {final} nor finished in {store.url_of(rel)}")
+
+
 def _record_failure(ctx: RunContext, step: StepRecord) -> None:
     """Record a failed step. If lineage cannot be written either (a full disk), log that and let the stage's
     own error propagate: the lineage error must not replace it."""
@@ -168,6 +199,8 @@ def run_stage(ctx: RunContext, stage: str, params: dict[str, Any], inputs: list[
     key = stable_hash({"stage": stage, "params": params, "inputs": sorted(a.content_hash for a in inputs),
                        "code": code_version()})
     final = Path(ctx.workdir) / "stages" / stage / key[:16]
+    store, rel = ObjectStore.from_settings(ctx.storage), f"stages/{stage}/{key[:16]}"
+    named = (lambda arts: [store.published(a, ctx.workdir) for a in arts]) if store else list  # lineage names
     started = utcnow()
     status = "cached"
     try:
@@ -177,18 +210,28 @@ def run_stage(ctx: RunContext, stage: str, params: dict[str, Any], inputs: list[
         with FileLock(final.with_name(final.name + ".lock"), sink=log.warning, note=f"{stage} of run {ctx.run_id}"):
             _remove_temporaries(final)
             data = _load_marker(final) if cache else None
+            if store and cache:
+                data = _sync_remote(store, final, rel, data)
             if data is None:
                 status = "completed"
                 log.info("%s: running (cache key %s)", stage, key[:16])
-                data = _build(final, stage, key, params, compute, resumable)
+                if store:
+                    _materialise_inputs(store, ctx.workdir, inputs)
+                with progress_artifacts():  # long work inside shows as progress bars in the Prefect UI
+                    data = _build(final, stage, key, params, compute, resumable)
+                if store and cache:  # uncached stages (fetch) are never looked up there: nothing to publish
+                    store.publish(final, rel, data)
             else:
                 log.info("%s: cached, skipping (cache key %s)", stage, key[:16])
     except BaseException as exc:
         _record_failure(ctx, StepRecord(ctx.run_id, stage, params, key, "failed", started, utcnow(),
-                                        inputs=inputs, error=f"{type(exc).__name__}: {exc}"[:4000]))
+                                        inputs=named(inputs), error=f"{type(exc).__name__}: {exc}"[:4000]))
         raise
     outputs = {k: ArtifactRecord(**v) for k, v in data["outputs"].items()}
-    ctx.store.record_step(StepRecord(ctx.run_id, stage, params, key, status, started, utcnow(), inputs=inputs,
-                                     outputs=list(outputs.values()), tool_versions=data["tool_versions"],
-                                     stats=data["stats"]))
-    return StageOutput(stage, key, str(final), status == "cached", outputs, data["stats"], data["tool_versions"])
+    ctx.store.record_step(StepRecord(ctx.run_id, stage, params, key, status, started, utcnow(),
+                                     inputs=named(inputs), outputs=named(list(outputs.values())),
+                                     tool_versions=data["tool_versions"], stats=data["stats"]))
+    out = StageOutput(stage, key, str(final), status == "cached", outputs, data["stats"], data["tool_versions"],
+                      url=store.url_of(rel) if store and cache else None)
+    stage_table(out)  # the stage's counts as a table artifact in the Prefect UI (no-op outside a run)
+    return out

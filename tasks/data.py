@@ -21,7 +21,8 @@ from pipeline_lib.split import assign_splits, decontaminate
 from pipeline_lib.tools.mmseqs import MMseqs
 from tasks.common import Produced, RunContext, StageOutput, logger, retry_transient, run_stage
 
-__all__ = ["check_release", "fetch", "ingest", "cluster", "split", "shards", "ReleaseCheck"]
+__all__ = ["check_release", "source_urls", "fetch_url", "fetch", "ingest", "cluster", "split", "shards",
+           "ReleaseCheck"]
 
 
 @dataclass
@@ -80,6 +81,23 @@ def _fetch_sources(cfg: Config, ctx: RunContext) -> tuple[list[Produced], dict[s
     meta = {"release": release.release, "md5": release.md5, "url": result.url, "database": src.database}
     return [Produced("source_0", "source_fasta", path=str(result.path), meta=meta)], \
         {"source": "uniref", "release": release.release, "database": src.database, "md5": release.md5}
+
+
+def source_urls(cfg: Config) -> list[str]:
+    """The http(s) files of a ``fasta`` source, each once: what :func:`fetch_url` can download side by side."""
+    if cfg.source.kind != "fasta":
+        return []
+    return list(dict.fromkeys(p for p in cfg.source.paths if p.startswith(("http://", "https://"))))
+
+
+@task(name="fetch_url", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)
+def fetch_url(ctx: RunContext, url: str) -> str:
+    """One source file to where the fetch stage looks for it, so several download at once on the task runner;
+    the fetch stage then finds them in place (verified files are never fetched twice)."""
+    from pipeline_lib.sources.download import download
+    from pipeline_lib.sources.fasta_files import url_download_path
+
+    return str(download(url, url_download_path(url, Path(ctx.workdir) / "downloads" / "urls")).path)
 
 
 @task(name="fetch", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)

@@ -58,6 +58,13 @@ class PermanentDownloadError(PipelineError):
         self.url, self.status = url, status
         super().__init__(message)
 
+    def __reduce__(self):  # keep the keywords when pickled: Dask task runners send errors back that way
+        return _permanent_download_error, (self.args[0], self.url, self.status)
+
+
+def _permanent_download_error(message: str, url: str, status: int | None) -> PermanentDownloadError:
+    return PermanentDownloadError(message, url=url, status=status)
+
 
 class _Transient(Exception):
     """Internal: one attempt failed in a way worth retrying (message is already redacted)."""
