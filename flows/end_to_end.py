@@ -5,6 +5,9 @@
     plm msa configs/demo.yaml                 # data stages + MSAs
     plm train configs/demo.yaml               # data stages (+ structures for SaProt) + train
     plm evaluate configs/demo.yaml --checkpoint DIR [DIR ...]    # evaluate given checkpoints / HF dirs
+
+The data stages and MSA batches run on the configured task runner (``runner:``, flows/runner.py); structures,
+training and evaluation run in the flow process, which they parallelize themselves (worker processes, torchrun).
 """
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ from prefect import flow
 from flows.data_refresh import DataRefreshResult, run_data_stages
 from flows.runs import pipeline_run
 from pipeline_lib.config import Config, load_config
+from pipeline_lib.errors import ConfigError
 from pipeline_lib.lineage import artifact_for
 from tasks import data
+from tasks.artifacts import run_summary
 from tasks.evaluate import evaluate
 from tasks.msa import msa_batch, msa_queries, msa_shards, msa_target
 from tasks.structures import structures
@@ -28,14 +33,19 @@ def _with(overrides: list[str] | None, *extra: str) -> list[str]:
 
 
 def _training_shards(cfg: Config, stages: dict) -> object:
+    if cfg.train.architecture == "msa_transformer":
+        return stages["msa"]
     return stages["structures"] if cfg.train.vocab == "saprot" else stages["shards"]
 
 
 def _stages(ctx, cfg: Config, *, train_stage: bool, evaluate_stage: bool) -> dict:
+    if train_stage and evaluate_stage and cfg.train.architecture == "msa_transformer":  # say so before hours of work
+        raise ConfigError("evaluate.enabled: the evaluate stage scores ESM-2 / SaProt models, not the MSA "
+                          "Transformer; set evaluate.enabled=false to train one")
     stages = run_data_stages(ctx, cfg, data.check_release(ctx, cfg))
     if cfg.structures.enabled or (train_stage and cfg.train.vocab == "saprot"):
         stages["structures"] = structures(ctx, cfg, stages["ingest"], stages["cluster"], stages["split"])
-    if cfg.msa.enabled:
+    if cfg.msa.enabled or (train_stage and cfg.train.architecture == "msa_transformer"):
         stages["msa"] = run_msa_stage(ctx, cfg, stages)
     if train_stage:
         stages["train"] = train(ctx, cfg, _training_shards(cfg, stages))
@@ -47,11 +57,11 @@ def _stages(ctx, cfg: Config, *, train_stage: bool, evaluate_stage: bool) -> dic
 
 
 def run_msa_stage(ctx, cfg: Config, stages: dict):
-    """Target DB once, then the query batches as parallel tasks, then the MSA shards."""
-    target = msa_target(ctx, cfg, stages["ingest"])
+    """Target DB once, then the query batches side by side on the task runner, then the MSA shards."""
+    target = msa_target.submit(ctx, cfg, stages["ingest"]).result()
     batches = msa_queries(cfg, stages["ingest"], stages["cluster"], stages["split"])
     futures = [msa_batch.submit(ctx, cfg, batch, target, i) for i, batch in enumerate(batches)]
-    return msa_shards(ctx, cfg, [f.result() for f in futures], stages["split"])
+    return msa_shards.submit(ctx, cfg, [f.result() for f in futures], stages["split"]).result()
 
 
 @flow(name="end_to_end", log_prints=True)
@@ -59,6 +69,7 @@ def end_to_end(config_path: str | None = None, overrides: list[str] | None = Non
     cfg = load_config(config_path, overrides)
     with pipeline_run(cfg, "end_to_end") as ctx:
         stages = _stages(ctx, cfg, train_stage=cfg.train.enabled, evaluate_stage=cfg.evaluate.enabled)
+        run_summary(ctx, cfg, stages)  # markdown artifact: stages, counts, evaluation tables
     return DataRefreshResult(ctx.run_id, stages, ctx.lineage_path)
 
 

@@ -1,4 +1,5 @@
-"""Prefect task of the train stage: launches torchrun, streams metrics into lineage, records the checkpoint."""
+"""Prefect task of the train stage: launches torchrun, streams metrics (train and ``valid/*``) into lineage,
+records the checkpoint."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,11 +10,14 @@ from prefect import task
 from pipeline_lib.config import Config
 from pipeline_lib.lineage import ArtifactRecord, LineageStore
 from pipeline_lib.train.run import launch_torchrun
+from tasks.artifacts import ProgressArtifact
 from tasks.common import Produced, RunContext, StageOutput, logger, run_stage
 
 __all__ = ["train", "MetricsSink"]
 
 METRIC_FLUSH_EVERY = 20  # lineage writes cost ~0.1 s each: batch them
+_MANIFESTS = ("manifest", "structure_manifest", "msa_manifest")
+_SHARDS = ("shard", "structure_shard", "msa_shard")
 
 
 class MetricsSink:
@@ -23,12 +27,15 @@ class MetricsSink:
         self.store, self.run_id, self.step_id = store, run_id, step_id
         self.rows: list[tuple[str, int, float]] = []
         self.last: dict[str, Any] = {}
+        self.progress: ProgressArtifact | None = None  # training steps as a progress bar in the Prefect UI
 
     def __call__(self, record: dict[str, Any]) -> None:
         step = int(record.get("step", 0))
         self.rows += [(k, step, float(v)) for k, v in record.items()
                       if k != "step" and isinstance(v, (int, float)) and v == v]
         self.last = record
+        if self.progress is not None:
+            self.progress.set(step)
         if step % METRIC_FLUSH_EVERY == 0:
             logger().info("train step %d: %s", step, {k: round(v, 4) if isinstance(v, float) else v
                                                       for k, v in record.items() if k in ("loss", "lr", "tokens_per_s")})
@@ -42,20 +49,22 @@ class MetricsSink:
 
 @task(name="train")
 def train(ctx: RunContext, cfg: Config, shards: StageOutput) -> StageOutput:
-    """Stage: pretrain on the shards (ESM-2 token shards, or the SaProt shards of the structures stage)."""
+    """Stage: pretrain on the shards (ESM-2 token shards, the SaProt shards of the structures stage, or the
+    MSA shards of the msa stage for the MSA Transformer)."""
     tcfg = cfg.train
-    manifest = next(a for a in shards.outputs.values() if a.kind in ("manifest", "structure_manifest"))
+    manifest = next(a for a in shards.outputs.values() if a.kind in _MANIFESTS)
     shards_dir = Path(manifest.path).parent
-    inputs: list[ArtifactRecord] = [a for a in shards.outputs.values()
-                                    if a.kind in ("manifest", "structure_manifest", "shard", "structure_shard")]
+    inputs: list[ArtifactRecord] = [a for a in shards.outputs.values() if a.kind in _MANIFESTS + _SHARDS]
     params = tcfg.model_dump(mode="json", exclude={"shards_dir", "output_dir", "enabled"})
     sink = MetricsSink(ctx.store, ctx.run_id)
+    sink.progress = ProgressArtifact("train-steps", total=tcfg.max_steps or tcfg.total_steps, unit="steps")
 
     def compute(out: Path):
         run_cfg = tcfg.model_copy(update={"shards_dir": str(shards_dir), "output_dir": str(out)})
         result = launch_torchrun(run_cfg, config_path=out / "train_config.json", shards_dir=shards_dir,
                                  output_dir=out, on_metrics=sink)
         sink.flush()
+        sink.progress.set(result.step or 0, force=True)  # the last update may have been throttled
         if result.checkpoint is None:
             raise RuntimeError(f"training wrote no checkpoint; see {result.log}")
         produced = [Produced(str(result.checkpoint.relative_to(out)), "checkpoint", meta={"step": result.step}),

@@ -99,6 +99,44 @@ def test_one_member_per_cluster_each_epoch(shards: Path):
     assert ShardIndex(shards, column="tokens", cluster_level="auto").cluster_level == "c50"   # the coarsest
 
 
+def test_cluster_index_is_cached_and_invalidated_by_the_manifest(tmp_path: Path, monkeypatch):
+    """The second build reads no cluster column; changing a file hash in the manifest rebuilds it."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from pipeline_lib.train import data
+
+    d = write_synthetic_shards(tmp_path / "s", rows=64, row_group_rows=8, seed=5)
+    before = sorted(p.relative_to(d) for p in d.rglob("*"))
+    cache = tmp_path / "cache"
+    reads: list[list[str]] = []
+    real = pq.read_table
+    monkeypatch.setattr(data.pq, "read_table", lambda *a, **kw: reads.append(kw.get("columns")) or real(*a, **kw))
+    first = ShardIndex(d, cluster_level="c50", cache_dir=cache)
+    assert reads == [["cluster_c50"]] and first.cluster_cache_path("cluster_c50", cache).is_file()
+    second = ShardIndex(d, cluster_level="c50", cache_dir=cache)
+    assert reads == [["cluster_c50"]]                                  # served from the cache
+    assert np.array_equal(second.cluster_rows, first.cluster_rows)
+    assert np.array_equal(second.cluster_offsets, first.cluster_offsets)
+    assert np.array_equal(second.select(3, seed=1), first.select(3, seed=1))
+    ShardIndex(d, cluster_level="c90", cache_dir=cache)
+    assert reads[-1] == ["cluster_c90"]                                # another level, another entry
+    ShardIndex(d, cluster_level="c50")
+    assert len(reads) == 3                                             # no cache_dir: no cache
+    man = json.loads((d / "manifest.json").read_text())
+    man["splits"]["train"]["files"][0]["sha256"] = "0" * 64           # the shards were rewritten
+    (d / "manifest.json").write_text(json.dumps(man))
+    third = ShardIndex(d, cluster_level="c50", cache_dir=cache)
+    assert len(reads) == 4 and reads[-1] == ["cluster_c50"]
+    path = third.cluster_cache_path("cluster_c50", cache)
+    assert path != first.cluster_cache_path("cluster_c50", cache)
+    path.write_bytes(b"damaged")                                       # a damaged cache is rebuilt
+    ShardIndex(d, cluster_level="c50", cache_dir=cache)
+    assert len(reads) == 5 and not list(cache.glob("*.tmp-*"))
+    assert sorted(p.relative_to(d) for p in d.rglob("*")) == before   # the shard directory is untouched
+
+
 def test_streams_shard_an_epoch_disjointly_and_deterministically(shards: Path):
     index = ShardIndex(shards, column="tokens", cluster_level="c50")
     seen = []

@@ -6,6 +6,7 @@ FSDP2 resume, CLI and torchrun argv.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -62,6 +63,7 @@ def test_train_metrics_and_callback(shards: Path, tmp_path: Path):
     assert seen[0]["lr"] == pytest.approx(1e-3) and seen[1]["lr"] == pytest.approx(2e-3)
     assert _losses(tmp_path) == {r["step"]: r["loss"] for r in seen}
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "index_cache").glob("train.cluster_c50.*.npz"))   # restarts skip the cluster column
     assert (result.checkpoint / "model.safetensors").is_file() and (result.hf_dir / "config.json").is_file()
 
 
@@ -105,7 +107,7 @@ def test_ddp_two_processes_match_one_process(shards: Path, tmp_path: Path):
     """torchrun, 2 ranks x 1 micro-batch (gloo) == 1 process x 2 micro-batches: same losses, step for step.
     Launched like the Prefect task does it (argv, subprocess, metrics followed into a callback)."""
     seen: list[dict] = []
-    ddp_cfg = _cfg(total_steps=4, grad_accum=1, nproc=2)
+    ddp_cfg = _cfg(total_steps=4, grad_accum=1, nproc=2, eval_every=4, eval_split="train", eval_batches=2)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = launch_torchrun(ddp_cfg, config_path=tmp_path / "cfg.json", shards_dir=shards,
                              output_dir=tmp_path / "ddp", on_metrics=seen.append, poll_s=0.2, env=env)
@@ -114,9 +116,39 @@ def test_ddp_two_processes_match_one_process(shards: Path, tmp_path: Path):
     ddp, one = _losses(tmp_path / "ddp"), _losses(tmp_path / "one")
     assert [r["step"] for r in seen] == [1, 2, 3, 4] and {r["step"]: r["loss"] for r in seen} == ddp
     assert all(abs(ddp[s] - one[s]) < 1e-5 for s in ddp), (ddp, one)
+    # validation under DDP: the sums of both ranks' batches, as computed here from the final weights
+    assert seen[-1]["valid/loss"] == pytest.approx(_valid_loss_of_ranks(ddp_cfg, shards, result.checkpoint, 2),
+                                                  abs=1e-5)
     with pytest.raises(ToolError, match="exit code"):
         launch_torchrun(ddp_cfg.model_copy(update={"nproc": 1}), config_path=tmp_path / "bad.json",
                         shards_dir=tmp_path / "missing", output_dir=tmp_path / "bad", poll_s=0.2, env=env)
+
+
+def _valid_loss_of_ranks(cfg: TrainConfig, shards: Path, checkpoint: Path, world: int) -> float:
+    """valid/loss of a checkpoint over the validation batches of ``world`` ranks, computed here directly."""
+    import itertools
+
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    from pipeline_lib.train.batching import IGNORE
+    from pipeline_lib.train.loader import build_index, micro_batches
+    from pipeline_lib.train.model import build_model, masked_logits
+    from pipeline_lib.train.validation import EVAL_SEED
+
+    model, _ = build_model(cfg)
+    model.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
+    every_row = cfg.model_copy(update={"cluster_level": None})
+    index = build_index(every_row, shards, split=cfg.eval_split)
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for rank in range(world):
+            stream = micro_batches(index, every_row, shard=rank, num_shards=world, seed=EVAL_SEED)
+            for b, _ in itertools.islice(stream, cfg.eval_batches):
+                targets = b.labels != IGNORE
+                total += F.cross_entropy(masked_logits(model, b, targets), b.labels[targets], reduction="sum").item()
+                n += int(targets.sum())
+    return total / n
 
 
 _FSDP_SCRIPT = """
@@ -130,6 +162,19 @@ Trainer(cfg.model_copy(update={"max_steps": 2}), shards_dir=sys.argv[3], output_
 resumed = Trainer(cfg.model_copy(update={"export_hf": True}), shards_dir=sys.argv[3], output_dir=out)
 assert resumed.step == 2
 resumed.train()
+# meta-device init: each rank allocates only its shard, then trains
+meta = Trainer(cfg.model_copy(update={"meta_init": True, "max_steps": 3, "lr": 5e-3}), shards_dir=sys.argv[3],
+               output_dir=out + "_meta")
+params = list(meta.model.parameters())
+local, full = sum(p.to_local().numel() for p in params), sum(p.numel() for p in params)
+emb = meta.model.embed_tokens.weight.full_tensor()
+fc1 = meta.model.layers[0].fc1.weight.full_tensor()
+half = fc1.shape[0] // 2
+losses = [r["loss"] for r in meta.train().metrics]
+if meta.env.is_main:
+    print("META " + json.dumps({"local": local, "full": full, "losses": losses, "emb_std": float(emb.std()),
+                                "pad_row": float(emb[1].abs().sum()),
+                                "shards_differ": not bool((fc1[:half] == fc1[half:]).any())}))
 close_distributed()
 """
 
@@ -138,7 +183,8 @@ def test_fsdp_two_processes_resume_exactly(shards: Path, tmp_path: Path):
     """FSDP2 (gloo, 2 ranks): stop at step 2, resume in a new Trainer; losses equal a 1-process run."""
     script = tmp_path / "fsdp_run.py"
     script.write_text(_FSDP_SCRIPT)
-    cfg = _cfg(total_steps=4, grad_accum=1, strategy="fsdp").model_dump_json()
+    fsdp_cfg = _cfg(total_steps=4, grad_accum=1, strategy="fsdp", eval_every=2, eval_split="train", eval_batches=1)
+    cfg = fsdp_cfg.model_dump_json()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
             cfg, str(tmp_path / "a"), str(shards)]
@@ -148,6 +194,36 @@ def test_fsdp_two_processes_resume_exactly(shards: Path, tmp_path: Path):
     fsdp, one = _losses(tmp_path / "a"), _losses(tmp_path / "one")
     assert list(fsdp) == [1, 2, 3, 4] and all(abs(fsdp[s] - one[s]) < 1e-5 for s in fsdp), (fsdp, one)
     assert (tmp_path / "a" / "hf" / "model.safetensors").is_file()
+    records = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    valid = {r["step"]: r["valid/loss"] for r in records if "valid/loss" in r}
+    assert list(valid) == [2, 4]      # step 2 by the first Trainer, step 4 by the resumed one
+    ckpt = tmp_path / "a" / "checkpoints" / "step_00000004"
+    assert valid[4] == pytest.approx(_valid_loss_of_ranks(fsdp_cfg, shards, ckpt, 2), abs=1e-5)
+    meta = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("META "))[5:])
+    assert meta["local"] <= meta["full"] // 2 + 64          # no rank held the full weights
+    assert meta["emb_std"] == pytest.approx(0.02, rel=0.2) and meta["pad_row"] == 0.0
+    assert meta["shards_differ"]                             # no unit repeated across the shards
+    assert len(meta["losses"]) == 3 and all(math.isfinite(x) for x in meta["losses"])
+    assert meta["losses"][-1] < meta["losses"][0]
+
+
+@pytest.mark.parametrize("architecture", ["esm2", "msa_transformer"])
+def test_meta_init_materialises_the_same_weights(architecture: str):
+    """Built on the meta device (no storage) and materialised: bitwise the weights of a CPU build."""
+    from pipeline_lib.train.model import build_model, is_meta
+    from pipeline_lib.train.parallel import parallelize
+
+    cfg = _cfg(architecture=architecture, batch_tokens=16384, seed=5)
+    direct, _ = build_model(cfg)
+    meta, _ = build_model(cfg, device="meta")
+    assert is_meta(meta) and not is_meta(direct)
+    parallelize(meta, cfg, DistEnv())
+    assert not is_meta(meta)
+    a, b = direct.state_dict(), meta.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    other, _ = build_model(cfg.model_copy(update={"seed": 6}))
+    assert not torch.equal(other.state_dict()["layers.0.fc1.weight" if architecture == "esm2" else
+                                              "layers.0.ffn.layer.fc1.weight"], a[next(k for k in a if "fc1.weight" in k)])
 
 
 def test_torchrun_argv_and_config_loading(tmp_path: Path):

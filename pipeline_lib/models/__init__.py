@@ -8,7 +8,7 @@ Distribution, compilation and activation checkpointing are applied from outside
 """
 from pipeline_lib.models.esm2 import ESM2, ESM2Config, flops_per_token
 from pipeline_lib.models.flavors import FLAVORS, VOCABS, alphabet_for, model_config
-from pipeline_lib.models.msa import MSAConfig, MSATransformer
+from pipeline_lib.models.msa import MSA_FLAVORS, MSAConfig, MSATransformer, msa_config
 
 __all__ = ["ESM2", "ESM2Config", "flops_per_token", "FLAVORS", "VOCABS", "alphabet_for", "model_config",
-           "MSAConfig", "MSATransformer"]
+           "MSAConfig", "MSATransformer", "MSA_FLAVORS", "msa_config"]

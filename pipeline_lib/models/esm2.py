@@ -30,7 +30,7 @@ from torch import nn
 from pipeline_lib.models.attention import AttnInputs, attention, build_attn_inputs
 
 __all__ = ["ESM2Config", "ESM2", "Block", "rotary_cos_sin", "apply_rotary", "flops_per_token", "MASK_RATIO_TRAIN",
-           "LMHead"]
+           "LMHead", "zero_row_"]
 
 MASK_RATIO_TRAIN = 0.15 * 0.8  # hard-coded in ESM-2 and HF: the <mask> share the model saw in training
 
@@ -165,7 +165,7 @@ class ESM2(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.embed_tokens.weight, std=std)
-        self.embed_tokens.weight[self.cfg.pad_token_id].zero_()
+        zero_row_(self.embed_tokens.weight, self.cfg.pad_token_id)
         self.lm_head.bias.zero_()
 
     def num_params(self) -> int:
@@ -207,6 +207,20 @@ class ESM2(nn.Module):
         if output_mask is not None:
             h = h[output_mask]
         return self.lm_head(h, self.embed_tokens.weight)
+
+
+@torch.no_grad()
+def zero_row_(weight: torch.Tensor, row: int) -> None:
+    """weight[row] = 0 in place, also for an FSDP2-sharded (DTensor) weight, where indexing writes to a copy."""
+    if hasattr(weight, "device_mesh"):
+        from torch.distributed.tensor import DTensor, Replicate
+
+        keep = torch.ones(weight.shape[0], 1, dtype=weight.dtype, device=weight.to_local().device)
+        keep[row] = 0
+        weight.mul_(DTensor.from_local(keep, weight.device_mesh, [Replicate()] * weight.device_mesh.ndim,
+                                       run_check=False))
+    else:
+        weight[row].zero_()
 
 
 def _observed_mask_ratio(tokens: torch.Tensor, is_mask: torch.Tensor, pad_id: int, doc_ids: torch.Tensor | None,

@@ -14,16 +14,19 @@ head_dim^-0.5 / sqrt(rows); padded positions are masked with -10000 as in ESM. T
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline_lib.models.esm2 import LMHead
+from pipeline_lib.models.esm2 import LMHead, zero_row_
 
-__all__ = ["MSAConfig", "MSATransformer", "RowSelfAttention", "ColumnSelfAttention"]
+__all__ = ["MSAConfig", "MSATransformer", "RowSelfAttention", "ColumnSelfAttention", "MSA_FLAVORS", "msa_config",
+           "msa_flops_per_token"]
 
 _MASKED = -10000.0  # ESM's fill value for padded logits
 
@@ -45,6 +48,40 @@ class MSAConfig:
     attention_dropout: float = 0.1
     activation_dropout: float = 0.1
     layer_norm_eps: float = 1e-5
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MSAConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# name -> (num_layers, hidden_size, num_heads); 100M is ESM-MSA-1b
+MSA_FLAVORS: dict[str, tuple[int, int, int]] = {"tiny": (2, 64, 4), "100M": (12, 768, 12)}
+
+
+def msa_config(flavor: str | None = "100M", *, shape: tuple[int, int, int] | None = None,
+               ffn_size: int | None = None, max_positions: int = 1024, max_rows: int = 1024) -> MSAConfig:
+    """MSAConfig for a flavor (or an explicit (layers, width, heads) ``shape``); FFN 4x width by default."""
+    if shape is None:
+        if flavor not in MSA_FLAVORS:
+            raise ValueError(f"unknown MSA Transformer flavor {flavor!r}; expected one of {list(MSA_FLAVORS)} "
+                             f"or an explicit shape")
+        shape = MSA_FLAVORS[flavor]
+    layers, hidden, heads = shape
+    if hidden % heads:
+        raise ValueError(f"hidden_size {hidden} is not a multiple of num_heads {heads}")
+    return MSAConfig(num_layers=layers, hidden_size=hidden, num_heads=heads, ffn_size=ffn_size or 4 * hidden,
+                     max_positions=max_positions, max_rows=max_rows)
+
+
+def msa_flops_per_token(cfg: MSAConfig) -> float:
+    """Training FLOPs per token, 6 N over the dense weights (row + column attention, FFN, LM head)."""
+    d = cfg.hidden_size
+    n = cfg.num_layers * (8 * d * d + 2 * d * cfg.ffn_size) + d * d + d * cfg.vocab_size
+    return 6.0 * n
 
 
 class _AxialBase(nn.Module):
@@ -140,6 +177,29 @@ class MSATransformer(nn.Module):
         self.layers = nn.ModuleList(AxialLayer(cfg) for _ in range(cfg.num_layers))
         self.emb_layer_norm_after = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.lm_head = LMHead(d, cfg.vocab_size, cfg.layer_norm_eps)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float = 0.02) -> None:
+        """BERT initialisation for pretraining from scratch (normal(0, 0.02) weights and embeddings, zero
+        biases, unit LayerNorms, zero <pad> rows; PyTorch's N(0, 1) embeddings would start the tied LM head
+        at a loss of ~16), row embedding normal(0, 0.01) as in ESM. Also materialises a meta-device model."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=std)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=std)
+                zero_row_(m.weight, self.cfg.pad_token_id)
+        if self.msa_position_embedding is not None:
+            nn.init.normal_(self.msa_position_embedding, std=0.01)
+        self.lm_head.bias.zero_()
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, R, C, D) after the final LayerNorm."""
@@ -162,5 +222,9 @@ class MSATransformer(nn.Module):
             x = layer(x, pad_mask)
         return self.emb_layer_norm_after(x)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.encode(tokens), self.embed_tokens.weight)
+    def forward(self, tokens: torch.Tensor, *, output_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, R, C, vocab), or (N, vocab) for the N positions where ``output_mask`` (B, R, C) is true."""
+        h = self.encode(tokens)
+        if output_mask is not None:
+            h = h[output_mask]
+        return self.lm_head(h, self.embed_tokens.weight)

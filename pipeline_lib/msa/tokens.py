@@ -29,7 +29,8 @@ from pipeline_lib.msa.config import SubsampleConfig
 from pipeline_lib.msa.subsample import subsample_msa
 from pipeline_lib.tokenizer import ESM_ALPHABET
 
-__all__ = ["MSA_SHARD_SCHEMA", "tokenize_msa", "msa_shard_table", "write_msa_shards", "read_msa_tokens"]
+__all__ = ["MSA_SHARD_SCHEMA", "tokenize_msa", "msa_shard_table", "write_msa_shards", "read_msa_tokens",
+           "msa_arrays"]
 
 log = logging.getLogger(__name__)
 MAX_GROUP_TOKENS = 1 << 28  # a row group's tokens stay far below the int32 offsets of list<list<uint8>>
@@ -148,11 +149,27 @@ def write_msa_shards(msas_by_split: Mapping[str, Iterable[Msa]], out_dir: str | 
     return manifest
 
 
+def msa_arrays(column: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
+    """The ``msa_tokens`` values of a column as (depth, length) uint8 arrays (views of one flat buffer).
+
+    Raises ValueError when the rows of an MSA differ in length (a corrupt shard)."""
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    msa_off = col.offsets.to_numpy()            # MSA i -> its rows msa_off[i]:msa_off[i + 1]
+    rows = col.values
+    row_off = rows.offsets.to_numpy()           # row j -> values row_off[j]:row_off[j + 1]
+    values = rows.values.to_numpy(zero_copy_only=False)
+    out = []
+    for i in range(len(col)):
+        r0, r1 = int(msa_off[i]), int(msa_off[i + 1])
+        lengths = np.diff(row_off[r0:r1 + 1])
+        if len(lengths) and (lengths != lengths[0]).any():
+            raise ValueError(f"MSA {i}: rows of different lengths {sorted(set(lengths.tolist()))}")
+        width = int(lengths[0]) if len(lengths) else 0
+        out.append(values[row_off[r0]:row_off[r1]].reshape(r1 - r0, width))
+    return out
+
+
 def read_msa_tokens(path: str | os.PathLike[str]) -> list[tuple[str, np.ndarray]]:
     """(query_id, (depth, length) uint8 array) for every MSA of one shard file (for tests and loaders)."""
-    table = pq.read_table(path)
-    col = table.column("msa_tokens").combine_chunks()
-    meta = zip(table.column("query_id").to_pylist(), table.column("depth").to_pylist(),
-               table.column("length").to_pylist())
-    return [(qid, col[i].values.flatten().to_numpy(zero_copy_only=False).reshape(depth, length))
-            for i, (qid, depth, length) in enumerate(meta)]
+    table = pq.read_table(path, columns=["query_id", "msa_tokens"])
+    return list(zip(table.column("query_id").to_pylist(), msa_arrays(table.column("msa_tokens"))))

@@ -1,13 +1,15 @@
-"""train stage: ESM-2 / SaProt pretraining on token shards, single process or torchrun (DDP / FSDP2).
+"""train stage: ESM-2 / SaProt pretraining on token shards and MSA Transformer pretraining on MSA shards,
+single process or torchrun (DDP / FSDP2).
 
     python -m pipeline_lib.train.run --config cfg.yaml --shards work/shards --out work/train
     argv = build_torchrun_argv(cfg, config_path=..., shards_dir=..., output_dir=...)   # for subprocess
     Trainer(cfg, shards_dir=..., output_dir=..., on_metrics=callback).train()
 
 Modules: ``config`` (TrainConfig), ``data`` (shard index, sampling, streaming), ``batching`` (masking,
-packing), ``loader`` (per-rank step loader with exact resume), ``parallel`` (DDP / FSDP2 / compile /
-activation checkpointing), ``optim`` (AdamW + ESM-2 schedule), ``checkpoint``, ``metrics``, ``loop``,
-``run`` (CLI and torchrun argv). Importing this package is cheap; names below load on first use.
+packing), ``msa_data`` (MSA shards: crop, depth budget, masking, padded batches), ``loader`` (per-rank
+step loader with exact resume), ``model`` (build, meta-device init), ``parallel`` (DDP / FSDP2 / compile /
+activation checkpointing), ``optim`` (AdamW + ESM-2 schedule), ``checkpoint``, ``metrics``,
+``validation`` (valid/loss), ``loop``, ``run`` (CLI and torchrun argv). Importing this package is cheap; names below load on first use.
 """
 from __future__ import annotations
 

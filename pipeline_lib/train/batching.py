@@ -27,10 +27,10 @@ import torch
 from pipeline_lib.errors import DataValidationError
 from pipeline_lib.tokenizer import SAPROT_3DI, SAPROT_AA, Alphabet
 
-__all__ = ["Sample", "Batch", "Masker", "Batcher", "IGNORE"]
+__all__ = ["Sample", "Batch", "Masker", "Batcher", "IGNORE", "CANONICAL_AA"]
 
 IGNORE = -100
-_CANONICAL = "ACDEFGHIKLMNPQRSTVWY"
+CANONICAL_AA = "ACDEFGHIKLMNPQRSTVWY"
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Sample:
 class Batch:
     tokens: torch.Tensor                   # (B, T) int64
     labels: torch.Tensor                   # (B, T) int64, IGNORE where not predicted
-    position_ids: torch.Tensor             # (B, T) int64
+    position_ids: torch.Tensor | None = None  # (B, T) int64; None for MSA batches
     doc_ids: torch.Tensor | None = None    # (B, T) int32, packed only; -1 on padding
     cu_seqlens: torch.Tensor | None = None  # (S + 1,) int32 over the flattened rows, padding tails included
     max_seqlen: int = 0
@@ -59,7 +59,7 @@ class Batch:
         for f in fields(self):
             v = getattr(self, f.name)
             out[f.name] = fn(v) if isinstance(v, torch.Tensor) else v
-        return Batch(**out)
+        return type(self)(**out)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
@@ -87,9 +87,9 @@ class Masker:
         self.saprot_hash = self.saprot and saprot_mask == "aa_hash"
         if self.saprot:
             self.n3di = len(SAPROT_3DI)
-            self.canonical = np.array([SAPROT_AA.index(a) for a in _CANONICAL], dtype=np.int64)
+            self.canonical = np.array([SAPROT_AA.index(a) for a in CANONICAL_AA], dtype=np.int64)
         else:
-            self.canonical = np.array([alphabet.index[a] for a in _CANONICAL], dtype=np.int64)
+            self.canonical = np.array([alphabet.index[a] for a in CANONICAL_AA], dtype=np.int64)
 
     def _crop(self, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         body = tokens[1:-1] if self.include_special else tokens

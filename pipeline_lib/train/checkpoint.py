@@ -28,6 +28,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
 
+from pipeline_lib.errors import ConfigError
 from pipeline_lib.io import atomic_dir, clean_temporaries
 from pipeline_lib.models.esm2 import ESM2Config
 from pipeline_lib.models.hf import export_hf
@@ -121,5 +122,7 @@ def export_checkpoint_hf(ckpt_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the Hugging Face ``EsmForMaskedLM`` directory of a checkpoint (no distributed setup needed)."""
     d = Path(ckpt_dir)
     meta = json.loads((d / "meta.json").read_text())
+    if meta.get("architecture", "esm2") != "esm2":
+        raise ConfigError(f"{d}: a {meta['architecture']} checkpoint has no Hugging Face EsmForMaskedLM form")
     cfg = ESM2Config.from_dict(meta["model"])
     return export_hf(load_file(str(d / "model.safetensors")), out_dir, vocab=meta["vocab"], cfg=cfg)

@@ -8,7 +8,10 @@
 
 Sampling (ESM-2): each epoch draws one member per cluster of ``cluster_level`` uniformly at random, so
 every cluster is seen once per epoch whatever its size (``cluster_level`` None: every row once). The
-cluster -> rows index is built from the cluster column alone (dictionary-encoded, one argsort).
+cluster -> rows index is built from the cluster column alone (dictionary-encoded, one argsort); with
+``cache_dir`` it is cached there under a key of the split's file hashes, so a restart does not read the
+column again (the trainer uses ``<out>/index_cache/``; the shard directory, a finished stage output, is
+never written to).
 
 Streaming: the Parquet row group is the work unit. Each epoch the row groups are permuted (same order
 on every rank) and dealt round-robin to the ``num_shards`` data shards (ranks x dataloader workers);
@@ -19,6 +22,7 @@ derived from (seed, epoch, shard, window), so there is no RNG state to carry bes
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +34,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline_lib.errors import DataValidationError
+from pipeline_lib.io import atomic_path, stable_hash
 from pipeline_lib.schemas import token_buffers
 
 __all__ = ["ShardIndex", "SampleStream", "RawRow", "Position"]
+
+log = logging.getLogger(__name__)
+_CLUSTER_CACHE_VERSION = 1
 
 Position = dict[str, int]  # {"epoch", "window", "offset"}
 _EMPTY_EPOCHS_LIMIT = 64
@@ -49,7 +57,8 @@ class ShardIndex:
     """Row groups of a split, and the cluster -> rows index used to draw one member per cluster."""
 
     def __init__(self, shards_dir: str | Path, *, split: str = "train", column: str = "tokens",
-                 cluster_level: str | None = None) -> None:
+                 cluster_level: str | None = None, id_column: str = "id",
+                 cache_dir: str | Path | None = None) -> None:
         self.dir = Path(shards_dir)
         man_path = self.dir / "manifest.json"
         if not man_path.is_file():
@@ -70,7 +79,7 @@ class ShardIndex:
         for fi, path in enumerate(self.files):
             pf = pq.ParquetFile(path)
             meta, names = pf.metadata, set(pf.schema_arrow.names)
-            need = {column, "id"} | ({f"cluster_{cluster_level}"} if cluster_level else set())
+            need = {column, id_column} | ({f"cluster_{cluster_level}"} if cluster_level else set())
             if not need <= names:
                 raise DataValidationError(f"missing columns {sorted(need - names)}", path=str(path))
             for rg in range(meta.num_row_groups):
@@ -86,17 +95,44 @@ class ShardIndex:
         self.cluster_offsets: np.ndarray | None = None
         self.cluster_rows: np.ndarray | None = None
         if cluster_level:
-            self._build_clusters(f"cluster_{cluster_level}")
+            self._build_clusters(f"cluster_{cluster_level}", cache_dir)
 
-    def _build_clusters(self, col: str) -> None:
+    def cluster_cache_path(self, col: str, cache_dir: str | Path) -> Path:
+        """Cache file of the cluster index of ``col`` in ``cache_dir``, named by a hash of the split's files'
+        sha256 (or size and mtime): rewritten shards get a new name."""
+        entries = self.manifest["splits"][self.split]["files"]
+        ids = [[f["path"], f.get("sha256") or [(self.dir / f["path"]).stat().st_size,
+                                               (self.dir / f["path"]).stat().st_mtime_ns]] for f in entries]
+        key = stable_hash({"version": _CLUSTER_CACHE_VERSION, "split": self.split, "column": col, "files": ids})
+        return Path(cache_dir) / f"{self.split}.{col}.{key[:16]}.npz"
+
+    def _build_clusters(self, col: str, cache_dir: str | Path | None = None) -> None:
+        """cluster -> rows index: from the cache when the split's files are unchanged, else from the cluster
+        column of every file (one argsort), then cached (UniRef50 has tens of millions of rows)."""
+        path = self.cluster_cache_path(col, cache_dir) if cache_dir is not None else None
+        if path is not None and path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    rows, offsets = z["cluster_rows"], z["cluster_offsets"]
+                if len(rows) == self.num_rows and len(offsets) and offsets[-1] == self.num_rows:
+                    self.cluster_rows, self.cluster_offsets = rows, offsets
+                    return
+            except Exception as exc:  # noqa: BLE001  # a damaged cache (any failure to read it) is rebuilt
+                log.warning("ignoring cluster index cache %s: %s", path, exc)
         chunks = []
-        for path in self.files:
-            chunks += pq.read_table(path, columns=[col]).column(col).chunks
+        for f in self.files:
+            chunks += pq.read_table(f, columns=[col]).column(col).chunks
         encoded = pc.dictionary_encode(pa.chunked_array(chunks))
         codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in encoded.chunks]).astype(np.int64)
         n_clusters = len(encoded.chunks[0].dictionary) if encoded.num_chunks else 0
         self.cluster_rows = np.argsort(codes, kind="stable")
         self.cluster_offsets = np.concatenate(([0], np.cumsum(np.bincount(codes, minlength=n_clusters))))
+        if path is not None:
+            try:
+                with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+                    np.savez(fh, cluster_rows=self.cluster_rows, cluster_offsets=self.cluster_offsets)
+            except OSError as exc:  # e.g. a read-only or full disk: train without the cache
+                log.warning("cannot write cluster index cache %s: %s", path, exc)
 
     @property
     def num_clusters(self) -> int:

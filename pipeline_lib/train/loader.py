@@ -1,4 +1,5 @@
-"""Per-rank loader of optimizer steps: each item is the ``grad_accum`` micro-batches of one step.
+"""Per-rank loader of optimizer steps: each item is the ``grad_accum`` micro-batches of one step
+(sequence batches, or MSA batches for ``architecture: msa_transformer``).
 
     loader = StepLoader(cfg, shards_dir, rank=0, world_size=8)
     for micro_batches in loader:          # list[Batch], len == cfg.grad_accum
@@ -20,26 +21,40 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline_lib.models.flavors import alphabet_for
 from pipeline_lib.train.batching import Batch, Batcher, Masker
 from pipeline_lib.train.config import TrainConfig
 from pipeline_lib.train.data import Position, SampleStream, ShardIndex
+from pipeline_lib.train.msa_data import MsaShardIndex, msa_micro_batches
 
-__all__ = ["StepLoader", "micro_batches"]
+__all__ = ["StepLoader", "micro_batches", "build_index"]
+
+
+def build_index(cfg: TrainConfig, shards_dir: str | Path, split: str | None = None, *,
+                cache_dir: str | Path | None = None) -> ShardIndex:
+    """The shard index of ``split`` (default ``cfg.split``): sequence / SaProt shards, or MSA shards
+    (one row per MSA, no clusters); ``cache_dir`` caches the cluster index."""
+    split = split or cfg.split
+    if cfg.architecture == "msa_transformer":
+        return MsaShardIndex(shards_dir, split=split, column=cfg.column)
+    return ShardIndex(shards_dir, split=split, column=cfg.column, cluster_level=cfg.cluster_level,
+                      cache_dir=cache_dir)
 
 
 def micro_batches(index: ShardIndex, cfg: TrainConfig, *, shard: int, num_shards: int,
-                  state: Position | None = None) -> Iterator[tuple[Batch, Position]]:
-    """Endless (batch, resume position) pairs of one data shard."""
+                  state: Position | None = None, seed: int | None = None) -> Iterator[tuple[Batch, Position]]:
+    """Endless (batch, resume position) pairs of one data shard (``seed`` default: ``cfg.seed``)."""
+    if cfg.architecture == "msa_transformer":
+        return msa_micro_batches(index, cfg, shard=shard, num_shards=num_shards, state=state, seed=seed)
+    seed = cfg.seed if seed is None else seed
     ab = alphabet_for(cfg.vocab)
     masker = Masker(ab, max_len=cfg.max_len, mask_prob=cfg.mask_prob, mask_token_prob=cfg.mask_token_prob,
-                    random_token_prob=cfg.random_token_prob, seed=cfg.seed, include_special=index.include_special,
+                    random_token_prob=cfg.random_token_prob, seed=seed, include_special=index.include_special,
                     saprot_mask=cfg.saprot_mask)
     batcher = Batcher(max_len=cfg.max_len, batch_tokens=cfg.batch_tokens, packing=cfg.packing, pad_id=ab.pad_idx)
-    stream = SampleStream(index, shard=shard, num_shards=num_shards, seed=cfg.seed, window=cfg.shuffle_window,
+    stream = SampleStream(index, shard=shard, num_shards=num_shards, seed=seed, window=cfg.shuffle_window,
                           state=state)
     samples = ((pos, masker(r.tokens, row=r.row, epoch=pos["epoch"], id=r.id)) for pos, r in stream)
     return batcher.batches(samples)
@@ -74,11 +89,10 @@ class StepLoader:
 
     def __init__(self, cfg: TrainConfig, shards_dir: str | Path, *, rank: int = 0, world_size: int = 1,
                  state: dict[str, Any] | None = None, pin_memory: bool = False,
-                 index: ShardIndex | None = None) -> None:
+                 index: ShardIndex | None = None, cache_dir: str | Path | None = None) -> None:
         self.cfg, self.rank, self.world = cfg, rank, world_size
         self.n_workers = max(1, cfg.num_workers)
-        self.index = index or ShardIndex(shards_dir, split=cfg.split, column=cfg.column,
-                                         cluster_level=cfg.cluster_level)
+        self.index = index or build_index(cfg, shards_dir, cache_dir=cache_dir)
         layout = {"world_size": world_size, "grad_accum": cfg.grad_accum, "workers": self.n_workers}
         if state is not None:
             saved = {k: state.get(k) for k in layout}

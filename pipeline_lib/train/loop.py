@@ -9,7 +9,9 @@ over ranks and micro-batches gives the same gradients. A non-finite loss or grad
 :class:`NonFiniteLossError` (with the step and the sample ids) before the optimizer touches the weights.
 Checkpoints every ``checkpoint_every`` steps and at the end; a restarted run resumes from the newest one
 with the same model, optimizer, schedule, data position and RNG, so its losses equal an uninterrupted
-run's. Metrics per step: loss, perplexity, lr, grad norm, tokens/s (non-padding), MFU, GPU memory.
+run's. Metrics per step: loss, perplexity, lr, grad norm, tokens/s (non-padding), MFU, GPU memory; every
+``eval_every`` steps and at the last also ``valid/loss`` and ``valid/perplexity`` (:mod:`.validation`).
+The same loop trains ESM-2 / SaProt on sequence shards and the MSA Transformer on MSA shards.
 """
 from __future__ import annotations
 
@@ -25,19 +27,18 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from pipeline_lib.errors import ConfigError, PipelineError
-from pipeline_lib.models.esm2 import ESM2, ESM2Config, flops_per_token
-from pipeline_lib.models.flavors import model_config
-from pipeline_lib.models.hf import import_hf
+from pipeline_lib.errors import PipelineError
 from pipeline_lib.train.batching import IGNORE, Batch
 from pipeline_lib.train.checkpoint import Checkpointer, export_checkpoint_hf
 from pipeline_lib.train.config import TrainConfig
 from pipeline_lib.train.loader import StepLoader
 from pipeline_lib.train.metrics import MetricsSink, device_peak_tflops
+from pipeline_lib.train.model import build_model, masked_logits, model_flops_per_token
 from pipeline_lib.train.optim import build_optimizer, build_scheduler
 from pipeline_lib.train.parallel import DistEnv, all_reduce_sum, grad_sync, init_distributed, parallelize
+from pipeline_lib.train.validation import Validator
 
-__all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "build_model"]
+__all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "build_model"]  # build_model: from .model
 
 
 class NonFiniteLossError(PipelineError):
@@ -57,27 +58,14 @@ class TrainResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
-def build_model(cfg: TrainConfig) -> tuple[ESM2, str]:
-    """The model in fp32 on CPU: from ``init_from`` (HF directory) or a flavor / explicit shape."""
-    if cfg.init_from:
-        model, vocab = import_hf(cfg.init_from)
-        if vocab is not None and vocab != cfg.vocab:
-            raise ConfigError(f"train.init_from {cfg.init_from} has the {vocab} vocabulary, train.vocab is {cfg.vocab}")
-        return model, cfg.vocab
-    shape = (cfg.shape.num_layers, cfg.shape.hidden_size, cfg.shape.num_heads) if cfg.shape else None
-    mcfg: ESM2Config = model_config(cfg.model, vocab=cfg.vocab, shape=shape,
-                                    intermediate_size=cfg.shape.intermediate_size if cfg.shape else None)
-    return ESM2(mcfg), cfg.vocab
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, *, shards_dir: str | Path, output_dir: str | Path,
                  env: DistEnv | None = None, on_metrics: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.cfg, self.out = cfg, Path(output_dir)
         self.env = env or init_distributed()
-        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.model, self.vocab = build_model(cfg)
-        self.wrapped = parallelize(self.model, cfg, self.env)
+        torch.manual_seed(cfg.seed)  # identical initial weights (and dropout streams) on every rank
+        self.model, self.vocab = build_model(cfg, device="meta" if cfg.meta_init else None)
+        self.wrapped = parallelize(self.model, cfg, self.env)  # materialises a meta model after sharding
         self.opt = build_optimizer(self.model, cfg)
         self.sched = build_scheduler(self.opt, cfg)
         self.ckpt = Checkpointer(self.out / "checkpoints", self.env, keep=cfg.keep_checkpoints)
@@ -85,12 +73,14 @@ class Trainer:
         if cfg.resume and (found := self.ckpt.load_latest(self.model, self.opt, self.sched)):
             self.step, data_state = found
         self.loader = StepLoader(cfg, shards_dir, rank=self.env.rank, world_size=self.env.world_size,
-                                 state=data_state, pin_memory=self.env.device.type == "cuda")
+                                 state=data_state, pin_memory=self.env.device.type == "cuda",
+                                 cache_dir=self.out / "index_cache")
         self.sink = MetricsSink(self.out, enabled=self.env.is_main, on_metrics=on_metrics)
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.env.device.type == "cuda")
         self.amp_dtype = torch.bfloat16 if use_bf16 else None
-        self.flops_per_token = flops_per_token(self.model.cfg)  # 6 N, as the MFU convention
+        self.flops_per_token = model_flops_per_token(self.model)  # 6 N, as the MFU convention
         self.peak = device_peak_tflops(self.env.device, cfg.peak_tflops)
+        self.validator = Validator(cfg, shards_dir, self.env) if cfg.eval_every else None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -102,7 +92,7 @@ class Trainer:
         targets = b.labels != IGNORE
         with grad_sync(self.wrapped, sync):
             with self._autocast():
-                logits = self.wrapped(b.tokens, output_mask=targets, backend=self.cfg.attn_backend, **b.model_inputs())
+                logits = masked_logits(self.wrapped, b, targets, self.cfg.attn_backend)
             loss = F.cross_entropy(logits.float(), b.labels[targets], reduction="sum")
             (loss * scale).backward()
         return loss.detach()
@@ -153,9 +143,16 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(env.device)
         return rec
 
+    def validate(self) -> dict[str, Any]:
+        """Masked-LM loss / perplexity of the current weights on the fixed validation batches (collective)."""
+        if self.validator is None:
+            raise PipelineError("validation is off (train.eval_every is not set)")
+        return self.validator.run(self.model, autocast=self._autocast)
+
     def _meta(self) -> dict[str, Any]:
-        return {"model": self.model.cfg.to_dict(), "vocab": self.vocab, "torch": torch.__version__,
-                "train_config": self.cfg.model_dump(mode="json"), "world_size": self.env.world_size}
+        return {"architecture": self.cfg.architecture, "model": self.model.cfg.to_dict(), "vocab": self.vocab,
+                "torch": torch.__version__, "train_config": self.cfg.model_dump(mode="json"),
+                "world_size": self.env.world_size}
 
     def save(self) -> Path:
         return self.ckpt.save(self.step, self.model, self.opt, self.sched, self.loader.state_dict(), self._meta())
@@ -169,13 +166,18 @@ class Trainer:
             steps = iter(self.loader)
             while self.step < last:
                 rec = self.train_step(next(steps))
+                evaluate = self.validator is not None and (self.step % (self.cfg.eval_every or 1) == 0
+                                                           or self.step == last)
+                if evaluate:
+                    rec.update(self.validate())
                 records.append(rec)
-                if self.step % self.cfg.log_every == 0 or self.step == last:
+                if self.step % self.cfg.log_every == 0 or self.step == last or evaluate:
                     self.sink.write(rec)
                 if self.step % self.cfg.checkpoint_every == 0 or self.step == last:
                     saved = self.save()
             hf_dir = None
-            if self.cfg.export_hf and saved is not None and self.env.is_main:
+            esm = self.cfg.architecture == "esm2"  # the MSA Transformer has no Hugging Face counterpart
+            if self.cfg.export_hf and esm and saved is not None and self.env.is_main:
                 hf_dir = export_checkpoint_hf(saved, self.out / "hf")
             return TrainResult(self.step, saved, hf_dir, records)
         finally:

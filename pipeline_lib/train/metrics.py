@@ -1,4 +1,5 @@
 """Per-step training metrics to TensorBoard, a JSONL file and an optional callback (rank 0 only).
+TensorBoard tags: ``train/<key>``, or the key itself when it has a section (``valid/loss``).
 
     sink = MetricsSink(out_dir, enabled=env.is_main, on_metrics=callback)
     sink.write({"step": 1, "loss": 2.9, ...}); sink.close()
@@ -56,7 +57,7 @@ class MetricsSink:
         if self._tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)) and v is not None:
-                    self._tb.add_scalar(f"train/{k}", v, record["step"])
+                    self._tb.add_scalar(k if "/" in k else f"train/{k}", v, record["step"])  # valid/loss as is
         if self.on_metrics is not None:
             self.on_metrics(dict(record))
 

@@ -6,7 +6,9 @@
 Activation checkpointing uses the composable ``checkpoint`` (parameter names are unchanged); compile is
 ``Module.compile()`` per transformer block (names unchanged too); DDP wraps the model
 (``DistributedDataParallel``, gloo on CPU, NCCL on GPU); FSDP2 is ``fully_shard`` on every block and
-then on the root (embedding, tied LM head and final norm are sharded with the root).
+then on the root (embedding, tied LM head and final norm are sharded with the root). Works for ESM-2 and
+the MSA Transformer alike (both keep their blocks in ``model.layers``). ``meta_init`` models are
+materialised here, after sharding.
 """
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline_lib.models.esm2 import ESM2
 from pipeline_lib.train.config import TrainConfig
 
 __all__ = ["DistEnv", "init_distributed", "parallelize", "grad_sync", "all_reduce_sum", "close_distributed"]
@@ -72,19 +73,19 @@ def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:
     return t.tolist()
 
 
-def _apply_ac(model: ESM2) -> None:
+def _apply_ac(model: nn.Module) -> None:
     from torch.distributed._composable import checkpoint
 
     for block in model.layers:
         checkpoint(block)
 
 
-def _apply_compile(model: ESM2) -> None:
+def _apply_compile(model: nn.Module) -> None:
     for block in model.layers:
         block.compile(dynamic=None)
 
 
-def _apply_fsdp(model: ESM2, env: DistEnv, dtype_reduce: torch.dtype = torch.float32) -> None:
+def _apply_fsdp(model: nn.Module, env: DistEnv, dtype_reduce: torch.dtype = torch.float32) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -97,16 +98,29 @@ def _apply_fsdp(model: ESM2, env: DistEnv, dtype_reduce: torch.dtype = torch.flo
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
 
 
-def parallelize(model: ESM2, cfg: TrainConfig, env: DistEnv) -> nn.Module:
-    """Return the module to call in training (DDP wrapper, or the model itself, sharded in place by FSDP2)."""
-    model.to(env.device)
+def parallelize(model: nn.Module, cfg: TrainConfig, env: DistEnv) -> nn.Module:
+    """Return the module to call in training (DDP wrapper, or the model itself, sharded in place by FSDP2).
+
+    A model on the meta device is materialised (``to_empty`` + init from ``cfg.seed``) after FSDP2 has
+    sharded it, so each rank allocates only its shard; DDP needs the full weights, so it materialises first.
+    """
+    from pipeline_lib.train.model import is_meta, materialize
+
+    meta = is_meta(model)
+    sharded = cfg.strategy == "fsdp" and env.distributed
+    if meta and not sharded:
+        materialize(model, env.device, seed=cfg.seed)
+    elif not meta:
+        model.to(env.device)
     if cfg.activation_checkpointing:
         _apply_ac(model)
     if cfg.compile:
         _apply_compile(model)
     if cfg.strategy == "fsdp":
-        if env.distributed:
+        if sharded:
             _apply_fsdp(model, env)
+            if meta:
+                materialize(model, env.device, seed=cfg.seed, rank=env.rank)
         return model
     if env.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
