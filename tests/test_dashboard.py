@@ -60,7 +60,7 @@ def _structure_run(store: LineageStore, tmp: Path) -> None:
     levels = ["c90", "c50"]
     table = pa.Table.from_pylist([{
         "id": f"P{i}", "seq_hash": "0" * 32, "cluster_c90": f"P{i}", "cluster_c50": f"P{i}", "length": 3,
-        "tokens": [0, 5, 2], "aa_seq": "MAV", "threedi_seq": "dpq", "sa_tokens": [0, 1, 2],
+        "tokens": bytes([0, 5, 2]), "aa_seq": "MAV", "threedi_seq": "dpq", "sa_tokens": [0, 1, 2],
         "mean_plddt": float(40 + i % 60), "structure_source": "test", "structure_version": "v4"} for i in range(300)],
         schema=schemas.structure_shard_schema(levels))
     shard = tmp / "structure_shard.parquet"

@@ -9,7 +9,7 @@ for an ephemeral server). Kill points are deterministic: ``FAULT_RUNNER`` (writt
 runs the real CLI with one library function wrapped so that on its n-th call it writes a pause file and
 sleeps; the test sees the file and SIGKILLs the whole process group. The mmseqs kill goes through a
 wrapper script named by ``$PLM_MMSEQS`` that pauses inside the second clustering level. The helpers
-here are shared with ``test_reliability_concurrency.py``.
+here are shared with ``test_reliability_concurrency.py`` and ``test_reliability_crash_stages.py``.
 """
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ RUN_TIMEOUT_S = 120
 FAULT_RUNNER = r'''
 """``plm`` with one function wrapped for fault injection (tests only; see test_reliability_crash.py).
 
-PLM_FAULT=pause:STAGE:MODULE:QUALNAME@N  on the N-th call made while stage STAGE runs, write
-                                         $PLM_FAULT_FILE (our pid) and sleep until killed
+PLM_FAULT=pause:STAGE:MODULE:QUALNAME@N  on the N-th call made while stage STAGE runs (STAGE '*': any
+                                         stage), write $PLM_FAULT_FILE (our pid) and sleep until killed
 PLM_FAULT=race:DIR                       two runs: the second enters the ingest stage while the first
                                          is inside it (computing)
 """
@@ -82,7 +82,7 @@ def install(spec):
         calls = [0]
 
         def pause(*_a, **_k):
-            if current["stage"] != stage:
+            if stage != "*" and current["stage"] != stage:
                 return
             calls[0] += 1
             if calls[0] == int(nth or 1):
@@ -116,7 +116,8 @@ def install(spec):
         raise SystemExit(f"unknown PLM_FAULT {spec!r}")
 
 
-wrap("tasks.data", "run_stage", track)
+for task_module in ("tasks.data", "tasks.structures", "tasks.msa", "tasks.train"):
+    wrap(task_module, "run_stage", track)
 install(os.environ["PLM_FAULT"])
 from flows.cli import main  # noqa: E402
 sys.exit(main(sys.argv[1:]))
@@ -131,7 +132,7 @@ exec "{real}" "$@"
 """
 
 
-# --- helpers shared with test_reliability_concurrency.py --------------------------------------------
+# --- helpers shared with test_reliability_concurrency.py and test_reliability_crash_stages.py ------
 
 @pytest.fixture(scope="module")
 def prefect_api(prefect_harness) -> str:
@@ -169,14 +170,14 @@ def plm_env(api_url: str, **extra: str) -> dict[str, str]:
 
 
 def start_plm(cfg: Path, workdir: Path, env: dict[str, str], log: Path, *, fault: str | None = None,
-              runner: Path | None = None) -> subprocess.Popen:
-    """Start ``plm data CFG --set workdir=W`` in its own process group (so a kill takes its children too)."""
+              runner: Path | None = None, cmd: str = "data") -> subprocess.Popen:
+    """Start ``plm CMD CFG --set workdir=W`` in its own process group (so a kill takes its children too)."""
     if fault:
         assert runner is not None
         argv, env = [sys.executable, str(runner)], {**env, "PLM_FAULT": fault}
     else:
         argv = [str(PLM)]
-    argv += ["data", str(cfg), "--set", f"workdir={workdir}"]
+    argv += [cmd, str(cfg), "--set", f"workdir={workdir}"]
     with open(log, "w") as fh:
         return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -218,12 +219,17 @@ def final_stage_dirs(workdir: Path) -> dict[str, list[Path]]:
     return out
 
 
-def assert_nothing_partial(workdir: Path) -> None:
-    """Under a final name there is only a finished stage: marker present, every output as recorded."""
+def assert_nothing_partial(workdir: Path, skip: tuple[str, ...] = ()) -> None:
+    """Under a final name there is only a finished stage: marker present, every output as recorded.
+
+    ``skip``: stage folders with other rules (train writes in place, MSA batches have their own marker).
+    """
     stages = workdir / "stages"
     if not stages.exists():
         return
     for stage_dir in stages.iterdir():
+        if stage_dir.name in skip:
+            continue
         for entry in stage_dir.iterdir():
             if ".tmp-" in entry.name or (entry.is_file() and entry.suffix == ".lock"):
                 continue
@@ -242,8 +248,8 @@ def temporaries(workdir: Path) -> list[Path]:
     return sorted(p for p in (workdir / "stages").glob("*/*") if ".tmp-" in p.name)
 
 
-def artifact_hashes(workdir: Path) -> dict[str, dict[str, str]]:
-    """``{stage/key: {relative file: sha256}}`` of every finished stage except fetch.
+def artifact_hashes(workdir: Path, stages: tuple[str, ...] = STAGES) -> dict[str, dict[str, str]]:
+    """``{stage/key: {relative file: sha256}}`` of every finished stage in ``stages`` (default: all but fetch).
 
     ``_SUCCESS.json`` (finish time, absolute paths) is left out, and the manifest is compared without
     ``provenance.run_id`` and ``provenance.config_hash``: they name the run that wrote it and its config,
@@ -251,16 +257,16 @@ def artifact_hashes(workdir: Path) -> dict[str, dict[str, str]]:
     """
     out: dict[str, dict[str, str]] = {}
     for stage, dirs in final_stage_dirs(workdir).items():
-        if stage not in STAGES:
+        if stage not in stages:
             continue
         for d in dirs:
             files = {}
             for f in sorted(p for p in d.rglob("*") if p.is_file() and p.name != MARKER):
                 if f.name == "manifest.json":
                     m = json.loads(f.read_text())
-                    m["provenance"].pop("run_id")
-                    m["provenance"].pop("config_hash")
-                    files["manifest.json"] = stable_hash(m)
+                    m.get("provenance", {}).pop("run_id", None)
+                    m.get("provenance", {}).pop("config_hash", None)
+                    files[str(f.relative_to(d))] = stable_hash(m)
                 else:
                     files[str(f.relative_to(d))] = sha256_file(f)
             out[f"{stage}/{d.name}"] = files

@@ -9,7 +9,8 @@ the file is locked, so the dashboard does the same from the other side: every re
 read-only, runs its queries and closes it at once, and retries while a writer holds the lock. When the
 lock stays taken longer than ``lock_wait_s`` (a long transaction, a writer that keeps its connection
 open), the database file and its write-ahead log are copied to a temporary snapshot and read from there:
-the copy may miss the newest rows, never blocks anyone, and is deleted when the block ends.
+the copy may miss the newest rows, never blocks anyone, and is deleted when the block ends. A file that
+exists without the lineage tables (the first run is creating it) is waited for the same way.
 """
 from __future__ import annotations
 
@@ -61,6 +62,14 @@ def read_only(db_path: str | os.PathLike[str], *, lock_wait_s: float = LOCK_WAIT
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
             if not _retryable(exc):
                 raise PipelineError(f"cannot read lineage database {path}: {exc}") from exc
+        else:
+            if not _has_schema(con):  # DuckDB made the file; its creator has not committed the tables yet
+                con.close()
+                con = None
+                if time.monotonic() > deadline:
+                    raise PipelineError(f"lineage database {path} has no lineage tables (yet): a run is creating "
+                                        "it, or it is not a lineage database")
+        if con is None:
             if time.monotonic() > deadline:
                 break
             time.sleep(delay)
@@ -73,6 +82,10 @@ def read_only(db_path: str | os.PathLike[str], *, lock_wait_s: float = LOCK_WAIT
         return
     with _snapshot(path) as con:
         yield con
+
+
+def _has_schema(con: duckdb.DuckDBPyConnection) -> bool:
+    return con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'runs'").fetchone()[0] > 0
 
 
 @contextmanager

@@ -14,6 +14,7 @@ argv lists name intermediates by relative paths and stay the same from run to ru
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from pipeline_lib.errors import DataValidationError
 from pipeline_lib.io import atomic_dir, atomic_path, stable_hash, write_json_atomic
 from pipeline_lib.msa.a3m import Msa, parse_a3m, read_a3m
 from pipeline_lib.msa.commands import A3M_DIR, TargetDb, is_mmseqs_db, msa_commands, target_commands
+from pipeline_lib.locks import FileLock
 from pipeline_lib.msa.config import MsaConfig
 from pipeline_lib.tools.mmseqs import MMseqs
 
@@ -60,9 +62,12 @@ class BatchResult:
         return self.batch_dir / "a3m" / self.a3m_files[query_id]
 
     def read_msas(self) -> Iterator[Msa]:
-        """Parse the batch's A3M files, in query order."""
+        """Parse the batch's A3M files, in query order. ``source`` is ``<batch>/<file>``, not the absolute path:
+        the same MSAs built under another workdir give the same ``msas.parquet`` bytes."""
         for qid in self.query_ids:
-            yield read_a3m(self.a3m_path(qid), query_id=qid)
+            path = self.a3m_path(qid)
+            msa = read_a3m(path, query_id=qid)
+            yield dataclasses.replace(msa, source=str(path.relative_to(self.batch_dir.parent)))
 
     def record(self) -> dict[str, Any]:
         rec = asdict(self)
@@ -222,11 +227,21 @@ def build_msa_batch(batch_queries: Sequence[Query], target_db: TargetDb | str | 
     target = _resolve_target(target_db, cfg)
     version = tool.version()
     key = _batch_key(queries, target, cfg, version)
-    marker = out / MARKER
-    if marker.is_file():
-        rec = json.loads(marker.read_text())
-        if rec.get("key") == key:
-            return BatchResult.from_record(rec, out, reused=True)
+    # One builder per batch directory: a concurrent run waits, then reuses the batch. Under the lock, what a
+    # killed run left (``batch-N.tmp-<pid>-<rand>``) can be removed: no live run is building it.
+    with FileLock(out.with_name(out.name + ".lock"), note=f"msa batch {out.name}"):
+        for tmp in out.parent.glob(f"{out.name}.tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        marker = out / MARKER
+        if marker.is_file():
+            rec = json.loads(marker.read_text())
+            if rec.get("key") == key:
+                return BatchResult.from_record(rec, out, reused=True)
+        return _build_batch(queries, tool, target, out, key, version, cfg)
+
+
+def _build_batch(queries: list[Query], tool: MMseqs, target: TargetDb | Path, out: Path, key: str, version: str,
+                 cfg: MsaConfig) -> BatchResult:
     start = time.perf_counter()
     cmds = _chain(queries, target, cfg, tool.threads)
     with atomic_dir(out) as tmp:

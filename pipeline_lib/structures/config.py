@@ -73,6 +73,12 @@ class StructuresConfig(StrictModel):
     threads: int = Field(1, ge=1, description="foldseek --threads per batch.")
     batch_size: int = Field(64, ge=1, description="Structure files per batch (the unit of work of one worker).")
     workers: int = Field(1, ge=1, description="Worker processes encoding batches in parallel.")
+    max_file_bytes: int = Field(256 << 20, ge=1,
+                                description="Structure files larger than this (uncompressed) are quarantined as "
+                                            "structure_too_large before parsing (bounded memory).")
+    max_atoms: int = Field(1_000_000, ge=1,
+                           description="Structure files with more ATOM/HETATM records are quarantined as "
+                                       "structure_too_large before parsing (counted in 1 MiB reads).")
     altloc: Literal["last", "first", "occupancy"] = Field(
         "last", description="Alternative atom locations: 'last' matches Foldseek.")
     plddt_in_bfactor: Literal["auto", "always", "never"] = Field(

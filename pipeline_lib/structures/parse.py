@@ -15,15 +15,24 @@ extensions are read as PDB text unless they start with an mmCIF ``data_`` block 
 
 pLDDT per residue: the mmCIF ``_ma_qa_metric_local`` value where present, else the mean B-factor of the
 residue's atoms (AlphaFold DB and ColabFold store pLDDT in the B-factor column).
+
+Broken input raises :class:`DataValidationError` naming the file: empty, binary, truncated (a cut ATOM
+record; a wwPDB file that starts with ``HEADER`` but has no ``END``; an mmCIF whose categories end with
+``#`` lines except the last) or without any CA atom. :func:`check_structure_size` refuses files over a
+byte or atom limit (:class:`StructureTooLarge`) reading 1 MiB at a time, before anything is parsed.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import os
+import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import gemmi
 import numpy as np
@@ -31,8 +40,8 @@ import numpy as np
 from pipeline_lib.errors import DataValidationError
 from pipeline_lib.structures.residues import one_letter
 
-__all__ = ["Chain", "StructureBlob", "AltlocMode", "BACKBONE_ATOMS", "parse_structure", "structure_stem",
-           "structure_format"]
+__all__ = ["Chain", "StructureBlob", "AltlocMode", "BACKBONE_ATOMS", "StructureTooLarge", "parse_structure",
+           "structure_stem", "structure_format", "check_structure_size"]
 
 AltlocMode = Literal["last", "first", "occupancy"]
 BACKBONE_ATOMS = ("N", "CA", "C", "CB")
@@ -40,6 +49,14 @@ _CIF_EXT = (".cif", ".mmcif")
 _PDB_EXT = (".pdb", ".ent")
 _KEPT_ENTITIES = (gemmi.EntityType.Polymer, gemmi.EntityType.Unknown)
 _PDB_COORD_END = 66  # an ATOM/HETATM record is complete up to the B-factor at column 66
+_END_RECORD = re.compile(rb"^END\s*$", re.M)
+_CIF_SEPARATOR = re.compile(rb"^#\s*$", re.M)
+_ATOM_RECORDS = (b"\nATOM", b"\nHETATM")  # PDB records and mmCIF _atom_site rows (group_PDB first) alike
+_CHUNK = 1 << 20
+
+
+class StructureTooLarge(DataValidationError):
+    """A structure file over the configured byte or atom limit (refused before parsing)."""
 
 
 @dataclass(frozen=True)
@@ -128,14 +145,36 @@ def _read_bytes(item: str | os.PathLike[str] | StructureBlob) -> tuple[str, byte
             raise DataValidationError(f"truncated or corrupt gzip data ({exc})", path=name) from None
     if not data.strip():
         raise DataValidationError("empty structure file", path=name)
+    if _looks_binary(data[:4096]):
+        raise DataValidationError("binary data, not a PDB/mmCIF text file", path=name)
     return name, data
 
 
+def _looks_binary(head: bytes) -> bool:
+    """NUL bytes, or more than 10% control bytes other than tab / line ends: no PDB or mmCIF text."""
+    if b"\x00" in head:
+        return True
+    control = sum(1 for b in head if (b < 32 and b not in (9, 10, 13)) or b == 127)
+    return control > len(head) // 10
+
+
 def _check_pdb_complete(name: str, data: bytes) -> None:
-    """gemmi reads a PDB file cut in the middle of a record without complaint: catch that case here."""
+    """gemmi reads a truncated PDB file without complaint: catch a record cut in the middle, and a wwPDB
+    file (first record ``HEADER``) that lost its mandatory ``END`` record."""
     last = data.rstrip(b"\r\n").rsplit(b"\n", 1)[-1]
     if last[:6] in (b"ATOM  ", b"HETATM") and len(last.rstrip(b"\r")) < _PDB_COORD_END and not data.endswith(b"\n"):
         raise DataValidationError("truncated file: the last ATOM/HETATM record is incomplete", path=name)
+    if data.lstrip()[:6] == b"HEADER" and not _END_RECORD.search(data):
+        raise DataValidationError("truncated file: it starts with a HEADER record but has no END record", path=name)
+
+
+def _check_cif_complete(name: str, data: bytes) -> None:
+    """A file cut between two complete ``_atom_site`` rows is valid CIF: when the writer closes every
+    category with a ``#`` line (PDB, AlphaFold DB, ModelCIF, gemmi), the last line must be one too."""
+    last = data.rstrip().rsplit(b"\n", 1)[-1].strip()
+    if not last.startswith(b"#") and _CIF_SEPARATOR.search(data):
+        raise DataValidationError("truncated file: its last category is not closed by a '#' line like the "
+                                  "others", path=name)
 
 
 def _qa_metric(block: gemmi.cif.Block) -> dict[tuple[str, int], float]:
@@ -154,6 +193,7 @@ def _load(name: str, data: bytes) -> tuple[gemmi.Structure, dict[tuple[str, int]
     try:
         if structure_format(name, data) == "cif":
             doc = gemmi.cif.read_string(data)
+            _check_cif_complete(name, data)  # what gemmi accepts: a file cut between two rows
             block = doc[0]
             return gemmi.make_structure_from_block(block), _qa_metric(block)
         _check_pdb_complete(name, data)
@@ -216,3 +256,51 @@ def parse_structure(item: str | os.PathLike[str] | StructureBlob, *, altloc: Alt
     if not chains:
         raise DataValidationError("no amino-acid residue with a CA atom in structure file", path=name)
     return chains
+
+
+@contextlib.contextmanager
+def _byte_stream(item: str | os.PathLike[str] | StructureBlob) -> Iterator[tuple[str, IO[bytes]]]:
+    """The file's bytes as a stream, gunzipped on the fly when they start with the gzip magic."""
+    name = item.name if isinstance(item, StructureBlob) else str(item)
+    with io.BytesIO(item.data) if isinstance(item, StructureBlob) else open(item, "rb") as raw:
+        if raw.read(2) != b"\x1f\x8b":
+            raw.seek(0)
+            yield name, raw
+            return
+        raw.seek(0)
+        with gzip.GzipFile(fileobj=raw) as unzipped:
+            yield name, unzipped
+
+
+def check_structure_size(item: str | os.PathLike[str] | StructureBlob, *, max_bytes: int | None = None,
+                         max_atoms: int | None = None) -> None:
+    """Raise :class:`StructureTooLarge` when ``item`` has more than ``max_bytes`` bytes (uncompressed) or
+    more than ``max_atoms`` ATOM/HETATM lines; reads 1 MiB at a time and stops at the first limit passed.
+
+    Unreadable or corrupt files pass: :func:`parse_structure` names what is wrong with them.
+    """
+    if max_bytes is not None and not isinstance(item, StructureBlob) and not str(item).lower().endswith(".gz"):
+        try:
+            size = os.stat(item).st_size
+        except OSError:
+            return
+        if size > max_bytes:  # refused without reading a byte
+            raise StructureTooLarge(f"structure file too large: {size} bytes > limit {max_bytes} "
+                                    "(structures.max_file_bytes)", path=str(item))
+    total = atoms = 0
+    carry = b"\n"  # the file's first line counts too
+    try:
+        with _byte_stream(item) as (name, stream):
+            while chunk := stream.read(_CHUNK):
+                total += len(chunk)
+                if max_bytes is not None and total > max_bytes:
+                    raise StructureTooLarge(f"structure file too large: over {max_bytes} bytes uncompressed "
+                                            "(structures.max_file_bytes)", path=name)
+                buf = carry + chunk  # a record split between two chunks is counted once, with the second
+                atoms += sum(buf.count(m) - carry.count(m) for m in _ATOM_RECORDS)
+                carry = buf[-6:]
+                if max_atoms is not None and atoms > max_atoms:
+                    raise StructureTooLarge(f"structure file too large: over {max_atoms} atoms "
+                                            "(structures.max_atoms)", path=name)
+    except (EOFError, OSError, zlib.error):
+        return  # unreadable or corrupt gzip: parse_structure says which

@@ -7,11 +7,19 @@ sequence shards.
 Every ingested sequence gets a row: with its structure's masked 3Di letters when one joins (by UniProt
 accession, or chain name ``<file stem>_<chain>``), else ``#`` for every residue (SaProt's convention).
 A structure whose modelled sequence differs from the database sequence is quarantined (or aligned).
+
+Structure files are accounted for one by one: ``files_in = files_encoded + files_quarantined +
+files_without_usable_chain``. Files over ``max_file_bytes`` / ``max_atoms`` are quarantined
+(``structure_too_large``) before parsing; unreadable ones (empty, binary, truncated, no CA atom) as
+``unreadable_structure``, each with the reason naming the file. ``backend: foldseek`` without a usable
+binary is an error; so is ``auto`` with a configured binary (``foldseek_binary`` or ``$PLM_FOLDSEEK``)
+that is missing. Only ``auto`` with nothing configured falls back to mini3di when foldseek is not on PATH.
 """
 from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +33,13 @@ from pipeline_lib import schemas
 from pipeline_lib.config import ShardsConfig
 from pipeline_lib.io import atomic_path, sha256_file, write_json_atomic
 from pipeline_lib.structures.config import StructuresConfig
-from pipeline_lib.structures.parse import StructureBlob
+from pipeline_lib.structures.parse import StructureBlob, StructureTooLarge, check_structure_size
 from pipeline_lib.structures.saprot import StructureRecord, parse_afdb_name, saprot_rows, structure_records
 from pipeline_lib.structures.sources import SourceStats, afdb_models, iter_archive, iter_directory, iter_foldcomp
-from pipeline_lib.structures.threedi import EncodeStats, encode_structures, resolve_backend
+from pipeline_lib.structures.threedi import EncodedChain, EncodeStats, encode_structures, resolve_backend
 from pipeline_lib.tokenizer import SAPROT_ALPHABET
 
-__all__ = ["StructureStageResult", "collect_structures", "build_structure_shards", "backend_version",
+__all__ = ["StructureStageResult", "FileTally", "collect_structures", "build_structure_shards", "backend_version",
            "threedi_of_structure"]
 
 log = logging.getLogger(__name__)
@@ -45,14 +53,46 @@ class StructureStageResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class FileTally:
+    """Structure files by outcome; ``files_in`` equals the sum of the other three once the stage is done."""
+
+    files_in: int = 0
+    too_large: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    encoded: set[str] = field(default_factory=set)  # files with at least one encoded chain
+
+
 def backend_version(cfg: StructuresConfig) -> tuple[str, str]:
-    """(backend name, its version) as used for this config."""
+    """(backend name, its version) as used for this config; :class:`ToolError` when foldseek is required
+    (``backend: foldseek``, or ``auto`` with a binary configured) but missing or broken."""
+    from pipeline_lib.tools.foldseek import Foldseek, find_foldseek
+
+    if cfg.backend == "auto" and (cfg.foldseek_binary or os.environ.get("PLM_FOLDSEEK")):
+        find_foldseek(cfg.foldseek_binary)  # configured but missing: an error, never a silent fallback
     backend = resolve_backend(cfg.backend, cfg.foldseek_binary)
     if backend == "foldseek":
-        from pipeline_lib.tools.foldseek import Foldseek
-
         return backend, Foldseek(binary=cfg.foldseek_binary).version()
     return backend, importlib.metadata.version("mini3di")
+
+
+def _within_limits(items: Iterator[Path | StructureBlob], cfg: StructuresConfig,
+                   tally: FileTally) -> Iterator[Path | StructureBlob]:
+    """Count every input file; hold back those over the size limits (streamed check, bounded memory)."""
+    for item in items:
+        tally.files_in += 1
+        try:
+            check_structure_size(item, max_bytes=cfg.max_file_bytes, max_atoms=cfg.max_atoms)
+        except StructureTooLarge as exc:
+            log.warning("%s", exc)
+            tally.too_large.append((exc.path or "", exc.reason))
+            continue
+        yield item
+
+
+def _noting_files(chains: Iterator[EncodedChain], tally: FileTally) -> Iterator[EncodedChain]:
+    for ch in chains:
+        tally.encoded.add(ch.source)
+        yield ch
 
 
 def _inputs(src, accessions: list[str], download_dir: Path, stats: SourceStats) -> Iterator[Path | StructureBlob]:
@@ -88,14 +128,18 @@ def _with_plddt_policy(chains, src, policy: str):
 
 
 def collect_structures(cfg: StructuresConfig, *, accessions: list[str], download_dir: Path,
-                       source_stats: SourceStats, encode_stats: EncodeStats) -> dict[str, StructureRecord]:
+                       source_stats: SourceStats, encode_stats: EncodeStats,
+                       tally: FileTally | None = None) -> dict[str, StructureRecord]:
     """Encode every configured source; the first source that has a structure for a key wins."""
     records: dict[str, StructureRecord] = {}
+    tally = tally if tally is not None else FileTally()
+    backend = backend_version(cfg)[0]
     for src in cfg.sources:
-        chains = encode_structures(_inputs(src, accessions, download_dir, source_stats), backend=cfg.backend,
-                                   threads=cfg.threads, workers=cfg.workers, batch_size=cfg.batch_size,
-                                   foldseek_binary=cfg.foldseek_binary, altloc=cfg.altloc, stats=encode_stats)
-        chains = _with_plddt_policy(chains, src, cfg.plddt_in_bfactor)
+        inputs = _within_limits(_inputs(src, accessions, download_dir, source_stats), cfg, tally)
+        chains = encode_structures(inputs, backend=backend, threads=cfg.threads, workers=cfg.workers,
+                                   batch_size=cfg.batch_size, foldseek_binary=cfg.foldseek_binary,
+                                   altloc=cfg.altloc, stats=encode_stats)
+        chains = _with_plddt_policy(_noting_files(chains, tally), src, cfg.plddt_in_bfactor)
         found = structure_records(chains, source=src.kind, version=_source_version(src), threshold=cfg.plddt_threshold)
         for key, rec in found.items():
             records.setdefault(key, rec)
@@ -149,15 +193,18 @@ def _write_split(tables: Iterator[pa.Table], split_dir: Path, shards_cfg: Shards
 
 def build_structure_shards(sequences: Path, clusters: Path, splits: Path, out_dir: Path, cfg: StructuresConfig, *,
                            levels: list[str], shards_cfg: ShardsConfig, download_dir: Path) -> StructureStageResult:
+    backend, version = backend_version(cfg)  # before any work: a missing foldseek fails fast
     accessions = pq.read_table(sequences, columns=["accession"]).column(0).to_pylist()
-    src_stats, enc_stats = SourceStats(), EncodeStats()
+    src_stats, enc_stats, tally = SourceStats(), EncodeStats(), FileTally()
     records = collect_structures(cfg, accessions=sorted(set(a for a in accessions if a)), download_dir=download_dir,
-                                 source_stats=src_stats, encode_stats=enc_stats)
-    backend, version = backend_version(cfg)
+                                 source_stats=src_stats, encode_stats=enc_stats, tally=tally)
     schema = schemas.structure_shard_schema(levels)
-    quarantine: list[dict[str, Any]] = [  # unreadable structure files: kept with the reason
-        {"stage": "structures", "source_file": f, "source_record": None, "id": None, "reason": "unreadable_structure",
-         "detail": why, "raw": None} for f, why in [*enc_stats.failures, *src_stats.failures]]
+    quarantine: list[dict[str, Any]] = [  # structure files that cannot be used: kept with the reason
+        {"stage": "structures", "source_file": f, "source_record": None, "id": None, "reason": reason,
+         "detail": why, "raw": None}
+        for reason, failures in (("structure_too_large", tally.too_large),
+                                 ("unreadable_structure", [*enc_stats.failures, *src_stats.failures]))
+        for f, why in failures]
     manifest: dict[str, Any] = {
         "schema_version": schemas.SCHEMA_VERSION, "kind": "structure", "columns": schema.names,
         "vocabulary": {"name": SAPROT_ALPHABET.name, "tokens": list(SAPROT_ALPHABET.tokens)},
@@ -183,6 +230,9 @@ def build_structure_shards(sequences: Path, clusters: Path, splits: Path, out_di
     write_json_atomic(out_dir / "manifest.json", manifest)
     stats = {"structures": len(records), "rows_with_structure": with_structure,
              "rows": sum(v["rows"] for v in manifest["splits"].values()), "quarantined": len(quarantine),
+             "files_in": tally.files_in, "files_encoded": len(tally.encoded),
+             "files_quarantined": len(tally.too_large) + len(enc_stats.failures),
+             "files_without_usable_chain": enc_stats.files - len(enc_stats.failures) - len(tally.encoded),
              "chains_encoded": enc_stats.chains, "residues_encoded": enc_stats.residues,
              "chains_skipped": dict(enc_stats.skipped), "failures": len(enc_stats.failures),
              "archive_refused": dict(src_stats.refused), "afdb": dict(src_stats.afdb), "backend": backend}

@@ -8,6 +8,10 @@ Runs the commands Foldseek documents for extracting 3Di strings:
 ``createdb <inputs> db --chain-name-mode 1 --threads N``, ``lndb db_h db_ss_h``,
 ``convert2fasta db_ss ss.fasta`` and ``convert2fasta db aa.fasta``, then reads both FASTA files
 (same entries, same order). Foldseek is not on PyPI; install it from its releases or bioconda.
+
+A missing binary, a non-zero exit or a signal raises :class:`ToolError` with the command, exit code and
+stderr tail; output that is absent or malformed although foldseek exited 0 (unpaired entries, letters
+outside the 3Di alphabet) raises :class:`DataValidationError` naming the file and the entry.
 """
 from __future__ import annotations
 
@@ -20,7 +24,9 @@ from pathlib import Path
 from pipeline_lib.errors import DataValidationError, ToolError
 from pipeline_lib.tools.base import BinaryTool
 
-__all__ = ["Foldseek", "find_foldseek", "read_fasta_entries", "read_foldseek_fasta"]
+__all__ = ["Foldseek", "find_foldseek", "read_fasta_entries", "read_foldseek_fasta", "THREEDI_LETTERS"]
+
+THREEDI_LETTERS = frozenset("ACDEFGHIKLMNPQRSTVWY")  # Foldseek's 20 3Di states (upper case)
 
 
 def find_foldseek(configured: str | os.PathLike[str] | None = None) -> str:
@@ -79,6 +85,12 @@ def read_foldseek_fasta(aa_fasta: str | os.PathLike[str],
         if name_a != name_s or len(seq_a) != len(seq_s):
             raise DataValidationError(f"entry {name_a!r} ({len(seq_a)} residues) does not pair with 3Di entry "
                                       f"{name_s!r} ({len(seq_s)} residues)", path=str(ss_fasta))
+        bad = set(seq_s.upper()) - THREEDI_LETTERS
+        if bad:
+            raise DataValidationError(f"entry {name_a!r}: letters {''.join(sorted(bad))!r} outside the 3Di alphabet",
+                                      path=str(ss_fasta))
+        if not seq_a.isalpha():
+            raise DataValidationError(f"entry {name_a!r}: non-letters in its amino acids", path=str(aa_fasta))
         out.append((name_a, seq_a.upper(), seq_s.upper()))
     return out
 
@@ -111,6 +123,9 @@ class Foldseek(BinaryTool):
         self.createdb(inputs, db, log_file=log_file)
         self.run("lndb", f"{db}_h", f"{db}_ss_h", "-v", "1", log_file=log_file)
         aa_fasta, ss_fasta = db.with_name(db.name + "_aa.fasta"), db.with_name(db.name + "_ss.fasta")
-        self.run("convert2fasta", f"{db}_ss", ss_fasta, "-v", "1", log_file=log_file)
-        self.run("convert2fasta", db, aa_fasta, "-v", "1", log_file=log_file)
+        for source, fasta in ((f"{db}_ss", ss_fasta), (str(db), aa_fasta)):
+            self.run("convert2fasta", source, fasta, "-v", "1", log_file=log_file)
+            if not fasta.is_file():  # exit 0 without output: say which command, not a bare FileNotFoundError
+                raise ToolError(f"foldseek exited 0 but wrote no {fasta}",
+                                argv=[self.binary, "convert2fasta", source, str(fasta)])
         return read_foldseek_fasta(aa_fasta, ss_fasta)
