@@ -14,10 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline_lib.config import ClusterConfig
 from pipeline_lib.errors import DataValidationError, ToolError
+from pipeline_lib.progress import Progress
 from pipeline_lib.tools.mmseqs import MMseqs
 
 __all__ = ["ClusterResult", "cluster_sequences", "write_fasta_from_parquet"]
@@ -38,16 +42,35 @@ def _sql_str(value: object) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def write_fasta_from_parquet(parquet: Path, fasta: Path) -> int:
-    """Write ``>ordinal`` / sequence records (row number as id: mmseqs rewrites ``sp|ACC|NAME`` ids)."""
-    n = 0
+def write_fasta_from_parquet(parquet: Path, fasta: Path, keep: np.ndarray | None = None) -> int:
+    """Write ``>ordinal`` / sequence records (row number as id: mmseqs rewrites ``sp|ACC|NAME`` ids), in row
+    order; with ``keep`` (a boolean mask over the rows) only those rows. Returns the records written."""
+    n = written = 0
     pf = pq.ParquetFile(parquet)
     with open(fasta, "w") as fh:
         for batch in pf.iter_batches(columns=["sequence"], batch_size=65536):
             for seq in batch.column("sequence").to_pylist():
-                fh.write(f">{n}\n{seq}\n")
+                if keep is None or keep[n]:
+                    fh.write(f">{n}\n{seq}\n")
+                    written += 1
                 n += 1
-    return n
+    return written
+
+
+def _representatives(tsv: Path, n: int) -> np.ndarray:
+    """Mask of the rows that represent a cluster in mmseqs' ``<rep>\t<member>`` file (streamed)."""
+    mask = np.zeros(n, dtype=bool)
+    opts = pacsv.ReadOptions(column_names=["rep", "member"], block_size=64 << 20)
+    convert = pacsv.ConvertOptions(column_types={"rep": pa.int64(), "member": pa.int64()}, include_columns=["rep"])
+    try:
+        with pacsv.open_csv(tsv, read_options=opts, parse_options=pacsv.ParseOptions(delimiter="\t"),
+                            convert_options=convert) as reader:
+            for batch in reader:
+                mask[batch.column(0).to_numpy()] = True
+    except (pa.ArrowInvalid, IndexError) as exc:  # not "<rep>\t<member>" ordinals of this input
+        first = str(exc).splitlines()[0]
+        raise DataValidationError(f"mmseqs cluster table is not two integer columns: {first}", path=str(tsv)) from exc
+    return mask
 
 
 def cluster_sequences(sequences: Path, out_dir: Path, cfg: ClusterConfig, tmp_dir: Path) -> ClusterResult:
@@ -60,18 +83,26 @@ def cluster_sequences(sequences: Path, out_dir: Path, cfg: ClusterConfig, tmp_di
         raise DataValidationError("no sequences to cluster", path=str(sequences))
     result = ClusterResult(sequences=n, clusters_per_level={}, mmseqs_version=version)
     tsvs: dict[str, Path] = {}
-    for level in cfg.levels:
-        prefix = tmp_dir / f"{level.name}"
-        args = mm.easy_cluster(fasta, prefix, tmp_dir / f"{level.name}_tmp", method=level.method,
-                               min_seq_id=level.min_seq_id, coverage=level.coverage, cov_mode=level.cov_mode,
-                               cluster_mode=level.cluster_mode, log_file=tmp_dir / "mmseqs.log")
-        result.commands.append(["mmseqs", *args])
-        tsvs[level.name] = Path(f"{prefix}_cluster.tsv")
-        fasta = Path(f"{prefix}_rep_seq.fasta")
-        missing = [p.name for p in (tsvs[level.name], fasta) if not p.is_file()]
-        if missing:  # exit code 0 is not enough: a wrapper or a killed child can "succeed" with nothing written
-            raise ToolError(f"mmseqs exited 0 but did not write {', '.join(missing)}", argv=[mm.binary, *args])
-        shutil.rmtree(tmp_dir / f"{level.name}_tmp", ignore_errors=True)
+    # one line (and a Prefect progress bar, through pipeline_lib.progress listeners) per finished level
+    with Progress("mmseqs cluster", total=len(cfg.levels), unit="levels", every_s=0) as prog:
+        for level in cfg.levels:
+            prefix = tmp_dir / f"{level.name}"
+            args = mm.easy_cluster(fasta, prefix, tmp_dir / f"{level.name}_tmp", method=level.method,
+                                   min_seq_id=level.min_seq_id, coverage=level.coverage, cov_mode=level.cov_mode,
+                                   cluster_mode=level.cluster_mode, log_file=tmp_dir / "mmseqs.log")
+            result.commands.append(["mmseqs", *args])
+            tsvs[level.name] = Path(f"{prefix}_cluster.tsv")
+            missing = [p.name for p in (tsvs[level.name], Path(f"{prefix}_rep_seq.fasta")) if not p.is_file()]
+            if missing:  # exit code 0 is not enough: a wrapper or a killed child can "succeed" with nothing written
+                raise ToolError(f"mmseqs exited 0 but did not write {', '.join(missing)}", argv=[mm.binary, *args])
+            shutil.rmtree(tmp_dir / f"{level.name}_tmp", ignore_errors=True)
+            # The next level clusters this level's representatives in row order, not in the order of mmseqs'
+            # rep_seq.fasta: with several threads that order changes from run to run, and the next level's
+            # choice between equally good representatives follows the input order (same input, other clusters).
+            if level is not cfg.levels[-1]:
+                fasta = tmp_dir / f"{level.name}_next_input.fasta"
+                write_fasta_from_parquet(sequences, fasta, keep=_representatives(tsvs[level.name], n))
+            prog.update()
     result.clusters_per_level = _write_outputs(sequences, tsvs, out_dir, tmp_dir)
     for level in cfg.levels:
         log.info("cluster %s (min_seq_id %.2f): %d clusters", level.name, level.min_seq_id,
@@ -105,7 +136,7 @@ def _write_outputs(sequences: Path, tsvs: dict[str, Path], out_dir: Path, tmp_di
             joins.append(f"JOIN l_{lv} ON l_{lv}.member = l_{prev}.rep")
             select.append(f"r_{lv}.id AS cluster_{lv}")
         con.execute(f"""CREATE TEMP TABLE seqs AS
-            SELECT id, (row_number() OVER ()) - 1 AS ord FROM read_parquet({_sql_str(sequences)})""")
+            SELECT id, file_row_number AS ord FROM read_parquet({_sql_str(sequences)}, file_row_number=true)""")
         con.execute(f"""CREATE TEMP TABLE clusters AS
             SELECT s.id, {', '.join(select)} FROM seqs s
             LEFT JOIN l_{names[0]} ON l_{names[0]}.member = s.ord {' '.join('LEFT ' + j for j in joins)}

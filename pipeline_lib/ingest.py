@@ -18,9 +18,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import re
 from collections import Counter, deque
-from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +38,7 @@ from pipeline_lib.fasta_headers import parse_header, parse_headers
 from pipeline_lib.ingest_dedupe import DUCKDB_MEMORY_LIMIT, dedupe  # (the cap is re-exported: cluster uses it)
 from pipeline_lib.progress import Progress
 
-__all__ = ["IngestStats", "ingest_fasta", "validate_record", "seq_hash", "DUCKDB_MEMORY_LIMIT"]
+__all__ = ["IngestStats", "ingest_fasta", "source_names", "validate_record", "seq_hash", "DUCKDB_MEMORY_LIMIT"]
 
 log = logging.getLogger(__name__)
 
@@ -271,9 +271,9 @@ class _Phase1:
         self.quarantine = _ParquetSink(q_path, schemas.QUARANTINE, cfg.batch_rows, compression="zstd")
         self.residues = 0
 
-    def file(self, path: Path) -> int:
-        """Ingest one file; returns its number of records."""
-        source, index = str(path), 0
+    def file(self, path: Path, source: str) -> int:
+        """Ingest one file, recorded as ``source``; returns its number of records."""
+        index = 0
         with Progress(f"ingest {path.name}", unit="records") as prog, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-check") as pool:
             checking: deque[Future[_Checked]] = deque()
@@ -310,13 +310,25 @@ class _Phase1:
             self.quarantine.close()
 
 
-def _parse_files(files: Iterable[Path], raw_path: Path, q_path: Path, cfg: IngestConfig, stats: IngestStats) -> int:
+def source_names(files: list[Path]) -> list[str]:
+    """What ``source_file`` records: each file's name, or, when two names are the same, its path relative to
+    the files' common directory. Not the absolute path: the same input under another workdir or on another
+    machine must give the same bytes, hence the same cache keys (lineage keeps the inputs' full paths)."""
+    names = [Path(f).name for f in files]
+    if len(set(names)) == len(names):
+        return names
+    absolute = [os.path.abspath(f) for f in files]
+    root = os.path.commonpath(absolute)
+    return [os.path.relpath(f, root) for f in absolute]
+
+
+def _parse_files(files: list[Path], raw_path: Path, q_path: Path, cfg: IngestConfig, stats: IngestStats) -> int:
     """Phase 1 over all files; returns the residues kept."""
     phase = _Phase1(raw_path, q_path, cfg)
     try:
-        for path in files:
+        for path, name in zip(files, source_names(files)):
             stats.bytes_in += path.stat().st_size
-            stats.records_in += phase.file(path)
+            stats.records_in += phase.file(path, name)
     finally:
         phase.close()
     stats.quarantine_reasons = dict(phase.reasons)

@@ -52,3 +52,18 @@ def test_failing_binary_shows_command_and_stderr(tmp_path):
     msg = str(err.value)
     assert "easy-linclust" in msg and "exit code" in msg and "missing.fa" in msg
     assert err.value.stderr_tail
+
+
+def test_next_level_input_is_in_row_order_so_reruns_give_the_same_clusters(clustered, tmp_path):
+    """mmseqs writes a level's representatives in an order that changes with thread timing, and the next level
+    breaks ties by input order: the next level must read the representatives in row order instead."""
+    _, _, rows, d = clustered
+    text = (d / "tmp" / "c90_next_input.fasta").read_text()
+    ids = [int(line[1:]) for line in text.splitlines() if line.startswith(">")]
+    reps = sorted({r["cluster_c90"] for r in rows})
+    assert ids == sorted(ids) and len(ids) == len(reps)
+    cfg = ClusterConfig(threads=2, levels=[ClusterLevel(name="c90", min_seq_id=0.9),
+                                           ClusterLevel(name="c50", min_seq_id=0.5, method="cluster")])
+    again = cluster_sequences(d / "sequences.parquet", tmp_path, cfg, tmp_path / "tmp")
+    assert again.clusters_per_level == {"c90": len(reps), "c50": len({r["cluster_c50"] for r in rows})}
+    assert pq.read_table(tmp_path / "clusters.parquet").to_pylist() == rows

@@ -45,7 +45,7 @@ def ingest_bytes(tmp_path: Path, data: bytes, name: str = "in.fa", **cfg):
     dups = pq.read_table(out / "duplicates.parquet").num_rows
     assert stats.records_in == stats.kept + stats.duplicates + stats.quarantined
     assert (len(kept), dups, len(q)) == (stats.kept, stats.duplicates, stats.quarantined)
-    assert all(r["source_file"] == str(src) and r["source_record"] is not None for r in q)
+    assert all(r["source_file"] == src.name and r["source_record"] is not None for r in q)
     return stats, q, kept
 
 

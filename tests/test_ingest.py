@@ -1,4 +1,5 @@
 import gzip
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -7,7 +8,7 @@ from hypothesis import strategies as st
 
 from pipeline_lib import fasta, schemas
 from pipeline_lib.config import IngestConfig
-from pipeline_lib.ingest import _invalid_pattern, ingest_fasta, seq_hash, validate_record
+from pipeline_lib.ingest import _invalid_pattern, ingest_fasta, seq_hash, source_names, validate_record
 from tests.conftest import fixture_path
 from tests.test_fasta import reference_records
 
@@ -28,7 +29,7 @@ def test_counts_reconcile_and_nothing_is_lost(tmp_path):
     q = pq.read_table(tmp_path / "out" / "quarantine.parquet").to_pylist()
     assert sorted(r["reason"] for r in q) == ["duplicate_id", "invalid_characters", "malformed_header",
                                                "missing_header", "too_short"]
-    assert all(r["source_file"] == str(fa) for r in q)
+    assert all(r["source_file"] == fa.name for r in q)  # relative: the same input anywhere gives the same bytes
     assert len(seqs) + len(dups) + len(q) == stats.records_in
 
 
@@ -46,13 +47,13 @@ def reference_ingest(files, cfg: IngestConfig):
     """What ingest_fasta must produce, one record at a time: (sequences, duplicates, quarantine) rows."""
     allowed = _invalid_pattern(frozenset(cfg.alphabet.upper()))
     kept, quarantine = [], []
-    for path in files:
+    for path, name in zip(files, source_names(files)):
         data = path.read_bytes()
         data = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
         for index, (header, sequence) in enumerate(reference_records(data)):
             ok, bad = validate_record(header, sequence, cfg, allowed)
             if bad:
-                quarantine.append({"stage": "ingest", "source_file": str(path), "source_record": index,
+                quarantine.append({"stage": "ingest", "source_file": name, "source_record": index,
                                    "id": header.split(" ", 1)[0] if header else None, "reason": bad[0],
                                    "detail": bad[1], "raw": (header or "")[:200]})
                 continue
@@ -60,7 +61,7 @@ def reference_ingest(files, cfg: IngestConfig):
             kept.append({"id": h.id, "accession": h.accession, "description": h.description, "db": h.db,
                          "n_members": h.n_members, "tax": h.tax, "taxid": h.taxid, "rep_id": h.rep_id,
                          "gene": h.gene, "pe": h.pe, "sv": h.sv, "sequence": seq, "length": len(seq),
-                         "seq_hash": seq_hash(seq), "source_file": str(path), "source_record": index})
+                         "seq_hash": seq_hash(seq), "source_file": name, "source_record": index})
     ids, hashes, sequences, duplicates = set(), {}, [], []
     for row in kept:  # the first occurrence of an id wins, then the first occurrence of a sequence
         if row["id"] in ids:
@@ -143,3 +144,20 @@ def test_binary_garbage_and_truncated_gzip(tmp_path):
     cut.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(Exception, match="cut.fa.gz.*truncated"):
         ingest_fasta([cut], tmp_path / "c", IngestConfig())
+
+
+def test_source_file_is_relative_so_the_same_input_anywhere_gives_the_same_bytes(tmp_path):
+    assert source_names([tmp_path / "a" / "x.fa"]) == ["x.fa"]
+    assert source_names([tmp_path / "a" / "x.fa", tmp_path / "b" / "x.fa"]) == ["a/x.fa", "b/x.fa"]
+    assert source_names([tmp_path / "a" / "x.fa", Path("/elsewhere/y.fa")]) == ["x.fa", "y.fa"]
+    assert source_names([]) == []
+    text = b">s1\nMKVLAAGIVLLA\n>s2\nMKV\n"  # s2 is too short: quarantined with its source too
+    outs = []
+    for where in ("one", "two/deeper"):
+        src = tmp_path / where / "in.fa"
+        src.parent.mkdir(parents=True)
+        src.write_bytes(text)
+        ingest_fasta([src], tmp_path / where / "out", IngestConfig())
+        outs.append([(tmp_path / where / "out" / f).read_bytes() for f in ("sequences.parquet", "quarantine.parquet")])
+    assert outs[0] == outs[1]
+    assert pq.read_table(tmp_path / "one" / "out" / "sequences.parquet").column("source_file").to_pylist() == ["in.fa"]

@@ -12,7 +12,6 @@ import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import plotly.graph_objects as go
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from pipeline_lib.errors import PipelineError
+from pipeline_lib.structures.config import StructuresConfig
 from pipeline_lib.evaluate.config import EvaluateConfig
 from pipeline_lib.evaluate.contacts import evaluate_contacts_config
 from pipeline_lib.evaluate.model import HFMaskedLM
@@ -51,7 +52,7 @@ def load_hf_model(hf_dir: Path) -> HFMaskedLM:
 
 def evaluate_checkpoint(hf_dir: Path, shards_dir: Path | None, cfg: EvaluateConfig,
                         contact_structures: list[str] | None = None,
-                        structures_cfg: "StructuresConfig | None" = None) -> list[MetricRow]:
+                        structures_cfg: StructuresConfig | None = None) -> list[MetricRow]:
     """Every enabled evaluation of one model; ``contact_structures`` fill an empty contacts config, and
     SaProt models score assays that name a structure with its 3Di string (encoded per ``structures_cfg``)."""
     from pipeline_lib.structures.config import StructuresConfig
