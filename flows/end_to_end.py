@@ -16,6 +16,7 @@ from pathlib import Path
 from prefect import flow
 
 from flows.data_refresh import DataRefreshResult, run_data_stages
+from flows.runner import on_configured_runner, with_runner
 from flows.runs import pipeline_run
 from pipeline_lib.config import Config, load_config
 from pipeline_lib.errors import ConfigError
@@ -67,6 +68,8 @@ def run_msa_stage(ctx, cfg: Config, stages: dict):
 @flow(name="end_to_end", log_prints=True)
 def end_to_end(config_path: str | None = None, overrides: list[str] | None = None) -> DataRefreshResult:
     cfg = load_config(config_path, overrides)
+    if not on_configured_runner(cfg):  # started by a deployment on the default runner: move to the configured one
+        return with_runner(end_to_end, cfg)(config_path, overrides)
     with pipeline_run(cfg, "end_to_end") as ctx:
         stages = _stages(ctx, cfg, train_stage=cfg.train.enabled, evaluate_stage=cfg.evaluate.enabled)
         run_summary(ctx, cfg, stages)  # markdown artifact: stages, counts, evaluation tables

@@ -16,12 +16,16 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import Flow
+from prefect.context import FlowRunContext
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from pipeline_lib.config import Config, RunnerConfig, load_config
 from pipeline_lib.errors import ConfigError
 
-__all__ = ["task_runner", "with_runner", "run_configured"]
+__all__ = ["task_runner", "with_runner", "run_configured", "on_configured_runner"]
+
+_RUNNER_CLASS = {"threads": "ThreadPoolTaskRunner", "processes": "ProcessPoolTaskRunner",
+                 "dask": "DaskTaskRunner", "ray": "RayTaskRunner"}
 
 
 def _dask(cfg: RunnerConfig) -> TaskRunner:
@@ -65,7 +69,16 @@ def with_runner(flow: Flow, cfg: Config) -> Flow:
 def run_configured(flow: Flow, config_path: str | None, overrides: list[str] | None, **kwargs: Any) -> Any:
     """Call ``flow(config_path, overrides, **kwargs)`` on the task runner its config names.
 
-    The runner has to be chosen before the flow starts, so the config is read here once more (cheap);
-    a deployment that calls the flow directly runs on threads (see docs/operations.md).
+    The runner has to be chosen before the flow starts, so the config is read here once more (cheap).
     """
     return with_runner(flow, load_config(config_path, overrides))(config_path, overrides, **kwargs)
+
+
+def on_configured_runner(cfg: Config) -> bool:
+    """Whether the current flow run already executes on the task runner ``cfg.runner`` names (True outside a
+    flow run). A deployment starts its flow on Prefect's default thread pool: a flow that finds itself on
+    another runner than its config asks for runs itself again as a subflow on the right one."""
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.task_runner is None:
+        return True
+    return type(ctx.task_runner).__name__ == _RUNNER_CLASS[cfg.runner.kind]

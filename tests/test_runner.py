@@ -138,6 +138,23 @@ def test_process_pool_runner_finds_the_thread_runners_stages_cached(thread_run):
     assert artifacts(res) == artifacts(thread_run)
 
 
+def test_a_deployed_flow_moves_itself_to_the_configured_runner(thread_run, monkeypatch):
+    """A deployment calls the flow itself, on Prefect's default thread pool: the flow runs itself again as a
+    subflow on the runner its config names, and only that subflow opens a lineage run."""
+    import flows.runner
+
+    asked: list[str] = []
+    real = flows.runner.task_runner
+    monkeypatch.setattr(flows.runner, "task_runner", lambda cfg: asked.append(cfg.kind) or real(cfg))
+    workdir = Path(thread_run.lineage).parent
+    before = len(LineageStore(thread_run.lineage).runs())
+    res = data_refresh(DEMO, overrides(workdir, "runner.kind=processes", "runner.max_workers=1"))  # not run_configured
+    assert asked == ["processes"] and res.status == "completed"
+    assert len(LineageStore(thread_run.lineage).runs()) == before + 1
+    with_threads = data_refresh(DEMO, overrides(workdir))  # already on its runner: no subflow
+    assert asked == ["processes"] and with_threads.status == "completed"
+
+
 def test_source_urls_download_side_by_side_then_fetch_finds_them(prefect_harness, http_server, tmp_path):  # noqa: F811
     family_fasta(tmp_path / "all.fa", families=6, mutants=2, unrelated=6, length=80)
     records = (tmp_path / "all.fa").read_text().split(">")[1:]
