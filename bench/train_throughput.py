@@ -1,20 +1,23 @@
 """Training throughput: our ESM-2 (packed rows, and padded) vs transformers' EsmForMaskedLM (padded).
 
     .venv/bin/python bench/train_throughput.py --sizes tiny 8M [--batch-tokens 8192] [--steps 5]
-    .venv/bin/python bench/train_throughput.py --sizes 650M --batch-tokens 65536 --max-len 1024   # on a GPU
+    .venv/bin/python bench/train_throughput.py --sizes 8M 35M 150M 650M --batch-tokens 16384 --json out.jsonl   # GPU
 
 Every implementation trains on the same sequences per step: UniRef50-like lengths (log-normal, median
 ~270 residues, cropped to ``max_len``), masked 15% 80/10/10, grouped by our token-budget batcher. Ours
 runs them packed (block-diagonal attention: SDPA mask on CPU, flash varlen on CUDA) and padded; the
-Hugging Face baseline runs them padded to the longest sequence of the step, full logits + labels, SDPA
-attention. One step = forward, backward, AdamW. Reported: non-padding tokens/s, step time, padding share
-and MFU = 6 N tokens/s / peak, where peak is the vendor bf16 figure on GPUs and, on CPU, the measured
+Hugging Face baseline runs them padded to the longest sequence of the step, full logits + labels, its
+default attention. Every implementation uses the same AdamW (fused on GPU); a size that runs out of
+memory prints a row saying so and the benchmark goes on. One step = forward, backward, AdamW. Reported:
+non-padding tokens/s, step time, padding share, peak GPU memory and MFU = 6 N tokens/s / peak, where peak is the vendor bf16 figure on GPUs and, on CPU, the measured
 fp32 matmul rate of this machine (so CPU MFU reads "share of what a large matmul reaches here").
 Prints a markdown table.
 """
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import sys
 import time
 from pathlib import Path
@@ -86,17 +89,25 @@ def _step_hf(model, opt, b: Batch, device, amp, packed: bool) -> None:
 
 
 def measure(step_fn, model, batches: list[Batch], device, amp, packed: bool, warmup: int) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    fused = device.type == "cuda"  # the same optimizer for every implementation: fused AdamW on GPU
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
     for b in batches[:warmup]:
         step_fn(model, opt, b, device, amp, packed)
     if device.type == "cuda":
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
     t = time.perf_counter()
     for b in batches[warmup:]:
         step_fn(model, opt, b, device, amp, packed)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t
+
+
+def _free(device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def main() -> None:
@@ -107,9 +118,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--compile", action="store_true", help="torch.compile our blocks (as train.compile does)")
+    ap.add_argument("--activation-checkpointing", action="store_true", help="checkpoint our blocks")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON lines here")
     args = ap.parse_args()
-    import tempfile
-
     import transformers
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -123,25 +135,68 @@ def main() -> None:
     pad_share = {"packed": 1 - real / sum(p.tokens.numel() for p, _ in timed),
                  "padded": 1 - real / sum(q.tokens.numel() for _, q in timed)}
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; peak used for MFU: {peak:.3g} TFLOP/s; {args.steps} timed steps of "
-          f"<= {args.batch_tokens} tokens, max_len {args.max_len}\n")
-    print("| size | implementation | layout | tokens/s | step ms | padding | MFU |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print(f"device: {name}; torch {torch.__version__}, transformers {transformers.__version__}; peak used for "
+          f"MFU: {peak:.3g} TFLOP/s; {args.steps} timed steps of <= {args.batch_tokens} tokens, max_len "
+          f"{args.max_len}; compile={args.compile}, activation checkpointing={args.activation_checkpointing}\n")
+    print("| size | implementation | layout | tokens/s | step ms | padding | MFU | peak GPU GiB |")
+    print("|---|---|---|---:|---:|---:|---:|---:|", flush=True)
+    out = args.json.open("a") if args.json else None
     for size in args.sizes:
-        torch.manual_seed(0)
-        ours = ESM2(model_config(size)).to(device)
-        with tempfile.TemporaryDirectory() as d:
-            export_hf(ours, Path(d) / "hf", vocab="esm2")
-            hf = transformers.EsmForMaskedLM.from_pretrained(Path(d) / "hf", attn_implementation="sdpa").to(device)
-        fpt = flops_per_token(ours.cfg)
-        runs = [("ours", "packed", _step_ours, ours, 0), ("ours", "padded", _step_ours, ours, 1),
-                ("transformers EsmForMaskedLM", "padded", _step_hf, hf, 1)]
-        for impl, layout, fn, model, which in runs:
-            batches = [pair[which] for pair in steps]
-            dt = measure(fn, model.train(), batches, device, amp, layout == "packed", args.warmup)
-            tps = real / dt
-            print(f"| {size} | {impl} | {layout} | {tps:,.0f} | {1000 * dt / args.steps:.0f} | "
-                  f"{100 * pad_share[layout]:.0f}% | {100 * fpt * tps / (peak * 1e12):.1f}% |")
+        for impl, layout in [("ours", "packed"), ("ours", "padded"), ("transformers EsmForMaskedLM", "padded")]:
+            row = {"size": size, "implementation": impl, "layout": layout, "device": name,
+                   "batch_tokens": args.batch_tokens, "compile": args.compile and impl == "ours"}
+            try:
+                row.update(_run_one(size, impl, layout, steps, device, amp, args, real, peak))
+            except torch.OutOfMemoryError:
+                row["error"] = "out of memory"
+            _free(device)
+            _print_row(row, pad_share[layout])
+            if out:
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+
+
+def _build(size: str, impl: str, device, args) -> torch.nn.Module:
+    import tempfile
+
+    import transformers
+
+    from pipeline_lib.train.parallel import _apply_ac, _apply_compile
+
+    torch.manual_seed(0)
+    ours = ESM2(model_config(size))
+    if impl == "ours":
+        ours.to(device)
+        if args.activation_checkpointing:
+            _apply_ac(ours)
+        if args.compile:
+            _apply_compile(ours)
+        return ours
+    with tempfile.TemporaryDirectory() as d:  # the same weights, in transformers' own class and attention
+        export_hf(ours, Path(d) / "hf", vocab="esm2")
+        return transformers.EsmForMaskedLM.from_pretrained(Path(d) / "hf").to(device)
+
+
+def _run_one(size, impl, layout, steps, device, amp, args, real, peak) -> dict:
+    model = _build(size, impl, device, args)
+    fn, which = (_step_ours, 0 if layout == "packed" else 1) if impl == "ours" else (_step_hf, 1)
+    batches = [pair[which] for pair in steps]
+    dt = measure(fn, model.train(), batches, device, amp, layout == "packed", args.warmup)
+    tps = real / dt
+    fpt = flops_per_token(model_config(size))
+    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    del model
+    return {"tokens_per_s": tps, "step_ms": 1000 * dt / args.steps, "mfu": fpt * tps / (peak * 1e12),
+            "peak_gib": mem}
+
+
+def _print_row(row: dict, pad: float) -> None:
+    if "error" in row:
+        print(f"| {row['size']} | {row['implementation']} | {row['layout']} | {row['error']} | | | | |", flush=True)
+        return
+    mem = f"{row['peak_gib']:.1f}" if row["peak_gib"] is not None else "-"
+    print(f"| {row['size']} | {row['implementation']} | {row['layout']} | {row['tokens_per_s']:,.0f} | "
+          f"{row['step_ms']:.0f} | {100 * pad:.0f}% | {100 * row['mfu']:.1f}% | {mem} |", flush=True)
 
 
 if __name__ == "__main__":

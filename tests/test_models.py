@@ -139,3 +139,39 @@ def test_msa_row_attention_is_tied_and_scaled():
     v = att.v_proj(x).view(1, 3, 5, 2, 8)
     ctx = torch.einsum("bhij,brjhd->brihd", logits.softmax(-1), v).reshape(1, 3, 5, 16)
     assert torch.allclose(att(x, None), att.out_proj(ctx), atol=1e-5)
+
+
+def _esm_axial_reference(att, x, pad, tied):
+    """ESM's axial attention written out with einsum (esm/axial_attention.py), padding as -10000 logits."""
+    b, r, c, d = x.shape
+    h, dh = att.heads, att.head_dim
+    q = att.q_proj(x).view(b, r, c, h, dh) * (dh ** -0.5 / (math.sqrt(r) if tied else 1.0))
+    k, v = att.k_proj(x).view(b, r, c, h, dh), att.v_proj(x).view(b, r, c, h, dh)
+    if tied:
+        q = q * (1 - pad[..., None, None].to(q))
+        logits = torch.einsum("brihd,brjhd->bhij", q, k).masked_fill(pad[:, 0][:, None, None, :], -10000.0)
+        ctx = torch.einsum("bhij,brjhd->brihd", logits.softmax(-1), v)
+    else:
+        logits = torch.einsum("bichd,bjchd->bhcij", q, k)
+        logits = logits.masked_fill(pad.transpose(1, 2)[:, None, :, None, :], -10000.0)
+        ctx = torch.einsum("bhcij,bjchd->bichd", logits.softmax(-1), v)
+    return att.out_proj(ctx.reshape(b, r, c, d))
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_msa_sdpa_attention_equals_esm_arithmetic_with_padding(tied):
+    from pipeline_lib.models.msa import ColumnSelfAttention, RowSelfAttention
+
+    torch.manual_seed(0)
+    att = (RowSelfAttention if tied else ColumnSelfAttention)(32, 4, dropout=0.0).eval()
+    x = torch.randn(2, 4, 7, 32)
+    pad = torch.zeros(2, 4, 7, dtype=torch.bool)
+    pad[1, :, 5:] = True      # padded columns (a shorter alignment in the batch)
+    pad[1, 3, :] = True       # a padded row (fewer sequences)
+    pad[0, 2, 6] = True       # one padded cell
+    out = att(x, pad)
+    assert torch.isfinite(out).all()
+    # equal wherever a token is; a fully padded column's outputs differ (ESM's fill makes them uniform)
+    # and are never read: nothing downstream takes them as keys
+    ref = _esm_axial_reference(att, x, pad, tied)
+    assert torch.allclose(out[~pad], ref[~pad], atol=1e-5)

@@ -14,6 +14,7 @@ The softmax scale is 1: ESM scales q by head_dim^-0.5 before the rotary embeddin
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import NamedTuple
 
 import torch
@@ -41,6 +42,14 @@ def varlen_available() -> bool:
     except ImportError:
         return False
     return torch.cuda.get_device_capability()[0] >= 8
+
+
+@functools.cache
+def _varlen_takes_scale() -> bool:
+    """torch's first ``varlen_attn`` releases had no ``scale`` and always scaled by head_dim^-0.5."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    return "scale" in inspect.signature(varlen_attn).parameters
 
 
 def _half_precision(device: torch.device, weight_dtype: torch.dtype) -> bool:
@@ -75,8 +84,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn: AttnInput
         from torch.nn.attention.varlen import varlen_attn
 
         b, t, h, d = q.shape
+        if _varlen_takes_scale():
+            kw = {"scale": 1.0}
+        else:  # the kernel multiplies by d^-0.5 again: undo the scaling q already has
+            q, kw = q * d ** 0.5, {}
         out = varlen_attn(q.reshape(b * t, h, d), k.reshape(b * t, h, d), v.reshape(b * t, h, d),
-                          attn.cu_seqlens, attn.cu_seqlens, attn.max_seqlen, attn.max_seqlen, scale=1.0)
+                          attn.cu_seqlens, attn.cu_seqlens, attn.max_seqlen, attn.max_seqlen, **kw)
         return out.view(b, t, h, d)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                          attn_mask=attn.mask, scale=1.0)

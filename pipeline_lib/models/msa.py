@@ -9,7 +9,8 @@ positions along columns (fairseq offsets: position = running count of non-pad + 
 learned row embedding for at most 1024 rows, LayerNorm before the stack, then per layer tied row
 attention -> column attention -> FFN, each in a pre-LN residual block with dropout; final LayerNorm and
 an LM head tied to the embedding. Tied row attention sums the logits of all rows, with q scaled by
-head_dim^-0.5 / sqrt(rows); padded positions are masked with -10000 as in ESM. The layout here is
+head_dim^-0.5 / sqrt(rows); padded positions are masked with -10000 as in ESM. Both attentions run
+through ``scaled_dot_product_attention``. The layout here is
 (B, R, C, D) instead of ESM's (R, C, B, D); the arithmetic is the same.
 """
 from __future__ import annotations
@@ -94,9 +95,16 @@ class _AxialBase(nn.Module):
     def _split(self, proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         return proj(x).view(*x.shape[:-1], self.heads, self.head_dim)  # (B, R, C, H, Dh)
 
+    def _dropout_p(self) -> float:
+        return self.dropout.p if self.training else 0.0
+
 
 class RowSelfAttention(_AxialBase):
-    """Attention along columns of each row, with logits tied (summed) over all rows."""
+    """Attention along columns of each row, with logits tied (summed) over all rows.
+
+    Summing q_r k_r^T over rows is one dot product of the rows laid side by side, so the whole tied
+    attention is one ``scaled_dot_product_attention`` call over (B, H, C, R * Dh) queries, keys and values.
+    """
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
         b, r, c, d = x.shape
@@ -104,29 +112,38 @@ class RowSelfAttention(_AxialBase):
         k, v = self._split(self.k_proj, x), self._split(self.v_proj, x)
         if pad is not None:  # padded positions must not contribute to the sum over rows
             q = q * (1 - pad[..., None, None].to(q))
-        logits = torch.einsum("brihd,brjhd->bhij", q, k)
-        if pad is not None:
-            logits = logits.masked_fill(pad[:, 0][:, None, None, :], _MASKED)
-        probs = self.dropout(logits.softmax(-1))
-        ctx = torch.einsum("bhij,brjhd->brihd", probs, v)
+
+        def side_by_side(t: torch.Tensor) -> torch.Tensor:  # (B, R, C, H, Dh) -> (B, H, C, R * Dh)
+            return t.permute(0, 3, 2, 1, 4).reshape(b, self.heads, c, r * self.head_dim)
+
+        mask = _additive_mask(pad[:, 0][:, None, None, :], q.dtype) if pad is not None else None
+        ctx = F.scaled_dot_product_attention(side_by_side(q), side_by_side(k), side_by_side(v), attn_mask=mask,
+                                             dropout_p=self._dropout_p(), scale=1.0)
+        ctx = ctx.view(b, self.heads, c, r, self.head_dim).permute(0, 3, 2, 1, 4)  # (B, R, C, H, Dh)
         return self.out_proj(ctx.reshape(b, r, c, d))
 
 
 class ColumnSelfAttention(_AxialBase):
-    """Attention along rows within each column (untied)."""
+    """Attention along rows within each column (untied): SDPA with the columns as a batch dimension."""
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
         b, r, c, d = x.shape
         if r == 1:  # a single row attends only to itself
             return self.out_proj(self.v_proj(x))
-        q = self._split(self.q_proj, x) * self.head_dim ** -0.5
-        k, v = self._split(self.k_proj, x), self._split(self.v_proj, x)
-        logits = torch.einsum("bichd,bjchd->bhcij", q, k)
-        if pad is not None:
-            logits = logits.masked_fill(pad.transpose(1, 2)[:, None, :, None, :], _MASKED)
-        probs = self.dropout(logits.softmax(-1))
-        ctx = torch.einsum("bhcij,bjchd->bichd", probs, v)
-        return self.out_proj(ctx.reshape(b, r, c, d))
+
+        def by_column(proj: nn.Linear) -> torch.Tensor:  # (B, R, C, H, Dh) -> (B, C, H, R, Dh)
+            return self._split(proj, x).permute(0, 2, 3, 1, 4)
+
+        q, k, v = by_column(self.q_proj), by_column(self.k_proj), by_column(self.v_proj)
+        mask = _additive_mask(pad.transpose(1, 2)[:, :, None, None, :], q.dtype) if pad is not None else None
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self._dropout_p(),
+                                             scale=self.head_dim ** -0.5)
+        return self.out_proj(ctx.permute(0, 3, 1, 2, 4).reshape(b, r, c, d))
+
+
+def _additive_mask(padded: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """ESM's -10000 on padded keys as an additive mask (a fully padded column stays finite, unlike -inf)."""
+    return torch.zeros(padded.shape, dtype=dtype, device=padded.device).masked_fill(padded, _MASKED)
 
 
 class _FFN(nn.Module):

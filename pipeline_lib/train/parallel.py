@@ -24,7 +24,7 @@ from torch import nn
 
 from pipeline_lib.train.config import TrainConfig
 
-__all__ = ["DistEnv", "init_distributed", "parallelize", "grad_sync", "all_reduce_sum", "close_distributed"]
+__all__ = ["DistEnv", "init_distributed", "parallelize", "uses_bf16", "grad_sync", "all_reduce_sum", "close_distributed"]
 
 
 @dataclass(frozen=True)
@@ -85,17 +85,25 @@ def _apply_compile(model: nn.Module) -> None:
         block.compile(dynamic=None)
 
 
-def _apply_fsdp(model: nn.Module, env: DistEnv, dtype_reduce: torch.dtype = torch.float32) -> None:
+def _apply_fsdp(model: nn.Module, env: DistEnv, param_dtype: torch.dtype | None = None,
+                dtype_reduce: torch.dtype = torch.float32) -> None:
+    """``param_dtype`` bf16 (training in bf16 on GPU) all-gathers and computes in bf16 while the optimizer
+    keeps fp32 shards, as torchtitan does; gradients are reduced in fp32 either way."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(env.device.type, (env.world_size,))
-    mp = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=dtype_reduce)
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=dtype_reduce)
     n = len(model.layers)
     for i, block in enumerate(model.layers):
         # the last block's parameters are needed again at once in backward: keep them gathered
         fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=i < n - 1)
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+
+
+def uses_bf16(cfg: TrainConfig, env: DistEnv) -> bool:
+    """bf16 autocast: asked for, or ``auto`` on a GPU."""
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and env.device.type == "cuda")
 
 
 def parallelize(model: nn.Module, cfg: TrainConfig, env: DistEnv) -> nn.Module:
@@ -118,7 +126,8 @@ def parallelize(model: nn.Module, cfg: TrainConfig, env: DistEnv) -> nn.Module:
         _apply_compile(model)
     if cfg.strategy == "fsdp":
         if sharded:
-            _apply_fsdp(model, env)
+            bf16_params = uses_bf16(cfg, env) and env.device.type == "cuda"
+            _apply_fsdp(model, env, param_dtype=torch.bfloat16 if bf16_params else None)
             if meta:
                 materialize(model, env.device, seed=cfg.seed, rank=env.rank)
         return model
