@@ -89,6 +89,19 @@ def test_cli_lineage_and_config_errors(first_run, capsys, tmp_path):
     assert plm(["lineage", "trace", shard.path, "--db", res.lineage]) == 0
     out = capsys.readouterr().out
     assert "<- cluster" in out and "mmseqs" in out and "source_fasta" in out
+    assert plm(["lineage", "show", res.run_id, "--db", res.lineage]) == 0
+    run = json.loads(capsys.readouterr().out)
+    assert run["run"]["status"] == "completed" and {s["stage"] for s in run["steps"]} >= {"fetch", "ingest", "cluster", "split", "shards"}
+    assert plm(["lineage", "show", shard.path, "--db", res.lineage]) == 0
+    art = json.loads(capsys.readouterr().out)
+    assert art["artifact"]["content_hash"] == shard.content_hash
+    assert [s["stage"] for s in art["artifact"]["produced_by"]] == ["shards"]
+    assert plm(["lineage", "show", "--db", res.lineage]) == 2
+    assert "needs a PATH_OR_ID" in capsys.readouterr().err
+    assert plm(["lineage", "show", "no-such-thing", "--db", res.lineage]) == 2
+    assert "nothing in lineage matches 'no-such-thing'" in capsys.readouterr().err
+    assert plm(["lineage", "runs", "--db", str(tmp_path / "none.duckdb")]) == 2
+    assert "no lineage database" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("cluster:\n  threads: lots\n")
     assert plm(["data", str(bad)]) == 2
