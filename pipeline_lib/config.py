@@ -158,8 +158,25 @@ class RunnerConfig(StrictModel):
     ray: RayRunnerConfig = Field(default_factory=RayRunnerConfig, description="kind: ray.")
 
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _local_path(value: str | None, why: str) -> str | None:
+    """Refuse a URL where a local path is needed (``Path("s3://b/p")`` would quietly be a folder ``s3:/b/p``)."""
+    if value is not None and _URL.match(value):
+        raise ValueError(f"a URL is not allowed here: {why}")
+    return value
+
+
 class LineageConfig(StrictModel):
-    path: str | None = Field(None, description="DuckDB file (default: <workdir>/lineage.duckdb).")
+    path: str | None = Field(None, description="DuckDB file (default: <workdir>/lineage.duckdb); a local path: "
+                                               "DuckDB cannot write to object storage.")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        return _local_path(value, "the lineage database is a local file (DuckDB cannot write to object storage); "
+                                  "give a path on a local or shared file system")
 
 
 # option names that would carry credentials: those come from the environment, never from the config
@@ -247,7 +264,9 @@ def _section_types() -> dict[str, Any]:
 
 class Config(StrictModel):
     name: str = Field("run", description="Name of this pipeline configuration (used in lineage and paths).")
-    workdir: str = Field("work", description="Where every artifact goes; relative paths are from the CWD.")
+    workdir: str = Field("work", description="Where every artifact goes; relative paths are from the CWD. A "
+                                             "local directory: for object storage set storage.url, and the "
+                                             "workdir is its local cache.")
     seed: int = Field(0, description="Seed of every random choice (splits, sampling, masking).")
     source: Source = Field(default_factory=EmbeddedSource, description="Where sequences come from (by `kind`).")
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="FASTA -> Parquet filters.")
@@ -275,6 +294,13 @@ class Config(StrictModel):
                 if value is None or isinstance(value, dict):
                     data[key] = typ.model_validate(value or {})
         return data
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, value: str) -> str:
+        return _local_path(value, "the workdir is a local directory (stages compute there: mmseqs, DuckDB and "
+                                  f"training read local files). For object storage set storage.url: {value} and "
+                                  "keep workdir local (e.g. workdir: /scratch/plm): it becomes the store's local cache")
 
     @model_validator(mode="after")
     def _split_level(self) -> "Config":

@@ -87,3 +87,16 @@ def test_config_reference_doc_is_current():
     from pipeline_lib.config_reference import config_reference
 
     assert (ROOT / "docs" / "config.md").read_text() == config_reference() + "\n"
+
+
+def test_url_workdir_or_lineage_path_is_refused_pointing_at_storage_url(tmp_path):
+    """`workdir: s3://...` used to become a local folder named `s3:/...`: now a config error that says what to do."""
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "workdir: s3://bucket/plm\n"))
+    msg = str(err.value)
+    assert "workdir" in msg and "storage.url: s3://bucket/plm" in msg and "local" in msg
+    with pytest.raises(ConfigError, match="lineage.path: .*DuckDB cannot write to object storage"):
+        load_config(ROOT / "configs" / "demo.yaml", ["lineage.path=s3://bucket/lineage.duckdb"])
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [f"workdir={tmp_path}/s3-cache", "storage.url=s3://bucket/plm"])
+    assert cfg.workdir_path == tmp_path / "s3-cache" and cfg.storage.url == "s3://bucket/plm"
+    assert not (tmp_path / "s3:").exists()
