@@ -26,11 +26,12 @@ demo: install
 data: install
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/plm data $(CONFIG)
 
-# headless Chromium for the dashboard's browser tests (they skip with the reason when it is missing)
+# headless Chromium for the dashboard's browser tests (they skip with the reason when it is missing, and fail
+# when CI=true); their screenshots are kept in build/test-artifacts/dashboard/ ($PLM_TEST_ARTIFACTS/dashboard/)
 browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
-	  echo "chromium not installed: the dashboard browser tests will skip (apt-get install chromium chromium-driver)"
+	  echo "chromium not installed: the dashboard browser tests will skip, or fail with CI=true (apt-get install chromium chromium-driver)"
 
 test: install browser
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q -p no:cacheprovider tests

@@ -3,8 +3,10 @@
     .venv/bin/python -m pytest -q tests/test_dashboard.py
 
 The browser tests drive Debian's headless Chromium through selenium and chromedriver (apt-get install
-chromium chromium-driver); they skip, saying why, where either is missing. Screenshots land in the test's
-tmp dir; docs/dashboard.png is written when absent or when PLM_UPDATE_SCREENSHOT=1.
+chromium chromium-driver, or `make browser` as root); they skip, saying why, where either is missing, and fail
+instead in CI (CI=true). Each page's screenshot is kept as a test artifact in
+build/test-artifacts/dashboard/<page>.png (git-ignored; $PLM_TEST_ARTIFACTS replaces build/test-artifacts);
+docs/dashboard.png is written when absent or when PLM_UPDATE_SCREENSHOT=1.
 """
 from __future__ import annotations
 
@@ -30,10 +32,17 @@ from pipeline_lib.dashboard import data, figures
 from pipeline_lib.dashboard.db import read_only
 from pipeline_lib.dashboard.report import write_report
 from pipeline_lib.errors import PipelineError
+from pipeline_lib.io import atomic_path
 from pipeline_lib.lineage import LineageStore, RunRecord, StepRecord, artifact_for, utcnow
 from tests.conftest import FIXTURES, ROOT
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
+
+
+def screenshot_dir() -> Path:
+    """Where the browser test keeps its screenshots: <$PLM_TEST_ARTIFACTS or build/test-artifacts>/dashboard."""
+    return Path(os.environ.get("PLM_TEST_ARTIFACTS") or ROOT / "build" / "test-artifacts") / "dashboard"
 STRUCT_RUN = "run-with-structures-and-msas"
 
 
@@ -150,6 +159,16 @@ def test_training_curves_and_eval_table(demo):
     assert figures.metric_order(curves) == ["loss", "perplexity", "lr", "tokens_per_s"]
 
 
+def test_training_curves_show_the_older_ppl_name_as_perplexity(tmp_path):
+    """Lineage files from before training logged `perplexity` hold `ppl`: one perplexity chart, no stray one.
+    (What a real training run writes is checked in tests/test_end_to_end.py.)"""
+    store = LineageStore(tmp_path / "old.duckdb")
+    store.start_run(RunRecord("old-run", "train", "demo", {}, "cfg", "test", str(tmp_path)))
+    store.record_metrics("old-run", None, [("loss", s, 2.0) for s in (1, 2)] + [("ppl", s, 7.4) for s in (1, 2)])
+    curves = data.training_curves(tmp_path / "old.duckdb", "old-run")
+    assert figures.metric_order(curves) == ["loss", "perplexity"] and curves["perplexity"]["value"] == [7.4, 7.4]
+
+
 def test_lineage_graph_of_the_manifest(demo):
     _, res = demo
     target = data.default_trace_target(res.lineage, res.run_id)
@@ -257,11 +276,21 @@ def served(demo):
     server.server_close()
 
 
+def _missing(why: str) -> None:
+    """Skip where a browser is optional; in CI the dashboard test must run, so a missing browser fails it."""
+    if IN_CI:
+        pytest.fail(f"CI=true and {why}: run `make browser` as root (or apt-get install chromium chromium-driver)")
+    pytest.skip(why)
+
+
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.skip(f"headless browser test needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
+        _missing(f"headless browser test needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)")
+    try:
+        from selenium import webdriver
+    except ImportError:
+        _missing("the headless browser test needs selenium (pip install selenium)")
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
@@ -275,6 +304,15 @@ def browser(tmp_path_factory):
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
+
+
+def test_a_missing_browser_fails_in_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="CI=true and no chromium: run `make browser`"):
+        _missing("no chromium")
+    monkeypatch.setattr(sys.modules[__name__], "IN_CI", False)
+    with pytest.raises(pytest.skip.Exception, match="no chromium"):
+        _missing("no chromium")
 
 
 POINTS_JS = ("return Array.from(document.querySelectorAll('.js-plotly-plot'))"
@@ -312,19 +350,26 @@ PAGES = [("/", "runs-table", 0), ("/stages", "steps-table", 1), ("/dataset", "sp
          ("/training", None, 4), ("/evaluation", "eval-table", 1), ("/lineage", "trace-table", 1)]
 
 
-def test_pages_render_with_data_and_no_console_errors(served, browser, tmp_path):
+def _save_screenshot(driver, path: Path) -> None:
+    with atomic_path(path) as tmp:  # a failed or killed run never leaves a truncated PNG under the final name
+        tmp.write_bytes(driver.get_screenshot_as_png())
+
+
+def test_pages_render_with_data_and_no_console_errors(served, browser):
     from selenium.webdriver.common.by import By
 
     url, res = served
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
+    shots = screenshot_dir()
+    shots.mkdir(parents=True, exist_ok=True)
+    for old in shots.glob("*.png"):  # only this run's pages
+        old.unlink()
     for path, table_id, n_graphs in PAGES:
         browser.get(f"{url}{path}?run={res.run_id}")   # the newest run is the structures one
         if table_id:
             _wait_for(browser, lambda d: d.find_elements(By.ID, table_id), f"#{table_id} on {path}")
         points = _graph_points(browser, n_graphs) if n_graphs else {}
         name = path.strip("/") or "runs"
-        browser.save_screenshot(str(shots / f"{name}.png"))
+        _save_screenshot(browser, shots / f"{name}.png")
         assert _severe(browser) == [], path
         if path == "/dataset":
             assert points["fig-lengths"] >= 10 and points["fig-clusters"] >= 4 and points["fig-splits"] == 6

@@ -58,7 +58,7 @@ def test_train_metrics_and_callback(shards: Path, tmp_path: Path):
     result = Trainer(_cfg(total_steps=3, export_hf=True), shards_dir=shards, output_dir=tmp_path,
                      env=DistEnv(), on_metrics=seen.append).train()
     assert [r["step"] for r in seen] == [1, 2, 3]
-    keys = {"loss", "ppl", "lr", "grad_norm", "tokens", "targets", "tokens_per_s", "mfu", "step_time_s", "padding_frac"}
+    keys = {"loss", "perplexity", "lr", "grad_norm", "tokens", "targets", "tokens_per_s", "mfu", "step_time_s", "padding_frac"}
     assert keys <= set(seen[0])
     assert seen[0]["lr"] == pytest.approx(1e-3) and seen[1]["lr"] == pytest.approx(2e-3)
     assert _losses(tmp_path) == {r["step"]: r["loss"] for r in seen}

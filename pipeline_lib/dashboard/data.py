@@ -35,6 +35,8 @@ __all__ = ["Source", "Histogram", "LineageGraph", "Dataset", "list_runs", "lates
 
 PathLike = str | os.PathLike[str]
 Source = PathLike | duckdb.DuckDBPyConnection   # a database file, or a connection already open on one
+# older names of training metrics -> the names the dashboard shows (training logged "ppl" before "perplexity")
+METRIC_ALIASES = {"ppl": "perplexity"}
 
 
 @dataclass
@@ -179,6 +181,9 @@ def training_curves(db: Source, run_id: str, max_points: int = 2000) -> dict[str
         d = out.setdefault(name, {"step": [], "value": []})
         d["step"].append(step)
         d["value"].append(value)
+    for old, new in METRIC_ALIASES.items():
+        if old in out and new not in out:
+            out[new] = out.pop(old)
     return out
 
 

@@ -132,8 +132,8 @@ class Trainer:
         self.step = step
         dt = time.perf_counter() - t0
         tps = n_tokens / dt
-        rec: dict[str, Any] = {"step": step, "loss": loss, "ppl": math.exp(min(loss, 50.0)), "lr": lr,
-                               "grad_norm": norm, "tokens": int(n_tokens), "targets": int(n_targets),
+        rec: dict[str, Any] = {"step": step, "loss": loss, "perplexity": math.exp(min(loss, 50.0)),  # dashboard names
+                               "lr": lr, "grad_norm": norm, "tokens": int(n_tokens), "targets": int(n_targets),
                                "padding_frac": 1.0 - n_tokens / max(slots, 1.0), "step_time_s": dt,
                                "tokens_per_s": tps,
                                "mfu": (self.flops_per_token * tps / (self.peak * 1e12 * env.world_size))
