@@ -5,13 +5,16 @@
     apply_retention(plan, store, run_id=current_run)    # deletes, and records a `retention` step in lineage
 
     python -m pipeline_lib.retention work/lineage.duckdb --workdir work --name uniref50 --keep 2 [--apply]
+        [--storage-url s3://bucket/plm [--endpoint-url http://minio:9000]]
 
 A *release* is the upstream identity a fetch step recorded (UniRef release and checksums, or the hashes of
 the source files). Releases are ranked by their newest completed run (``current_run`` counts as completed:
 retention runs at the end of a refresh, before the run is closed). The stage directories
 (``<workdir>/stages/<stage>/<key16>``) and downloads (``<workdir>/downloads/...``) that steps of runs of
 dropped releases used are deleted unless a step of any other run (a kept release, another config, a running
-run, a run with no recorded release) uses them too. Each directory is deleted under its stage lock, taken
+run, a run with no recorded release) uses them too. With object storage (``remote``, the config's
+``storage.url``) a doomed stage directory's published copy goes too, marker first, whether or not the
+stage was ever materialised locally. Each directory is deleted under its stage lock, taken
 without waiting (a stage using it right now makes it skipped, not deleted), after re-checking lineage for
 new users; it is renamed to a ``.tmp-`` name first, so an interrupted deletion is cleaned up by the next
 ``run_stage`` of that key. Lineage keeps the records of the deleted outputs; the ``retention`` step lists
@@ -32,6 +35,7 @@ from typing import Any
 from pipeline_lib.io import stable_hash
 from pipeline_lib.lineage import ArtifactRecord, LineageStore, StepRecord, utcnow
 from pipeline_lib.locks import FileLock, LockTimeout
+from pipeline_lib.storage import ObjectStore, StorageError
 
 __all__ = ["Release", "Doomed", "RetentionPlan", "plan_retention", "apply_retention"]
 
@@ -46,12 +50,20 @@ class Release:
 
 @dataclass
 class Doomed:
-    """A stage directory or downloaded file that only runs of dropped releases used."""
+    """A stage directory or downloaded file that only runs of dropped releases used; ``url`` is the stage's
+    copy on object storage (``storage.url``), when there is one."""
 
     stage: str
     path: str
     bytes: int
     cache_key: str | None = None
+    url: str | None = None
+    remote_bytes: int = 0
+
+    @property
+    def rel(self) -> str:
+        """``stages/<stage>/<key16>``: the stage directory relative to the workdir and the storage URL."""
+        return f"stages/{self.stage}/{(self.cache_key or '')[:16]}"
 
 
 @dataclass
@@ -66,8 +78,13 @@ class RetentionPlan:
     def describe(self) -> str:
         lines = [f"keep the newest {self.keep} release(s): {', '.join(r.label for r in self.kept) or '-'}",
                  f"drop: {', '.join(r.label for r in self.dropped) or '-'}"]
-        lines += [f"  delete {d.stage:10s} {_mb(d.bytes):>10s}  {d.path}" for d in self.doomed]
-        lines.append(f"{len(self.doomed)} path(s), {_mb(sum(d.bytes for d in self.doomed))}")
+        for d in self.doomed:
+            lines.append(f"  delete {d.stage:10s} {_mb(d.bytes):>10s}  {d.path}")
+            if d.url:
+                lines.append(f"         {'':10s} {_mb(d.remote_bytes):>10s}  {d.url}")
+        remote = sum(d.remote_bytes for d in self.doomed)
+        lines.append(f"{len(self.doomed)} path(s), {_mb(sum(d.bytes for d in self.doomed))}"
+                     + (f" local, {_mb(remote)} on object storage" if remote else ""))
         return "\n".join(lines)
 
 
@@ -112,8 +129,9 @@ def _releases(store: LineageStore, config_name: str, current_run: str | None) ->
 
 
 def plan_retention(store: LineageStore, workdir: str | os.PathLike[str], *, config_name: str, keep: int,
-                   current_run: str | None = None) -> RetentionPlan:
-    """What to delete so that only the newest ``keep`` completed releases of ``config_name`` keep outputs."""
+                   current_run: str | None = None, remote: ObjectStore | None = None) -> RetentionPlan:
+    """What to delete so that only the newest ``keep`` completed releases of ``config_name`` keep outputs;
+    with ``remote``, their copies on object storage too (also those of stages never materialised here)."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     work = Path(workdir).resolve()
@@ -133,11 +151,11 @@ def plan_retention(store: LineageStore, workdir: str | os.PathLike[str], *, conf
         dropped.append(rel)
     old_runs = {r for rel in dropped for r in rel.runs
                 if runs[r]["status"] != "running" and r != current_run}
-    doomed = _doomed(store, work, old_runs) if old_runs else []
+    doomed = _doomed(store, work, old_runs, remote) if old_runs else []
     return RetentionPlan(keep, str(work), kept, dropped, doomed, old_runs)
 
 
-def _doomed(store: LineageStore, work: Path, old_runs: set[str]) -> list[Doomed]:
+def _doomed(store: LineageStore, work: Path, old_runs: set[str], remote: ObjectStore | None) -> list[Doomed]:
     steps = store.query("SELECT run_id, stage, cache_key FROM steps WHERE cache_key IS NOT NULL AND cache_key<>''")
     downloads = store.query("SELECT s.run_id, a.path FROM steps s JOIN edges e USING (step_id) JOIN artifacts a "
                             "USING (artifact_id) WHERE s.stage='fetch' AND e.direction='output'")
@@ -147,7 +165,7 @@ def _doomed(store: LineageStore, work: Path, old_runs: set[str]) -> list[Doomed]
         path = work / "stages" / row["stage"] / row["cache_key"][:16]
         if row["run_id"] not in old_runs:
             used_by_others.add(path)
-        elif path.is_dir():
+        else:  # kept only if it exists here or on object storage (below)
             candidates.setdefault(path, Doomed(row["stage"], str(path), 0, row["cache_key"]))
     root = work / "downloads"
     for row in downloads:
@@ -156,9 +174,18 @@ def _doomed(store: LineageStore, work: Path, old_runs: set[str]) -> list[Doomed]
             used_by_others.add(path)
         elif path.is_relative_to(root) and path.is_file():  # user files outside the workdir are never touched
             candidates.setdefault(path, Doomed("fetch", str(path), 0))
-    doomed = [d for p, d in sorted(candidates.items()) if p not in used_by_others]
-    for d in doomed:
-        d.bytes = _size(Path(d.path))
+    doomed = []
+    for p, d in sorted(candidates.items()):
+        if p in used_by_others:
+            continue
+        if d.cache_key is not None:
+            remote_bytes = remote.size(d.rel) if remote is not None else None
+            if remote_bytes is not None:
+                d.url, d.remote_bytes = remote.url_of(d.rel), remote_bytes
+            elif not p.is_dir():
+                continue
+        d.bytes = _size(p) if p.exists() else 0
+        doomed.append(d)
     return doomed
 
 
@@ -190,32 +217,51 @@ def _deleted_artifacts(store: LineageStore, paths: list[str]) -> list[ArtifactRe
     return list(arts.values())
 
 
-def apply_retention(plan: RetentionPlan, store: LineageStore, *, run_id: str | None = None) -> dict[str, Any]:
-    """Delete ``plan.doomed`` (skipping what is locked or newly used); record a ``retention`` step for ``run_id``."""
+def _delete_one(d: Doomed, store: LineageStore, old_runs: set[str], remote: ObjectStore | None) -> str | None:
+    """Delete one doomed path (and its object-storage copy) under its stage lock; the reason it was skipped."""
+    path = Path(d.path)
+    lock = FileLock(path.with_name(path.name + ".lock"), timeout_s=0, note="retention") \
+        if d.cache_key is not None else None
+    try:
+        if lock is not None:
+            lock.acquire()
+        on_remote = d.url is not None and remote is not None and remote.size(d.rel) is not None
+        if not (path.exists() or on_remote):
+            return "gone"
+        if not _still_unused(store, d, old_runs):
+            return "in use by a newer run"
+        if on_remote:  # first: a machine that looks the stage up now finds no marker and recomputes
+            remote.delete(d.rel)
+        if path.exists():
+            _delete(path)
+        return None
+    except LockTimeout:
+        return "locked by a running stage"
+    except StorageError as exc:  # the local copy stays too: a later retention run retries both
+        return f"object storage: {exc}"
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def apply_retention(plan: RetentionPlan, store: LineageStore, *, run_id: str | None = None,
+                    remote: ObjectStore | None = None) -> dict[str, Any]:
+    """Delete ``plan.doomed`` (skipping what is locked or newly used), and with ``remote`` their copies on
+    object storage; record a ``retention`` step for ``run_id``."""
     started = utcnow()
     deleted, skipped = [], []
     for d in plan.doomed:
-        path = Path(d.path)
-        lock = FileLock(path.with_name(path.name + ".lock"), timeout_s=0, note="retention") \
-            if d.cache_key is not None else None
-        try:
-            if lock is not None:
-                lock.acquire()
-            if not path.exists() or not _still_unused(store, d, plan.old_runs):
-                skipped.append({**asdict(d), "reason": "in use by a newer run" if path.exists() else "gone"})
-                continue
-            _delete(path)
+        reason = _delete_one(d, store, plan.old_runs, remote)
+        if reason is None:
             deleted.append(asdict(d))
-        except LockTimeout:
-            skipped.append({**asdict(d), "reason": "locked by a running stage"})
-        finally:
-            if lock is not None:
-                lock.release()
+        else:
+            skipped.append({**asdict(d), "reason": reason})
     stats = {"keep_releases": plan.keep, "kept_releases": [r.label for r in plan.kept],
              "dropped_releases": [r.label for r in plan.dropped], "deleted": deleted, "skipped": skipped,
-             "freed_bytes": sum(d["bytes"] for d in deleted)}
-    if run_id is not None:
-        inputs = _deleted_artifacts(store, [d["path"] for d in deleted])
+             "freed_bytes": sum(d["bytes"] for d in deleted),
+             "freed_remote_bytes": sum(d["remote_bytes"] for d in deleted if d["url"])}
+    if run_id is not None:  # lineage names stage outputs by URL when they are published
+        inputs = _deleted_artifacts(store, [p for d in deleted for p in (d["path"], d["url"]) if p])
         store.record_step(StepRecord(run_id, "retention", {"keep_releases": plan.keep},
                                      stable_hash([run_id, "retention", started.isoformat()]), "completed",
                                      started, utcnow(), inputs=inputs, stats=stats))
@@ -229,9 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", required=True, help="config name (runs of other configs are never touched)")
     ap.add_argument("--keep", type=int, required=True, help="newest completed releases to keep")
     ap.add_argument("--apply", action="store_true", help="delete (default: only list what would go)")
+    ap.add_argument("--storage-url", help="the config's storage.url: prune the stage copies published there too")
+    ap.add_argument("--endpoint-url", help="the config's storage.endpoint_url (S3-compatible servers)")
     args = ap.parse_args(argv)
     store = LineageStore(args.lineage)
-    plan = plan_retention(store, args.workdir, config_name=args.name, keep=args.keep)
+    remote = ObjectStore(args.storage_url, endpoint_url=args.endpoint_url) if args.storage_url else None
+    plan = plan_retention(store, args.workdir, config_name=args.name, keep=args.keep, remote=remote)
     print(plan.describe())
     if args.apply:
         import uuid
@@ -242,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         run_id = f"retention-{uuid.uuid4()}"  # a run of its own, so that lineage records the deletion
         store.start_run(RunRecord(run_id, "retention", args.name, {"keep_releases": args.keep}, "", __version__,
                                   str(Path(args.workdir).resolve())))
-        stats = apply_retention(plan, store, run_id=run_id)
+        stats = apply_retention(plan, store, run_id=run_id, remote=remote)
         store.end_run(run_id, "completed")
         print(f"deleted {len(stats['deleted'])}, skipped {len(stats['skipped'])}, freed {_mb(stats['freed_bytes'])}")
     return 0

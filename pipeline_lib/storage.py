@@ -3,6 +3,7 @@
     store = ObjectStore("s3://bucket/plm", endpoint_url="http://127.0.0.1:9000")
     store.publish(Path("work/stages/shards/0123abcd"), "stages/shards/0123abcd", marker)  # _SUCCESS.json last
     store.materialise("stages/shards/0123abcd", Path("work/stages/shards/0123abcd"))      # download, verified
+    store.delete("stages/shards/0123abcd")                                               # retention: marker first
     fs, _ = open_url("s3://bucket/plm", endpoint_url="http://127.0.0.1:9000")
     shard_table("s3://bucket/plm/stages/shards/0123abcd", "train", fs)                   # pyarrow, from S3
     duckdb_connection(fs).sql("SELECT count(*) FROM read_parquet('s3://bucket/plm/stages/shards/*/train/*.parquet')")
@@ -130,6 +131,27 @@ class ObjectStore:
                 self.fs.put_file(str(p), f"{prefix}/{p.relative_to(local_dir).as_posix()}")
             body = json.dumps(_rebase(marker, str(local_dir), url), indent=2, sort_keys=True, default=str)
             self.fs.pipe_file(f"{prefix}/{MARKER}", body.encode())
+        return len(files)
+
+    def size(self, rel_dir: str) -> int | None:
+        """Bytes of the objects under the stage directory ``rel_dir``; None when there are none."""
+        prefix = self._key(rel_dir) + "/"
+        with _storage_errors(self.url_of(rel_dir)):
+            found = {k: v for k, v in self.fs.find(prefix, detail=True).items() if k.startswith(prefix)}
+        return sum(int(v.get("size") or 0) for v in found.values()) if found else None
+
+    def delete(self, rel_dir: str) -> int:
+        """Delete the stage directory ``rel_dir``: its marker first, so that it stops counting as finished at
+        once (what an interrupted deletion leaves is removed by the next publish of that key); returns the
+        number of objects deleted."""
+        marker = self._key(f"{rel_dir}/{MARKER}")
+        with _storage_errors(self.url_of(rel_dir)):
+            files = self._files(rel_dir)
+            if marker in files:
+                self.fs.rm_file(marker)
+            rest = [k for k in files if k != marker]
+            if rest:
+                self.fs.rm(rest)
         return len(files)
 
     def materialise(self, rel_dir: str, local_dir: Path) -> dict[str, Any] | None:

@@ -204,3 +204,38 @@ def test_materialise_checks_content_hashes(s3, tmp_path):
     with pytest.raises(DataValidationError, match="sub"):
         store.materialise(rel, tmp_path / "third" / rel)
     assert not (tmp_path / "third" / rel).exists()
+
+
+def test_retention_prunes_the_published_copies_too(prefect_harness, s3, tmp_path):
+    """keep_releases=1 with storage.url: after a second release, the first release's stage directories are gone
+    from the bucket as well as from the workdir, also one that this machine no longer held locally (as if
+    computed elsewhere); the kept release's objects stay, and lineage lists the deleted URLs."""
+    import shutil
+    from pathlib import Path
+
+    from tests.helpers import family_fasta
+
+    endpoint, fs = s3
+    fa, work, url = tmp_path / "upstream.fa", tmp_path / "work", f"s3://{BUCKET}/retention"
+    results = []
+    for seed in (20, 21):
+        family_fasta(fa, seed=seed, families=2, mutants=2, unrelated=3, length=60)
+        results.append(data_refresh(str(ROOT / "configs" / "demo.yaml"), [
+            f"workdir={work}", f"source={{kind: fasta, paths: [{fa}]}}", "cluster.levels=[{name: c50, min_seq_id: 0.5}]",
+            f"storage.url={url}", f"storage.endpoint_url={endpoint}", "retention.keep_releases=1"]))
+        if seed == 20:
+            shutil.rmtree(results[0].stages["split"].directory)  # only in the bucket now
+    r1, r2 = results
+    assert all(r1.stages[s].cache_key != r2.stages[s].cache_key for s in STAGES)
+    for stage in STAGES:
+        assert fs.find(_key(r1.stages[stage].url)) == [] and not Path(r1.stages[stage].directory).exists()
+        assert fs.exists(f"{_key(r2.stages[stage].url)}/{MARKER}") and Path(r2.stages[stage].directory).is_dir()
+    store = LineageStore(r2.lineage)
+    stats = json.loads(store.query("SELECT stats FROM steps WHERE run_id=? AND stage='retention'",
+                                   [r2.run_id])[0]["stats"])
+    assert {d["url"] for d in stats["deleted"] if d["url"]} == {r1.stages[s].url for s in STAGES}
+    assert stats["freed_remote_bytes"] == sum(d["remote_bytes"] for d in stats["deleted"]) > 0
+    shard = next(a for a in r1.stages["shards"].outputs.values() if a.kind == "shard")
+    shard_url = f"{r1.stages['shards'].url}/{Path(shard.path).relative_to(r1.stages['shards'].directory)}"
+    used_by = store.show(shard_url)["artifact"]["used_by"]
+    assert any(u["stage"] == "retention" and u["run_id"] == r2.run_id for u in used_by)
