@@ -100,6 +100,8 @@ def _print_summary(result) -> None:
         print(f"MSAs:       {Path(result.stages['msa'].directory) / 'shards'}")
     print(f"quarantine: {ing.path('quarantine.parquet')} (+ split stage: {result.stages['split'].path('quarantine.parquet')})")
     print(f"lineage:    {result.lineage}   (plm lineage runs | show | trace)")
+    if result.report:
+        print(f"report:     {result.report}   (static HTML: plm report RUN_ID --out FILE writes the same)")
 
 
 def _compare(db: Path) -> str:

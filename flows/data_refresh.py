@@ -26,6 +26,7 @@ class DataRefreshResult:
     lineage: str
     release: data.ReleaseCheck | None = None
     status: str = "completed"
+    report: str | None = None  # the static HTML report (end_to_end)
 
     @property
     def shards_dir(self) -> Path:

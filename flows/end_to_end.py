@@ -1,6 +1,6 @@
-"""End-to-end and per-stage flows: data refresh -> structures -> train -> evaluate, each stage cached.
+"""End-to-end and per-stage flows: data refresh -> structures -> train -> evaluate -> report, each stage cached.
 
-    plm run configs/demo.yaml                 # everything the config enables
+    plm run configs/demo.yaml                 # everything the config enables, retention, the HTML report
     plm structures configs/demo.yaml          # data stages + structures
     plm msa configs/demo.yaml                 # data stages + MSAs
     plm train configs/demo.yaml               # data stages (+ structures for SaProt) + train
@@ -22,9 +22,11 @@ from pipeline_lib.config import Config, load_config
 from pipeline_lib.errors import ConfigError
 from pipeline_lib.lineage import artifact_for
 from tasks import data
-from tasks.artifacts import run_summary
+from tasks.artifacts import results_with_progress, run_summary
 from tasks.evaluate import evaluate
 from tasks.msa import msa_batch, msa_queries, msa_shards, msa_target
+from tasks.report import report
+from tasks.retention import retention
 from tasks.structures import structures
 from tasks.train import train
 
@@ -62,7 +64,8 @@ def run_msa_stage(ctx, cfg: Config, stages: dict):
     target = msa_target.submit(ctx, cfg, stages["ingest"]).result()
     batches = msa_queries(cfg, stages["ingest"], stages["cluster"], stages["split"])
     futures = [msa_batch.submit(ctx, cfg, batch, target, i) for i, batch in enumerate(batches)]
-    return msa_shards.submit(ctx, cfg, [f.result() for f in futures], stages["split"]).result()
+    results = results_with_progress(futures, "msa-batches", "batches")  # batches done, in the Prefect UI
+    return msa_shards.submit(ctx, cfg, results, stages["split"]).result()
 
 
 @flow(name="end_to_end", log_prints=True)
@@ -72,8 +75,10 @@ def end_to_end(config_path: str | None = None, overrides: list[str] | None = Non
         return with_runner(end_to_end, cfg)(config_path, overrides)
     with pipeline_run(cfg, "end_to_end") as ctx:
         stages = _stages(ctx, cfg, train_stage=cfg.train.enabled, evaluate_stage=cfg.evaluate.enabled)
+        retention(ctx, cfg)  # keep the newest retention.keep_releases releases' stage outputs
         run_summary(ctx, cfg, stages)  # markdown artifact: stages, counts, evaluation tables
-    return DataRefreshResult(ctx.run_id, stages, ctx.lineage_path)
+    html = report(ctx)  # after the run is closed: the report shows its final status
+    return DataRefreshResult(ctx.run_id, stages, ctx.lineage_path, report=html)
 
 
 def _up_to(config_path: str | None, overrides: list[str] | None, stage: str) -> DataRefreshResult:

@@ -52,12 +52,13 @@ class Progress:
     """Throttled progress lines: done/total, rate, ETA. ``sink`` receives each formatted line."""
 
     def __init__(self, label: str, *, total: float | None = None, unit: str = "records", done: float = 0,
-                 every_s: float = 5.0, sink: Callable[[str], None] | None = None) -> None:
+                 every_s: float = 5.0, sink: Callable[[str], None] | None = None, notify: bool = True) -> None:
         self.label, self.total, self.unit, self.every_s = label, total, unit, every_s
         self.start_done = self.done = done
         self.sink = sink or log.info
         self.t0 = self._last = time.monotonic()
-        self._listeners = _listeners.get()
+        # notify=False: no listener hears this one (thousands of small transfers would each get a UI artifact)
+        self._listeners = _listeners.get() if notify else ()
 
     def _notify(self, finished: bool) -> None:
         for fn in self._listeners:

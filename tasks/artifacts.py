@@ -4,10 +4,13 @@
     with progress_artifacts():               # long work reporting through pipeline_lib.progress.Progress
         ingest_fasta(...)                    #   -> a progress artifact per Progress, updated every few seconds
     bar = ProgressArtifact("train-steps", total=1000, unit="steps"); bar.set(step)
+    results = results_with_progress(futures, "msa-batches", "batches")   # a fan-out, batches done / total
     run_summary(ctx, cfg, stages)            # end of end_to_end: key "<config>-summary"
+    flow_run_artifacts(run_id)               # read them back (tests, scripts)
 
-Everything here is a no-op outside a Prefect flow or task run (library use, ``task.fn()`` in tests) and never
-raises: a UI artifact that cannot be written is logged, and the stage goes on.
+The writers are no-ops outside a Prefect flow or task run (library use, ``task.fn()`` in tests) and never
+raise: a UI artifact that cannot be written is logged, and the stage goes on (``results_with_progress``
+raises what its futures raise, like ``.result()``).
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ if TYPE_CHECKING:
     from tasks.common import RunContext, StageOutput
 
 __all__ = ["in_prefect_run", "artifact_key", "stage_counts", "stage_table", "ProgressArtifact",
-           "progress_artifacts", "run_summary"]
+           "progress_artifacts", "results_with_progress", "run_summary",
+           "flow_run_artifacts"]
 
 MAX_ROWS = 200
 SKIP_STATS = {"commands", "argv", "identity", "packages", "tool_versions"}  # long or not counts
@@ -133,6 +137,36 @@ def progress_artifacts(prefix: str = "") -> Iterator[None]:
 
     with progress_lib.listen(listener):
         yield
+
+
+def results_with_progress(futures: list[Any], key: str, unit: str) -> list[Any]:
+    """The results of ``futures`` (Prefect futures of a batch fan-out) in order, with a progress artifact
+    ``key`` counting the batches finished as they complete on the task runner. Raises like ``.result()``."""
+    from prefect.futures import as_completed
+
+    bar = ProgressArtifact(key, total=len(futures), unit=unit, every_s=2.0)
+    ok = failed = 0
+    for future in as_completed(futures):
+        try:
+            future.result()  # done: returns at once (its state in the API may lag behind)
+            ok += 1
+        except Exception:
+            failed += 1  # raised below, in submission order
+        bar.set(ok, f"{ok:,} / {len(futures):,} {unit} done" + (f", {failed:,} failed" if failed else ""),
+                force=ok + failed == len(futures))
+    return [f.result() for f in futures]
+
+
+def flow_run_artifacts(flow_run_id: str) -> list[Any]:
+    """Every artifact of a flow run (its tasks' included), read back through the Prefect client."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])))
 
 
 def _markdown_table(rows: list[list[Any]], header: list[str]) -> str:

@@ -19,6 +19,7 @@ from pipeline_lib.lineage import ArtifactRecord, artifact_for, redact_secrets, t
 from pipeline_lib.shards import write_sequence_shards
 from pipeline_lib.split import assign_splits, decontaminate
 from pipeline_lib.tools.mmseqs import MMseqs
+from tasks.artifacts import progress_artifacts
 from tasks.common import Produced, RunContext, StageOutput, logger, retry_transient, run_stage
 
 __all__ = ["check_release", "source_urls", "fetch_url", "fetch", "ingest", "cluster", "split", "shards",
@@ -97,7 +98,8 @@ def fetch_url(ctx: RunContext, url: str) -> str:
     from pipeline_lib.sources.download import download
     from pipeline_lib.sources.fasta_files import url_download_path
 
-    return str(download(url, url_download_path(url, Path(ctx.workdir) / "downloads" / "urls")).path)
+    with progress_artifacts():  # bytes, rate and ETA as a progress bar "download-<file>" in the Prefect UI
+        return str(download(url, url_download_path(url, Path(ctx.workdir) / "downloads" / "urls")).path)
 
 
 @task(name="fetch", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)

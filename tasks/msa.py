@@ -10,6 +10,7 @@ from pipeline_lib.lineage import StepRecord, artifact_for, utcnow
 from pipeline_lib.msa.build import BatchResult, Query, build_msa_batch, iter_query_batches, prepare_target, \
     write_target_fasta
 from pipeline_lib.msa.stage import select_queries, write_msa_outputs
+from tasks.artifacts import progress_artifacts
 from tasks.common import Produced, RunContext, StageOutput, logger, retry_transient, run_stage
 
 __all__ = ["msa_queries", "msa_target", "msa_batch", "msa_shards"]
@@ -51,7 +52,8 @@ def msa_batch(ctx: RunContext, cfg: Config, queries: list[Query], target: StageO
     search_db = db_dir / target.outputs["db"].meta["search_db"]
     from pipeline_lib.msa.build import TargetDb
 
-    result = build_msa_batch(queries, TargetDb.from_db(search_db, expand=cfg.msa.expand.enabled), out, cfg.msa)
+    with progress_artifacts():  # the batch's mmseqs commands as a progress bar "msa-batch-NNNNN"
+        result = build_msa_batch(queries, TargetDb.from_db(search_db, expand=cfg.msa.expand.enabled), out, cfg.msa)
     ctx.store.record_step(StepRecord(
         ctx.run_id, "msa_batch", {"index": index, "queries": len(queries), "commands": result.commands}, result.key,
         "cached" if result.reused else "completed", started, utcnow(), inputs=[target.outputs["db"]],

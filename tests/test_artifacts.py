@@ -1,14 +1,20 @@
-"""Prefect UI artifacts: a real end_to_end run (data stages) on the ephemeral API, read back through the client."""
+"""Prefect UI artifacts: a real end_to_end run (data stages) on the ephemeral API, read back through the client;
+downloads and batch fan-outs in real flow runs. The structures, MSA and training progress artifacts of a full
+run are checked in tests/test_end_to_end.py (that run exists there already)."""
 import json
-from uuid import UUID
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from prefect import flow
+from prefect import flow, task
 
 from flows.end_to_end import end_to_end
+from http_server import LocalHTTPServer
 from pipeline_lib.lineage import artifact_for
-from tasks.artifacts import ProgressArtifact, artifact_key, run_summary, stage_counts, stage_table
+from pipeline_lib.progress import Progress
+from tasks import data
+from tasks.artifacts import (ProgressArtifact, artifact_key, flow_run_artifacts, progress_artifacts,
+                             results_with_progress, run_summary, stage_counts, stage_table)
 from tasks.common import RunContext, StageOutput
 from tests.conftest import ROOT
 from tests.helpers import family_fasta
@@ -16,13 +22,7 @@ from tests.helpers import family_fasta
 DEMO = str(ROOT / "configs" / "demo.yaml")
 
 
-def _artifacts(flow_run_id: str) -> list:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])))
+_artifacts = flow_run_artifacts
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +105,74 @@ def test_counts_flatten_nested_stats_and_keys_are_valid():
                     {"count": "x", "value": 1.5}]
     assert artifact_key("msa_batch", "Counts") == "msa-batch-counts"
     assert artifact_key("ingest uniprot.fasta.gz") == "ingest-uniprot-fasta-gz"
+
+
+def _flow_run_id() -> str:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id)
+
+
+def test_http_source_download_gets_a_progress_artifact(prefect_harness, tmp_path):
+    """fetch_url (the side-by-side downloads of a fasta source's URLs) reports bytes as `download-<file>`; a
+    download that asks for no progress (AlphaFold DB models, thousands of small files) makes no artifact."""
+    body = b"".join(b">s%d\n%s\n" % (i, b"MKV" * 100) for i in range(3000))
+    ctx = RunContext("run-x", str(tmp_path / "work"), str(tmp_path / "lineage.duckdb"))
+    with LocalHTTPServer(tmp_path / "www") as srv:
+        srv.put("/proteins.fa", body)
+        srv.put("/model.pdb", b"ATOM\n" * 100)
+
+        @task
+        def quiet_download() -> None:
+            from pipeline_lib.sources.download import download
+
+            with progress_artifacts():
+                download(srv.url("/model.pdb"), tmp_path / "model.pdb", progress=False)
+
+        @flow
+        def fetch_one() -> tuple[str, str]:
+            quiet_download()
+            return data.fetch_url(ctx, srv.url("/proteins.fa")), _flow_run_id()
+
+        path, run_id = fetch_one()
+    assert Path(path).read_bytes() == body
+    bars = [a for a in _artifacts(run_id) if a.type == "progress"]
+    assert [a.key for a in bars] == [artifact_key("download", Path(path).name)]
+    assert float(bars[0].data) == 100.0 and "download" in bars[0].description and "KB" in bars[0].description
+
+
+def test_batch_fan_out_progress_counts_finished_batches(prefect_harness):
+    """results_with_progress: results in submission order, the bar at 100 % with every batch done; a failed
+    batch is counted as failed and its error raised."""
+    @task
+    def batch(i: int) -> int:
+        with Progress(f"toy batch {i}", total=2, unit="steps", every_s=0) as p:
+            p.update(2)
+        if i < 0:
+            raise ValueError(f"batch {i} failed")
+        return i * i
+
+    @task
+    def with_progress(i: int) -> int:
+        with progress_artifacts():
+            return batch.fn(i)
+
+    @flow
+    def fan_out(items: list[int]) -> tuple[list[int] | str, str]:
+        futures = [with_progress.submit(i) for i in items]
+        try:
+            return results_with_progress(futures, "toy-batches", "batches"), _flow_run_id()
+        except ValueError as exc:
+            return str(exc), _flow_run_id()
+
+    results, run_id = fan_out([3, 1, 2, 0])
+    assert results == [9, 1, 4, 0]
+    arts = _artifacts(run_id)
+    bar = next(a for a in arts if a.key == "toy-batches")
+    assert float(bar.data) == 100.0 and bar.description == "4 / 4 batches done"
+    assert {a.key for a in arts if a.key.startswith("toy-batch-")} == {f"toy-batch-{i}" for i in range(4)}
+
+    error, run_id = fan_out([1, -1])
+    assert error == "batch -1 failed"
+    bar = next(a for a in _artifacts(run_id) if a.key == "toy-batches")
+    assert float(bar.data) == 50.0 and bar.description == "1 / 2 batches done, 1 failed"

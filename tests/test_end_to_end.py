@@ -1,11 +1,16 @@
-"""`plm run` end to end on a small corpus: data -> structures -> train -> evaluate, with lineage all the way."""
+"""`plm run` end to end on a small corpus: data -> structures -> train -> evaluate -> report, with lineage all
+the way; the Prefect UI artifacts of the stages that only this run exercises, and what the dashboard reads."""
 import json
+import math
+from pathlib import Path
 
 import pytest
 
-from flows.cli import _compare
+from flows.cli import _compare, _print_summary
 from flows.end_to_end import end_to_end, evaluate_flow
+from pipeline_lib.dashboard import data as dashboard_data, figures
 from pipeline_lib.lineage import LineageStore
+from tasks.artifacts import flow_run_artifacts
 from tests.conftest import ROOT
 from tests.helpers import family_fasta
 
@@ -85,3 +90,45 @@ def test_msa_stage_builds_msas_with_the_query_first(e2e):
     steps = LineageStore(res.lineage).query("SELECT tool_versions FROM steps WHERE run_id=? AND stage='msa_batch'",
                                             [res.run_id])
     assert steps and all(json.loads(s["tool_versions"])["mmseqs"] for s in steps)
+
+
+def test_progress_artifacts_of_structures_msa_batches_and_training(e2e):
+    _, _, res = e2e
+    bars = {a.key: a for a in flow_run_artifacts(res.run_id) if a.type == "progress"}
+    structures = bars["structures-embedded"]  # files encoded, updated as each batch completes
+    assert float(structures.data) == 100.0
+    assert structures.description.startswith(f"structures embedded: {res.stages['structures'].stats['files_in']} files")
+    n = len(LineageStore(res.lineage).query("SELECT 1 FROM steps WHERE run_id=? AND stage='msa_batch'", [res.run_id]))
+    assert n >= 2 and float(bars["msa-batches"].data) == 100.0 and bars["msa-batches"].description == \
+        f"{n} / {n} batches done"
+    for i in range(n):  # each batch: its chain of mmseqs commands
+        batch = bars[f"msa-batch-{i:05d}"]
+        assert float(batch.data) == 100.0 and "commands" in batch.description
+    steps = bars["train-steps"]
+    assert float(steps.data) == 100.0 and steps.description == "train-steps: 6 / 6 steps"
+
+
+def test_dashboard_reads_the_real_training_metrics(e2e):
+    """The names training logs are the ones the dashboard charts first (no stray `ppl` chart)."""
+    _, _, res = e2e
+    curves = dashboard_data.training_curves(res.lineage, res.run_id)
+    assert figures.metric_order(curves)[:4] == ["loss", "perplexity", "lr", "tokens_per_s"] and "ppl" not in curves
+    assert curves["loss"]["step"] == curves["perplexity"]["step"] == list(range(1, 7))
+    assert curves["perplexity"]["value"] == pytest.approx([math.exp(v) for v in curves["loss"]["value"]])
+
+
+def test_run_writes_the_report_and_records_it_in_lineage(e2e, capsys):
+    from pipeline_lib.dashboard.figures import STATUS_COLORS
+
+    tmp, _, res = e2e
+    report = Path(res.report)
+    assert report == tmp / "work" / "reports" / f"{res.run_id}.html"
+    text = report.read_text()
+    done = f"<td style='color:{STATUS_COLORS['completed']};font-weight:600'>completed</td>"
+    assert f"<td>{res.run_id[:8]}</td><td>end_to_end</td><td>demo</td>{done}" in text  # written after the run closed
+    assert "eval/perplexity/valid" in text and "Sequence lengths" in text
+    art = LineageStore(res.lineage).show(str(report))["artifact"]
+    assert art["kind"] == "report" and [(s["stage"], s["status"], s["run_id"]) for s in art["produced_by"]] == \
+        [("report", "completed", res.run_id)]
+    _print_summary(res)
+    assert f"report:     {report}" in capsys.readouterr().out

@@ -16,7 +16,7 @@ ONE_LEVEL = "cluster.levels=[{name: c50, min_seq_id: 0.5}]"  # one linclust leve
 
 
 def _stage_dirs(store: LineageStore, work: Path, run_id: str) -> set[Path]:
-    rows = store.query("SELECT stage, cache_key FROM steps WHERE run_id=? AND stage NOT IN ('retention')", [run_id])
+    rows = store.query("SELECT stage, cache_key FROM steps WHERE run_id=? AND stage NOT IN ('retention', 'report')", [run_id])
     return {work / "stages" / r["stage"] / r["cache_key"][:16] for r in rows}
 
 
@@ -79,3 +79,27 @@ def test_dry_run_lists_without_deleting_and_running_runs_are_protected(three_rel
     assert Path(cluster.directory).is_dir() and Path(r2.stages["ingest"].directory).exists() is False
     assert {Path(d["path"]) for d in stats["deleted"]} == d2 - {Path(cluster.directory)}
     assert all(p.is_dir() for p in _stage_dirs(store, work, r3.run_id))
+
+
+def test_end_to_end_applies_retention_too(prefect_harness, tmp_path):
+    """`plm run` (end_to_end) keeps the newest keep_releases releases like data_refresh does: after a second
+    release with keep_releases=1, the first release's own stage directories are gone and the run says so."""
+    from flows.end_to_end import end_to_end
+
+    fa, work = tmp_path / "upstream.fa", tmp_path / "work"
+    results = []
+    for seed in (10, 11):
+        family_fasta(fa, seed=seed, families=2, mutants=2, unrelated=3, length=60)
+        results.append(end_to_end(DEMO, [
+            f"workdir={work}", f"source={{kind: fasta, paths: [{fa}]}}", "retention.keep_releases=1", ONE_LEVEL,
+            "structures.enabled=false", "msa.enabled=false", "train.enabled=false", "evaluate.enabled=false"]))
+    r1, r2 = results
+    store = LineageStore(work / "lineage.duckdb")
+    only_first = _stage_dirs(store, work, r1.run_id) - _stage_dirs(store, work, r2.run_id)
+    assert {p.parent.name for p in only_first} == {"ingest", "cluster", "split", "shards"}
+    assert not any(p.exists() for p in only_first)
+    assert all(p.is_dir() for p in _stage_dirs(store, work, r2.run_id))
+    stats = json.loads(store.query("SELECT stats FROM steps WHERE run_id=? AND stage='retention'",
+                                   [r2.run_id])[0]["stats"])
+    assert {Path(d["path"]) for d in stats["deleted"]} == only_first
+    assert len(stats["dropped_releases"]) == 1

@@ -34,6 +34,7 @@ from pipeline_lib.msa.a3m import Msa, parse_a3m, read_a3m
 from pipeline_lib.msa.commands import A3M_DIR, TargetDb, is_mmseqs_db, msa_commands, target_commands
 from pipeline_lib.locks import FileLock
 from pipeline_lib.msa.config import MsaConfig
+from pipeline_lib.progress import Progress
 from pipeline_lib.tools.mmseqs import MMseqs
 
 __all__ = ["BatchResult", "build_msa_batch", "build_msas", "prepare_target", "iter_query_batches",
@@ -248,8 +249,11 @@ def _build_batch(queries: list[Query], tool: MMseqs, target: TargetDb | Path, ou
         work = tmp / "work"
         work.mkdir()
         (tmp / "queries.fasta").write_text("".join(f">{i} {q}\n{s}\n" for i, (q, s) in enumerate(queries)))
-        for argv in cmds:
-            tool.run(*argv[1:], cwd=work, log_file=tmp / "mmseqs.log")
+        # one line (and, under the tasks layer, one progress artifact update) per mmseqs command of the chain
+        with Progress(f"msa {out.name}", total=len(cmds), unit="commands", every_s=0) as prog:
+            for argv in cmds:
+                tool.run(*argv[1:], cwd=work, log_file=tmp / "mmseqs.log")
+                prog.update()
         files, depths = _collect(queries, work, tmp / "a3m")
         shutil.rmtree(work)
         result = BatchResult(out, key, tuple(q for q, _ in queries), files, depths, cmds, version,

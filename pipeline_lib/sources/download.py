@@ -320,7 +320,7 @@ class _Transfer:
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         got = 0
         with open(self.partial, "ab" if offset else "wb") as fh, \
-                Progress(label, total=total, unit="B", done=offset, sink=sink) as prog:
+                Progress(label, total=total, unit="B", done=offset, sink=sink, notify=self.progress) as prog:
             while block := _read_raw(resp, self.url):
                 fh.write(block)
                 self.hashes.update(block)

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from pipeline_lib import schemas
 from pipeline_lib.config import ShardsConfig
 from pipeline_lib.io import atomic_path, sha256_file, write_json_atomic
+from pipeline_lib.progress import Progress
 from pipeline_lib.structures.config import StructuresConfig
 from pipeline_lib.structures.parse import StructureBlob, StructureTooLarge, check_structure_size
 from pipeline_lib.structures.saprot import StructureRecord, parse_afdb_name, saprot_rows, structure_records
@@ -130,17 +131,25 @@ def _with_plddt_policy(chains, src, policy: str):
 def collect_structures(cfg: StructuresConfig, *, accessions: list[str], download_dir: Path,
                        source_stats: SourceStats, encode_stats: EncodeStats,
                        tally: FileTally | None = None) -> dict[str, StructureRecord]:
-    """Encode every configured source; the first source that has a structure for a key wins."""
+    """Encode every configured source; the first source that has a structure for a key wins.
+
+    Each source reports the files its completed batches held through a :class:`Progress` labelled
+    ``structures <kind>`` (``structures <kind> <i>`` when there are several sources): log lines, and a
+    progress artifact in the Prefect UI when the tasks layer listens.
+    """
     records: dict[str, StructureRecord] = {}
     tally = tally if tally is not None else FileTally()
     backend = backend_version(cfg)[0]
-    for src in cfg.sources:
+    for i, src in enumerate(cfg.sources):
+        label = f"structures {src.kind}" + (f" {i}" if len(cfg.sources) > 1 else "")
         inputs = _within_limits(_inputs(src, accessions, download_dir, source_stats), cfg, tally)
-        chains = encode_structures(inputs, backend=backend, threads=cfg.threads, workers=cfg.workers,
-                                   batch_size=cfg.batch_size, foldseek_binary=cfg.foldseek_binary,
-                                   altloc=cfg.altloc, stats=encode_stats)
-        chains = _with_plddt_policy(_noting_files(chains, tally), src, cfg.plddt_in_bfactor)
-        found = structure_records(chains, source=src.kind, version=_source_version(src), threshold=cfg.plddt_threshold)
+        with Progress(label, unit="files") as prog:
+            chains = encode_structures(inputs, backend=backend, threads=cfg.threads, workers=cfg.workers,
+                                       batch_size=cfg.batch_size, foldseek_binary=cfg.foldseek_binary,
+                                       altloc=cfg.altloc, stats=encode_stats, progress=prog)
+            chains = _with_plddt_policy(_noting_files(chains, tally), src, cfg.plddt_in_bfactor)
+            found = structure_records(chains, source=src.kind, version=_source_version(src),
+                                      threshold=cfg.plddt_threshold)
         for key, rec in found.items():
             records.setdefault(key, rec)
         log.info("structures from %s: %d chains", src.kind, len(found))

@@ -38,6 +38,7 @@ from typing import Literal, NamedTuple, TypeVar
 import numpy as np
 
 from pipeline_lib.errors import DataValidationError, ToolError
+from pipeline_lib.progress import Progress
 from pipeline_lib.structures.parse import AltlocMode, Chain, StructureBlob, parse_structure
 
 __all__ = ["Backend", "EncodedChain", "EncodeStats", "StructureInput", "MIN_CHAIN_LENGTH",
@@ -249,11 +250,13 @@ def _map_bounded(fn: Callable[[list[T]], R], batches: Iterator[list[T]], workers
 def encode_structures(inputs: Iterable[StructureInput], backend: Backend = "auto", *, threads: int = 1,
                       workers: int = 1, batch_size: int = 64, foldseek_binary: str | None = None,
                       altloc: AltlocMode = "last", on_error: Literal["skip", "raise"] = "skip",
-                      stats: EncodeStats | None = None, tmp_dir: str | None = None) -> Iterator[EncodedChain]:
+                      stats: EncodeStats | None = None, tmp_dir: str | None = None,
+                      progress: Progress | None = None) -> Iterator[EncodedChain]:
     """Yield an :class:`EncodedChain` per usable chain of ``inputs`` (paths or :class:`StructureBlob`).
 
     ``threads`` is Foldseek's ``--threads``; ``workers`` the number of processes; ``stats`` (optional)
-    is filled with counts and failures as batches complete.
+    is filled with counts and failures as batches complete; ``progress`` (optional) counts the files of
+    each completed batch.
     """
     if batch_size < 1 or workers < 1 or threads < 1:
         raise ValueError("batch_size, workers and threads must be >= 1")
@@ -271,4 +274,6 @@ def encode_structures(inputs: Iterable[StructureInput], backend: Backend = "auto
     for chains, batch_stats in _map_bounded(fn, _chunks(inputs, batch_size), workers):
         if stats is not None:
             stats.merge(batch_stats)
+        if progress is not None:
+            progress.update(batch_stats.files)
         yield from chains
