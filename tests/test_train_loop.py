@@ -90,6 +90,17 @@ def test_activation_checkpointing_gives_the_same_losses(shards: Path, tmp_path: 
     assert "layers.0.attn.qkv.weight" in names   # wrappers applied from outside keep parameter names
 
 
+@pytest.mark.parametrize("with_ac", [False, True], ids=["compile", "compile+checkpointing"])
+def test_compiled_blocks_give_the_losses_of_eager_blocks(shards: Path, tmp_path: Path, with_ac: bool):
+    eager = Trainer(_cfg(total_steps=2), shards_dir=shards, output_dir=tmp_path / "a", env=DistEnv()).train()
+    compiled = Trainer(_cfg(total_steps=2, compile=True, activation_checkpointing=with_ac), shards_dir=shards,
+                       output_dir=tmp_path / "b", env=DistEnv())
+    assert all(hasattr(block, "_compiled_call_impl") and block._compiled_call_impl is not None
+               for block in compiled.model.layers)
+    assert [r["loss"] for r in compiled.train().metrics] == pytest.approx([r["loss"] for r in eager.metrics],
+                                                                          abs=1e-4)
+
+
 def test_non_finite_loss_names_step_and_samples(shards: Path, tmp_path: Path):
     trainer = Trainer(_cfg(), shards_dir=shards, output_dir=tmp_path, env=DistEnv())
     steps = iter(trainer.loader)
