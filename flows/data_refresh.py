@@ -15,7 +15,7 @@ from flows.runner import on_configured_runner, with_runner
 from flows.runs import pipeline_run
 from pipeline_lib.config import Config, load_config
 from tasks import data
-from tasks.common import StageOutput
+from tasks.common import StageOutput, resolve
 from tasks.retention import retention
 
 
@@ -37,15 +37,16 @@ def run_data_stages(ctx, cfg: Config, release: data.ReleaseCheck | None = None) 
     """The data path on the run's task runner (also used by the end-to-end flow).
 
     Source files download side by side; then each stage needs the one before, so they run one at a time,
-    each wherever the runner puts it (a thread, a process, a Dask or Ray worker).
+    each wherever the runner puts it (a thread, a process, a Dask or Ray worker). ``resolve`` writes the
+    lineage a worker process kept: this process is the only one that writes the lineage database.
     """
     for download in [data.fetch_url.submit(ctx, url) for url in data.source_urls(cfg)]:
-        download.result()
-    source = data.fetch.submit(ctx, cfg, release).result()
-    ingested = data.ingest.submit(ctx, cfg, source).result()
-    clustered = data.cluster.submit(ctx, cfg, ingested).result()
-    splitted = data.split.submit(ctx, cfg, ingested, clustered).result()
-    sharded = data.shards.submit(ctx, cfg, ingested, clustered, splitted).result()
+        resolve(ctx, download)
+    source = resolve(ctx, data.fetch.submit(ctx, cfg, release))
+    ingested = resolve(ctx, data.ingest.submit(ctx, cfg, source))
+    clustered = resolve(ctx, data.cluster.submit(ctx, cfg, ingested))
+    splitted = resolve(ctx, data.split.submit(ctx, cfg, ingested, clustered))
+    sharded = resolve(ctx, data.shards.submit(ctx, cfg, ingested, clustered, splitted))
     return {"fetch": source, "ingest": ingested, "cluster": clustered, "split": splitted, "shards": sharded}
 
 

@@ -11,6 +11,7 @@ training and evaluation run in the flow process, which they parallelize themselv
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from prefect import flow
@@ -23,6 +24,7 @@ from pipeline_lib.errors import ConfigError
 from pipeline_lib.lineage import artifact_for
 from tasks import data
 from tasks.artifacts import results_with_progress, run_summary
+from tasks.common import resolve
 from tasks.evaluate import evaluate
 from tasks.msa import msa_batch, msa_queries, msa_shards, msa_target
 from tasks.report import report
@@ -61,11 +63,12 @@ def _stages(ctx, cfg: Config, *, train_stage: bool, evaluate_stage: bool) -> dic
 
 def run_msa_stage(ctx, cfg: Config, stages: dict):
     """Target DB once, then the query batches side by side on the task runner, then the MSA shards."""
-    target = msa_target.submit(ctx, cfg, stages["ingest"]).result()
+    target = resolve(ctx, msa_target.submit(ctx, cfg, stages["ingest"]))
     batches = msa_queries(cfg, stages["ingest"], stages["cluster"], stages["split"])
     futures = [msa_batch.submit(ctx, cfg, batch, target, i) for i, batch in enumerate(batches)]
-    results = results_with_progress(futures, "msa-batches", "batches")  # batches done, in the Prefect UI
-    return msa_shards.submit(ctx, cfg, results, stages["split"]).result()
+    results = results_with_progress(futures, "msa-batches", "batches",  # batches done, in the Prefect UI
+                                    resolve=functools.partial(resolve, ctx))
+    return resolve(ctx, msa_shards.submit(ctx, cfg, results, stages["split"]))
 
 
 @flow(name="end_to_end", log_prints=True)

@@ -6,7 +6,9 @@
 
 DuckDB allows one writing process: every write opens the file, writes in one transaction and closes it
 at once, retrying while another process holds the lock, so readers (CLI, dashboard) and several runs
-interleave. Within a process a lock serializes writers; workers hand their records to the flow process.
+interleave. Within a process a lock serializes writers. A task running in another process (a process
+pool, Dask or Ray worker) writes nothing: it keeps its records in a :class:`PendingLineage` that travels
+back with its result, and the flow's process writes them (``tasks.common.resolve``).
 Credentials never reach the file: ``user:password@`` in URLs and token-like query values are written
 as ``***`` (:func:`redact_secrets`), in JSON columns and error texts alike.
 """
@@ -29,7 +31,7 @@ import duckdb
 from pipeline_lib.errors import PipelineError
 from pipeline_lib.io import sha256_file, stable_hash
 
-__all__ = ["ArtifactRecord", "StepRecord", "RunRecord", "LineageStore", "artifact_for", "utcnow", "redact_secrets",
+__all__ = ["ArtifactRecord", "StepRecord", "RunRecord", "LineageStore", "PendingLineage", "artifact_for", "utcnow", "redact_secrets",
            "to_json"]
 
 _SCHEMA = """
@@ -157,11 +159,13 @@ _json = to_json
 class LineageStore:
     """The lineage database. Safe to share between threads; writes retry while another process writes."""
 
-    def __init__(self, path: str | os.PathLike[str], *, lock_timeout_s: float = 120.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, lock_timeout_s: float = 120.0, create: bool = True) -> None:
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _path_lock(self.path)
+        if not create:  # a reader: never opens the file for writing
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_file() and self.path.stat().st_size == 0:
             self.path.unlink()  # an empty file is a creation that failed (disk full): nothing to keep
         existed = self.path.exists()
@@ -247,6 +251,14 @@ class LineageStore:
             now = utcnow()
             con.executemany("INSERT INTO metrics VALUES (?,?,?,?,?,?)",
                             [(run_id, step_id, name, int(s), float(v), now) for name, s, v in rows])
+
+    def write_pending(self, pending: "PendingLineage | list[tuple[str, Any]]") -> None:
+        """Write what a worker process kept for this writer (:class:`PendingLineage`), in its order."""
+        for kind, record in (pending.drain() if isinstance(pending, PendingLineage) else pending):
+            if kind == "step":
+                self.record_step(record)
+            else:
+                self.record_metrics(*record)
 
     # --- reads --------------------------------------------------------------------------------------
 
@@ -341,3 +353,32 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class PendingLineage:
+    """What a worker process has in place of :class:`LineageStore`: the records it would write, kept in
+    order for the one writing process (the flow's) to write with :meth:`LineageStore.write_pending`.
+
+    DuckDB allows one writing process per file, and a Dask or Ray worker may not even see the file, so
+    workers never open it for writing. Reads (``query``) go to the file read-only.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._records: list[tuple[str, Any]] = []
+
+    def record_step(self, step: StepRecord) -> None:
+        self._records.append(("step", step))
+
+    def record_metrics(self, run_id: str, step_id: str | None, rows: list[tuple[str, int, float]]) -> None:
+        self._records.append(("metrics", (run_id, step_id, list(rows))))
+
+    def drain(self) -> list[tuple[str, Any]]:
+        out, self._records = self._records, []
+        return out
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        return LineageStore(self.path, create=False).query(sql, params)

@@ -46,7 +46,7 @@ class LockTimeout(TransientError):
         super().__init__(f"gave up waiting for lock {path} after {waited_s:.1f}s: held by {_describe(holder)}")
 
     def __reduce__(self):  # pickled with its arguments: Dask task runners send errors back that way
-        return type(self), (self.path, self.waited_s, self.holder)
+        return type(self), (self.path, self.waited_s, self.holder), self.__dict__  # state: lineage kept by workers
 
 
 def lock_holder(path: str | os.PathLike[str]) -> dict[str, Any] | None:

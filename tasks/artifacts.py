@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -139,9 +139,11 @@ def progress_artifacts(prefix: str = "") -> Iterator[None]:
         yield
 
 
-def results_with_progress(futures: list[Any], key: str, unit: str) -> list[Any]:
+def results_with_progress(futures: list[Any], key: str, unit: str,
+                          resolve: Callable[[Any], Any] = lambda f: f.result()) -> list[Any]:
     """The results of ``futures`` (Prefect futures of a batch fan-out) in order, with a progress artifact
-    ``key`` counting the batches finished as they complete on the task runner. Raises like ``.result()``."""
+    ``key`` counting the batches finished as they complete on the task runner. Raises like ``.result()``;
+    ``resolve`` turns a finished future into its result (``tasks.common.resolve`` writes its lineage)."""
     from prefect.futures import as_completed
 
     bar = ProgressArtifact(key, total=len(futures), unit=unit, every_s=2.0)
@@ -154,7 +156,7 @@ def results_with_progress(futures: list[Any], key: str, unit: str) -> list[Any]:
             failed += 1  # raised below, in submission order
         bar.set(ok, f"{ok:,} / {len(futures):,} {unit} done" + (f", {failed:,} failed" if failed else ""),
                 force=ok + failed == len(futures))
-    return [f.result() for f in futures]
+    return [resolve(f) for f in futures]
 
 
 def flow_run_artifacts(flow_run_id: str) -> list[Any]:

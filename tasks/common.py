@@ -17,23 +17,29 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import shutil
+import socket
+import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefect import task
 from prefect.logging import get_run_logger
 
 from pipeline_lib import __version__
 from pipeline_lib.errors import PipelineError, TransientError
 from pipeline_lib.io import atomic_dir, stable_hash, write_json_atomic
-from pipeline_lib.lineage import ArtifactRecord, LineageStore, StepRecord, artifact_for, utcnow
+from pipeline_lib.lineage import ArtifactRecord, LineageStore, PendingLineage, StepRecord, artifact_for, utcnow
 from pipeline_lib.locks import FileLock
 from pipeline_lib.storage import ObjectStore, stage_dir_of
 from tasks.artifacts import progress_artifacts, stage_table
 
-__all__ = ["RunContext", "StageOutput", "Produced", "run_stage", "code_version", "retry_transient", "logger"]
+__all__ = ["RunContext", "StageOutput", "Produced", "run_stage", "code_version", "retry_transient", "logger",
+           "lineage_task", "resolve", "WithLineage"]
 
 MARKER = "_SUCCESS.json"
 # packages whose code cannot change any stage's output: editing them must not invalidate caches
@@ -72,18 +78,97 @@ def retry_transient(task, task_run, state) -> bool:
     return False
 
 
+_PROCESS_TOKEN = uuid.uuid4().hex[:12]  # a forked child keeps it, but not its parent's pid
+
+
+def _this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{_PROCESS_TOKEN}"
+
+
+_pending_local = threading.local()
+
+
+def _pending(lineage_path: str) -> PendingLineage:
+    """This worker thread's records for ``lineage_path`` (a worker runs one task per thread at a time)."""
+    by_path = _pending_local.__dict__.setdefault("by_path", {})
+    return by_path.setdefault(lineage_path, PendingLineage(lineage_path))
+
+
 @dataclass
 class RunContext:
-    """Serializable handle a task needs: where to write and which run it belongs to."""
+    """Serializable handle a task needs: where to write and which run it belongs to.
+
+    ``writer`` names the process that writes lineage (the flow's). Elsewhere (a process pool, Dask or Ray
+    worker) ``store`` keeps the records for it instead: :func:`lineage_task` sends them back with the
+    task's result or error and :func:`resolve` writes them in the flow's process.
+    """
 
     run_id: str
     workdir: str
     lineage_path: str
     storage: dict[str, Any] | None = None  # the config's storage section (no credentials: those are in the env)
+    writer: str = field(default_factory=_this_process)
 
     @property
-    def store(self) -> LineageStore:
-        return LineageStore(self.lineage_path)
+    def is_writer(self) -> bool:
+        return self.writer == _this_process()
+
+    @property
+    def store(self) -> LineageStore | PendingLineage:
+        return LineageStore(self.lineage_path) if self.is_writer else _pending(self.lineage_path)
+
+
+@dataclass
+class WithLineage:
+    """A task's result as it comes back from another process, with the lineage records it kept."""
+
+    value: Any
+    records: list[tuple[str, Any]]
+
+
+_ERROR_RECORDS = "plm_lineage_records"
+
+
+def lineage_task(**task_kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``@task(...)`` for a stage task whose first argument is the :class:`RunContext`: in a process
+    other than the lineage writer, the records the task kept come back with its result (``WithLineage``)
+    or on its exception, for :func:`resolve` to write."""
+    def decorate(fn: Callable[..., Any]) -> Any:
+        @functools.wraps(fn)
+        def run(ctx: RunContext, *args: Any, **kwargs: Any) -> Any:
+            try:
+                value = fn(ctx, *args, **kwargs)
+            except BaseException as exc:
+                if not ctx.is_writer and (records := _pending(ctx.lineage_path).drain()):
+                    setattr(exc, _ERROR_RECORDS, getattr(exc, _ERROR_RECORDS, []) + records)
+                raise
+            if ctx.is_writer:
+                return value
+            records = _pending(ctx.lineage_path).drain()
+            return WithLineage(value, records) if records else value
+
+        return task(**task_kwargs)(run)
+
+    return decorate
+
+
+def resolve(ctx: RunContext, future: Any) -> Any:
+    """The result of a submitted task (a Prefect future, or a value), writing in this process the lineage
+    records it kept in a worker; on failure those records are written, then the task's error raised."""
+    try:
+        value = future.result() if hasattr(future, "result") and hasattr(future, "wait") else future
+    except BaseException as exc:
+        records = getattr(exc, _ERROR_RECORDS, None)
+        if records:
+            try:
+                ctx.store.write_pending(records)
+            except Exception as lineage_exc:  # keep the task's own error
+                logger().error("could not record a worker's lineage in %s: %s", ctx.lineage_path, lineage_exc)
+        raise
+    if isinstance(value, WithLineage):
+        ctx.store.write_pending(value.records)
+        return value.value
+    return value
 
 
 @dataclass

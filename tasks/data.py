@@ -8,7 +8,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from prefect import task
 
 from pipeline_lib import schemas
 from pipeline_lib.cluster import cluster_sequences
@@ -20,7 +19,7 @@ from pipeline_lib.shards import write_sequence_shards
 from pipeline_lib.split import assign_splits, decontaminate
 from pipeline_lib.tools.mmseqs import MMseqs
 from tasks.artifacts import progress_artifacts
-from tasks.common import Produced, RunContext, StageOutput, logger, retry_transient, run_stage
+from tasks.common import Produced, RunContext, StageOutput, lineage_task, logger, retry_transient, run_stage
 
 __all__ = ["check_release", "source_urls", "fetch_url", "fetch", "ingest", "cluster", "split", "shards",
            "ReleaseCheck"]
@@ -34,7 +33,7 @@ class ReleaseCheck:
     previous_run: str | None
 
 
-@task(name="check_release", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)
+@lineage_task(name="check_release", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)
 def check_release(ctx: RunContext, cfg: Config) -> ReleaseCheck:
     """Compare the upstream source's identity (release, checksums) with the last completed fetch."""
     from pipeline_lib.sources.release import identity_changed, source_identity
@@ -91,7 +90,7 @@ def source_urls(cfg: Config) -> list[str]:
     return list(dict.fromkeys(p for p in cfg.source.paths if p.startswith(("http://", "https://"))))
 
 
-@task(name="fetch_url", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)
+@lineage_task(name="fetch_url", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)
 def fetch_url(ctx: RunContext, url: str) -> str:
     """One source file to where the fetch stage looks for it, so several download at once on the task runner;
     the fetch stage then finds them in place (verified files are never fetched twice)."""
@@ -102,7 +101,7 @@ def fetch_url(ctx: RunContext, url: str) -> str:
         return str(download(url, url_download_path(url, Path(ctx.workdir) / "downloads" / "urls")).path)
 
 
-@task(name="fetch", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)
+@lineage_task(name="fetch", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)
 def fetch(ctx: RunContext, cfg: Config, release: ReleaseCheck | None = None) -> StageOutput:
     """Stage 1: download / locate the source FASTA files (verified against published checksums)."""
     def compute(tmp: Path):
@@ -115,7 +114,7 @@ def fetch(ctx: RunContext, cfg: Config, release: ReleaseCheck | None = None) -> 
     return run_stage(ctx, "fetch", cfg.source.model_dump(mode="json"), [], compute, cache=False)
 
 
-@task(name="ingest")
+@lineage_task(name="ingest")
 def ingest(ctx: RunContext, cfg: Config, source: StageOutput) -> StageOutput:
     """Stage 2: FASTA -> sequences / duplicates / quarantine Parquet."""
     inputs = list(source.outputs.values())
@@ -133,7 +132,7 @@ def ingest(ctx: RunContext, cfg: Config, source: StageOutput) -> StageOutput:
     return run_stage(ctx, "ingest", cfg.ingest.model_dump(mode="json"), inputs, compute)
 
 
-@task(name="cluster")
+@lineage_task(name="cluster")
 def cluster(ctx: RunContext, cfg: Config, ingested: StageOutput) -> StageOutput:
     """Stage 3: multi-level MMseqs2 clustering."""
     seqs = ingested.outputs["sequences.parquet"]
@@ -153,7 +152,7 @@ def cluster(ctx: RunContext, cfg: Config, ingested: StageOutput) -> StageOutput:
     return run_stage(ctx, "cluster", params, [seqs], compute)
 
 
-@task(name="split")
+@lineage_task(name="split")
 def split(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageOutput) -> StageOutput:
     """Stage 4: train/valid/test by cluster at the split level, with optional decontamination."""
     seqs, clusters = ingested.outputs["sequences.parquet"], clustered.outputs["clusters.parquet"]
@@ -177,7 +176,7 @@ def split(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageO
     return run_stage(ctx, "split", params, inputs, compute)
 
 
-@task(name="shards")
+@lineage_task(name="shards")
 def shards(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageOutput,
            splitted: StageOutput) -> StageOutput:
     """Stage 5: tokenized zstd Parquet shards per split + manifest.json."""

@@ -4,13 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from prefect import task
 
 from pipeline_lib.config import Config
 from pipeline_lib.evaluate.report import render_comparison, rows_to_table
 from pipeline_lib.evaluate.stage import evaluate_checkpoint, resolve_checkpoint
 from pipeline_lib.lineage import ArtifactRecord, artifact_for
-from tasks.common import Produced, RunContext, StageOutput, logger, run_stage
+from tasks.common import Produced, RunContext, StageOutput, lineage_task, logger, run_stage
 
 __all__ = ["evaluate", "contact_structures"]
 
@@ -28,7 +27,7 @@ def contact_structures(cfg: Config) -> list[str]:
     return out
 
 
-@task(name="evaluate")
+@lineage_task(name="evaluate")
 def evaluate(ctx: RunContext, cfg: Config, checkpoint: ArtifactRecord, shards: StageOutput | None,
              label: str | None = None) -> StageOutput:
     """Stage: perplexity on held-out shards, contacts, DMS; metrics go to lineage as ``eval/...``."""

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
 
 from pipeline_lib.config import Config
 from pipeline_lib.lineage import StepRecord, artifact_for, utcnow
@@ -11,7 +10,7 @@ from pipeline_lib.msa.build import BatchResult, Query, build_msa_batch, iter_que
     write_target_fasta
 from pipeline_lib.msa.stage import select_queries, write_msa_outputs
 from tasks.artifacts import progress_artifacts
-from tasks.common import Produced, RunContext, StageOutput, logger, retry_transient, run_stage
+from tasks.common import Produced, RunContext, StageOutput, lineage_task, logger, retry_transient, run_stage
 
 __all__ = ["msa_queries", "msa_target", "msa_batch", "msa_shards"]
 
@@ -23,7 +22,7 @@ def msa_queries(cfg: Config, ingested: StageOutput, clustered: StageOutput, spli
     return list(iter_query_batches(queries, cfg.msa))
 
 
-@task(name="msa_target")
+@lineage_task(name="msa_target")
 def msa_target(ctx: RunContext, cfg: Config, ingested: StageOutput) -> StageOutput:
     """The mmseqs target database: the configured one, or one built from the ingested sequences."""
     seqs = ingested.outputs["sequences.parquet"]
@@ -43,7 +42,7 @@ def msa_target(ctx: RunContext, cfg: Config, ingested: StageOutput) -> StageOutp
                      compute)
 
 
-@task(name="msa_batch", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient)
+@lineage_task(name="msa_batch", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient)
 def msa_batch(ctx: RunContext, cfg: Config, queries: list[Query], target: StageOutput, index: int) -> BatchResult:
     """One batch of queries: a failed batch is retried alone; a finished one is reused (its marker)."""
     started = utcnow()
@@ -65,7 +64,7 @@ def msa_batch(ctx: RunContext, cfg: Config, queries: list[Query], target: StageO
     return result
 
 
-@task(name="msa")
+@lineage_task(name="msa")
 def msa_shards(ctx: RunContext, cfg: Config, batches: list[BatchResult], splitted: StageOutput) -> StageOutput:
     """MSA table (full depth) and MSA token shards (subsampled), by the queries' split."""
     splits = splitted.outputs["splits.parquet"]

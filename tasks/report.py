@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
 
 from pipeline_lib.io import stable_hash
 from pipeline_lib.lineage import StepRecord, artifact_for, utcnow
-from tasks.common import RunContext, logger
+from tasks.common import RunContext, lineage_task, logger
 
 __all__ = ["report", "report_path"]
 
@@ -17,7 +16,7 @@ def report_path(ctx: RunContext) -> Path:
     return Path(ctx.workdir) / "reports" / f"{ctx.run_id}.html"
 
 
-@task(name="report")
+@lineage_task(name="report")
 def report(ctx: RunContext) -> str:
     """Write ``<workdir>/reports/<run id>.html`` and record it; called after the run is closed in lineage, so
     the report shows the run's final status and every stage. A failed report is recorded as a failed step."""

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
 
 from pipeline_lib.config import Config
 from pipeline_lib.retention import apply_retention, plan_retention
 from pipeline_lib.storage import ObjectStore
-from tasks.common import RunContext, logger
+from tasks.common import RunContext, lineage_task, logger
 
 __all__ = ["retention"]
 
 
-@task(name="retention")
+@lineage_task(name="retention")
 def retention(ctx: RunContext, cfg: Config) -> dict[str, Any] | None:
     """Keep the newest ``retention.keep_releases`` releases' stage outputs (None: keep all, do nothing)."""
     keep = cfg.retention.keep_releases

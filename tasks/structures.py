@@ -5,13 +5,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from prefect import task
 
 from pipeline_lib import schemas
 from pipeline_lib.config import Config
 from pipeline_lib.lineage import ArtifactRecord, artifact_for
 from pipeline_lib.structures.stage import backend_version, build_structure_shards
-from tasks.common import Produced, RunContext, StageOutput, retry_transient, run_stage
+from tasks.common import Produced, RunContext, StageOutput, lineage_task, retry_transient, run_stage
 
 __all__ = ["structures"]
 
@@ -32,7 +31,7 @@ def _source_inputs(cfg: Config) -> list[ArtifactRecord]:
     return arts
 
 
-@task(name="structures", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient)
+@lineage_task(name="structures", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient)
 def structures(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageOutput,
                splitted: StageOutput) -> StageOutput:
     seqs = ingested.outputs["sequences.parquet"]

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import task
 
 from pipeline_lib.config import Config
 from pipeline_lib.lineage import ArtifactRecord, LineageStore
 from pipeline_lib.train.run import launch_torchrun
 from tasks.artifacts import ProgressArtifact
-from tasks.common import Produced, RunContext, StageOutput, logger, run_stage
+from tasks.common import Produced, RunContext, StageOutput, lineage_task, logger, run_stage
 
 __all__ = ["train", "MetricsSink"]
 
@@ -47,7 +46,7 @@ class MetricsSink:
             self.rows = []
 
 
-@task(name="train")
+@lineage_task(name="train")
 def train(ctx: RunContext, cfg: Config, shards: StageOutput) -> StageOutput:
     """Stage: pretrain on the shards (ESM-2 token shards, the SaProt shards of the structures stage, or the
     MSA shards of the msa stage for the MSA Transformer)."""

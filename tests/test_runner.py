@@ -24,9 +24,9 @@ from flows.data_refresh import data_refresh
 from flows.runner import run_configured, task_runner
 from http_server import Fault
 from pipeline_lib.config import RunnerConfig, load_config
-from pipeline_lib.errors import ConfigError
-from pipeline_lib.lineage import LineageStore
-from tasks.common import code_version
+from pipeline_lib.errors import ConfigError, DataValidationError
+from pipeline_lib.lineage import LineageStore, StepRecord, utcnow
+from tasks.common import RunContext, code_version, lineage_task, resolve
 from tests.conftest import ROOT
 from tests.helpers import family_fasta
 
@@ -122,7 +122,7 @@ def test_dask_local_cluster_gives_the_thread_runners_artifacts(thread_run, tmp_p
     # fetch, ingest, cluster, split and shards each ran as a task on one of the two worker processes
     assert len(done) == 5 and {t["worker"] for t in done} <= set(cluster.worker_pids)
     steps = LineageStore(res.lineage).query("SELECT stage, status FROM steps WHERE run_id=?", [res.run_id])
-    assert sorted(s["stage"] for s in steps) == sorted(["fetch", *DATA_STAGES])  # written from the workers
+    assert sorted(s["stage"] for s in steps) == sorted(["fetch", *DATA_STAGES])  # kept by the workers, written here
     assert {s["status"] for s in steps} == {"completed"}
 
 
@@ -194,6 +194,48 @@ def test_lineage_writes_from_several_processes_at_once_all_land(tmp_path):
     assert [p.returncode for p in procs] == [0] * 3, errors
     stages = {r["stage"] for r in LineageStore(db).query("SELECT stage FROM steps")}
     assert stages == {f"w{w}-{i}" for w in range(3) for i in range(15)}
+
+
+@lineage_task(name="lineage_probe")
+def _lineage_probe(ctx: RunContext, fail: bool) -> tuple[str, int]:
+    """A stage-like task: records a step in lineage, then returns or fails."""
+    t = utcnow()
+    ctx.store.record_step(StepRecord(ctx.run_id, "probe", {"fail": fail}, "key", "failed" if fail else "completed",
+                                     t, t, step_id=f"probe-{fail}"))
+    ctx.store.record_metrics(ctx.run_id, f"probe-{fail}", [("probe/value", 1, 2.5)])
+    if fail:
+        raise DataValidationError("bad record", path="x.fa", record=3)
+    return type(ctx.store).__name__, os.getpid()
+
+
+def test_workers_hand_their_lineage_to_the_flow_process(prefect_harness, tmp_path):
+    """DuckDB allows one writing process: on a process pool the task keeps its records, and they reach the
+    database through the flow's process, from a result and from a failure alike."""
+    from prefect import flow
+    from prefect.task_runners import ProcessPoolTaskRunner
+
+    db = tmp_path / "lineage.duckdb"
+    LineageStore(db)
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    def probe_flow() -> tuple:
+        ctx = RunContext("run-1", str(tmp_path), str(db))
+        ok = resolve(ctx, _lineage_probe.submit(ctx, False))
+        try:
+            resolve(ctx, _lineage_probe.submit(ctx, True))
+        except DataValidationError as exc:
+            return ok, exc
+        return ok, None
+
+    (store_kind, worker_pid), error = probe_flow()
+    assert store_kind == "PendingLineage" and worker_pid != os.getpid()   # the worker never had the database
+    assert isinstance(error, DataValidationError) and error.record == 3
+    steps = LineageStore(db).query("SELECT step_id, status FROM steps ORDER BY step_id")
+    assert steps == [{"step_id": "probe-False", "status": "completed"}, {"step_id": "probe-True", "status": "failed"}]
+    assert len(LineageStore(db).query("SELECT * FROM metrics WHERE name='probe/value' AND value=2.5")) == 2
+    # in the writing process itself nothing is deferred
+    here = RunContext("run-2", str(tmp_path), str(db))
+    assert isinstance(here.store, LineageStore) and resolve(here, 7) == 7
 
 
 def test_pipeline_errors_survive_the_trip_back_from_a_worker(tmp_path):

@@ -59,7 +59,7 @@ class PermanentDownloadError(PipelineError):
         super().__init__(message)
 
     def __reduce__(self):  # keep the keywords when pickled: Dask task runners send errors back that way
-        return _permanent_download_error, (self.args[0], self.url, self.status)
+        return _permanent_download_error, (self.args[0], self.url, self.status), self.__dict__
 
 
 def _permanent_download_error(message: str, url: str, status: int | None) -> PermanentDownloadError:
