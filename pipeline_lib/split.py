@@ -4,27 +4,33 @@
 
 A cluster's split is a pure function of the seed and its representative id (a hash mapped to [0, 1)),
 so no cluster spans two splits, the split is the same on any machine, and a cluster keeps its split
-when a refresh adds other clusters. Decontamination drops training sequences that an MMseqs2 search
+when a refresh adds other clusters. Both steps stream their Parquet inputs in batches (DuckDB counts the
+distinct clusters out of core), so memory stays flat at UniRef scale. Decontamination drops training sequences that an MMseqs2 search
 finds at or above an identity threshold against evaluation FASTA files; they go to quarantine.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline_lib import schemas
 from pipeline_lib.cluster import write_fasta_from_parquet
 from pipeline_lib.config import DecontaminateConfig, SplitConfig
+from pipeline_lib.ingest_dedupe import _duck, _sql_str
 from pipeline_lib.tools.mmseqs import MMseqs
 
 __all__ = ["SplitResult", "split_of", "assign_splits", "decontaminate"]
 
 log = logging.getLogger(__name__)
+SPLITS = ("train", "valid", "test")
+BATCH_ROWS = 1 << 20
 
 
 @dataclass
@@ -44,25 +50,67 @@ def split_of(representative: str, seed: int, valid_fraction: float, test_fractio
     return "train"
 
 
+def _split_column(reps: pa.Array, seed: int, cfg: SplitConfig) -> pa.Array:
+    """The split of every row of a batch, hashing each distinct representative once."""
+    uniq = pc.unique(reps)
+    names = pa.array([split_of(r, seed, cfg.valid_fraction, cfg.test_fraction) for r in uniq.to_pylist()],
+                     pa.string())
+    return pc.take(names, pc.index_in(reps, value_set=uniq))
+
+
+def _add_counts(counts: dict[str, int], values: pa.Array) -> None:
+    for item in pc.value_counts(values).to_pylist():
+        counts[item["values"]] += item["counts"]
+
+
+def _clusters_per_split(clusters: Path, col: str, seed: int, cfg: SplitConfig, tmp_dir: Path) -> dict[str, int]:
+    """Distinct representatives per split, found out of core by DuckDB (tens of millions at UniRef scale)."""
+    counts = dict.fromkeys(SPLITS, 0)
+    con = _duck(tmp_dir)
+    try:
+        for batch in con.sql(f"SELECT DISTINCT {col} FROM read_parquet({_sql_str(clusters)})").to_arrow_reader(
+                BATCH_ROWS):
+            _add_counts(counts, _split_column(batch.column(0), seed, cfg))
+    finally:
+        con.close()
+    return counts
+
+
 def assign_splits(clusters: Path, out_dir: Path, cfg: SplitConfig, *, level: str, seed: int,
                   excluded: set[str] | None = None) -> SplitResult:
-    """Write ``splits.parquet`` (id, split); ``excluded`` ids (decontaminated) are left out."""
+    """Write ``splits.parquet`` (id, split) in the row order of ``clusters``; ``excluded`` ids
+    (decontaminated) are left out. Streams ``clusters`` in batches: memory does not grow with its size."""
     col = f"cluster_{level}"
-    table = pq.read_table(clusters, columns=["id", col])
-    reps = table.column(col).to_pylist()
-    memo: dict[str, str] = {}
-    split = [memo.setdefault(r, split_of(r, seed, cfg.valid_fraction, cfg.test_fraction)) for r in reps]
-    ids = table.column("id").to_pylist()
-    if excluded:
-        keep = [i not in excluded for i in ids]
-        ids = [i for i, k in zip(ids, keep) if k]
-        split = [s for s, k in zip(split, keep) if k]
-    pq.write_table(pa.table({"id": ids, "split": split}, schema=schemas.SPLITS), out_dir / "splits.parquet",
-                   compression="zstd")
-    sizes = {s: split.count(s) for s in ("train", "valid", "test")}
-    per_cluster = {s: sum(1 for v in memo.values() if v == s) for s in ("train", "valid", "test")}
+    sizes = dict.fromkeys(SPLITS, 0)
+    dropped = pa.array(sorted(excluded or ()), pa.string())
+    with pq.ParquetWriter(out_dir / "splits.parquet", schemas.SPLITS, compression="zstd") as writer:
+        for batch in pq.ParquetFile(clusters).iter_batches(batch_size=BATCH_ROWS, columns=["id", col]):
+            ids, split = batch.column(0), _split_column(batch.column(1), seed, cfg)
+            if len(dropped):
+                keep = pc.invert(pc.is_in(ids, value_set=dropped))
+                ids, split = ids.filter(keep), split.filter(keep)
+            _add_counts(sizes, split)
+            writer.write_table(pa.table({"id": ids, "split": split}, schema=schemas.SPLITS))
+    per_cluster = _clusters_per_split(clusters, col, seed, cfg, out_dir / "_duckdb_tmp")
+    shutil.rmtree(out_dir / "_duckdb_tmp", ignore_errors=True)
     log.info("split by %s: %s sequences, %s clusters", level, sizes, per_cluster)
     return SplitResult(sizes=sizes, clusters=per_cluster)
+
+
+def _rows_at(path: Path, columns: list[str], rows: list[int]) -> dict[int, tuple]:
+    """The values of ``columns`` at the given row numbers of a Parquet file, streamed batch by batch."""
+    wanted = pa.array(sorted(set(rows)), pa.int64())
+    out: dict[int, tuple] = {}
+    offset = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns):
+        local = pc.subtract(wanted.filter(pc.and_(pc.greater_equal(wanted, offset),
+                                                  pc.less(wanted, offset + batch.num_rows))), offset)
+        if len(local):
+            picked = batch.take(local)
+            for i, values in zip(local.to_pylist(), zip(*(picked.column(c).to_pylist() for c in columns))):
+                out[offset + i] = values
+        offset += batch.num_rows
+    return out
 
 
 def decontaminate(sequences: Path, clusters: Path, cfg: DecontaminateConfig, split_cfg: SplitConfig, *,
@@ -77,9 +125,6 @@ def decontaminate(sequences: Path, clusters: Path, cfg: DecontaminateConfig, spl
     tmp_dir.mkdir(parents=True, exist_ok=True)
     query = tmp_dir / "train.fasta"
     write_fasta_from_parquet(sequences, query)
-    ids = pq.read_table(sequences, columns=["id"]).column("id").to_pylist()
-    reps = pq.read_table(clusters, columns=[f"cluster_{level}"]).column(0).to_pylist()
-    is_train = [split_of(r, seed, split_cfg.valid_fraction, split_cfg.test_fraction) == "train" for r in reps]
     targets = tmp_dir / "eval.fasta"
     with open(targets, "w") as out:
         for f in cfg.fasta:
@@ -98,10 +143,15 @@ def decontaminate(sequences: Path, clusters: Path, cfg: DecontaminateConfig, spl
             q, t, pident = line.split("\t")[:3]
             ident = float(pident) / (100.0 if float(pident) > 1.0 else 1.0)
             qi = int(q)
-            if ident >= cfg.min_seq_id and is_train[qi] and ident > best.get(qi, (-1.0, ""))[0]:
+            if ident >= cfg.min_seq_id and ident > best.get(qi, (-1.0, ""))[0]:
                 best[qi] = (ident, t)
-    rows = [dict(stage="split", source_file=str(sequences), source_record=qi, id=ids[qi], reason="decontaminated",
-                 detail=f"{ids[qi]}: {ident:.2f} identity to evaluation sequence {t}", raw=None)
-            for qi, (ident, t) in sorted(best.items())]
+    # only the hit rows are looked up (a few, of tens of millions): their id, and whether they train
+    ids = _rows_at(sequences, ["id"], list(best))
+    reps = _rows_at(clusters, [f"cluster_{level}"], list(best))
+    is_train = {qi: split_of(reps[qi][0], seed, split_cfg.valid_fraction, split_cfg.test_fraction) == "train"
+                for qi in best}
+    rows = [dict(stage="split", source_file=str(sequences), source_record=qi, id=ids[qi][0], reason="decontaminated",
+                 detail=f"{ids[qi][0]}: {ident:.2f} identity to evaluation sequence {t}", raw=None)
+            for qi, (ident, t) in sorted(best.items()) if is_train[qi]]
     log.info("decontamination: %d training sequences removed", len(rows))
     return rows, ["mmseqs", *args]

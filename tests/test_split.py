@@ -45,3 +45,33 @@ def test_decontamination_removes_training_hits(tmp_path):
     res = assign_splits(tmp_path / "clusters.parquet", tmp_path, split_cfg, level="c50", seed=0,
                         excluded={r["id"] for r in rows})
     assert res.sizes["train"] == len(seqs) - 1
+
+
+def test_streamed_batches_give_the_split_of_one_batch(tmp_path, monkeypatch):
+    """The split stage streams its inputs (flat memory at UniRef scale): the batch size changes nothing."""
+    import pyarrow as pa
+
+    import pipeline_lib.split as split_mod
+
+    rng = random.Random(0)
+    n = 5000
+    ids = [f"id{i}" for i in range(n)]
+    pq.write_table(pa.table({"id": ids, "cluster_c50": [f"rep{rng.randrange(700)}" for _ in range(n)]}),
+                   tmp_path / "clusters.parquet")
+    dropped = set(rng.sample(ids, 40))
+    cfg = SplitConfig(valid_fraction=0.15, test_fraction=0.15)
+    results = {}
+    for rows in (split_mod.BATCH_ROWS, 333):
+        monkeypatch.setattr(split_mod, "BATCH_ROWS", rows)
+        out = tmp_path / f"b{rows}"
+        out.mkdir()
+        res = assign_splits(tmp_path / "clusters.parquet", out, cfg, level="c50", seed=5, excluded=dropped)
+        results[rows] = (res, pq.read_table(out / "splits.parquet"))
+        assert not (out / "_duckdb_tmp").exists()
+    (one, t1), (many, t2) = results.values()
+    assert t1.equals(t2) and one == many
+    assert t1.num_rows == n - len(dropped) and not set(t1.column("id").to_pylist()) & dropped
+    assert t1.column("id").to_pylist() == [i for i in ids if i not in dropped]          # row order kept
+    reps = pq.read_table(tmp_path / "clusters.parquet").column("cluster_c50").to_pylist()
+    assert sum(one.clusters.values()) == len(set(reps))
+    assert one.clusters["valid"] == len({r for r in reps if split_of(r, 5, 0.15, 0.15) == "valid"})
