@@ -7,8 +7,10 @@ marks each killed run 'crashed'.
 Every run is a real ``plm data`` subprocess talking to the session's Prefect test API (so no run pays
 for an ephemeral server). Kill points are deterministic: ``FAULT_RUNNER`` (written to a temporary file)
 runs the real CLI with one library function wrapped so that on its n-th call it writes a pause file and
-sleeps; the test sees the file and SIGKILLs the whole process group. The mmseqs kill goes through a
-wrapper script named by ``$PLM_MMSEQS`` that pauses inside the second clustering level. The helpers
+sleeps; the test sees the file and SIGKILLs the whole process group. The mmseqs kills go through a
+wrapper script named by ``$PLM_MMSEQS`` that pauses inside one clustering level. Every stage is killed
+at two points or more (``KILL_POINTS``), all in one sequence of runs on one workdir, each run getting
+further than the last, so an extra point costs one run start, not a whole pipeline run. The helpers
 here are shared with ``test_reliability_concurrency.py`` and ``test_reliability_crash_stages.py``.
 """
 from __future__ import annotations
@@ -124,9 +126,9 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 MMSEQS_PAUSE = """#!/bin/sh
-# mmseqs, except that the second clustering level (c50) pauses so that the test can kill the run
+# mmseqs, except that clustering level {level} pauses so that the test can kill the run
 case "$*" in
-  *c50_tmp*) echo $$ > "{pause}"; sleep 600 ;;
+  *{level}_tmp*) echo $$ > "{pause}"; sleep 600 ;;
 esac
 exec "{real}" "$@"
 """
@@ -197,9 +199,11 @@ def tail(log: Path, n: int = 4000) -> str:
 
 
 def kill_when_paused(proc: subprocess.Popen, pause_file: Path, log: Path, timeout_s: float = 90) -> None:
-    """Wait for the fault hook to reach its point, then SIGKILL the run's process group."""
+    """Wait for the fault hook to reach its point, then SIGKILL the run's process group.
+
+    The hook writes its pid into ``pause_file`` just before it sleeps: an empty file is one being written."""
     deadline = time.monotonic() + timeout_s
-    while not pause_file.exists():
+    while not (pause_file.exists() and pause_file.read_text().strip()):
         if proc.poll() is not None:
             pytest.fail(f"run ended (exit {proc.returncode}) before the kill point {pause_file.name}:\n{tail(log)}")
         if time.monotonic() > deadline:
@@ -311,15 +315,37 @@ def reference_hashes(tmp_path_factory, env: dict[str, str]) -> dict[str, dict[st
     return json.loads(done.read_text())
 
 
-# (name, how to stop the run there, what must be finished by then)
+# (name, how to stop the run there, what must be finished by then, the stage whose temporary directory the
+# kill leaves: the only temporary in the workdir, since each earlier one was removed by the run that redid
+# its stage; None: killed after the stage's rename, so no temporary at all)
+DATA = ("fetch", "ingest", "cluster", "split", "shards")
 KILL_POINTS = [
-    ("ingest: between two Parquet row groups", "pause:ingest:pyarrow.parquet:ParquetWriter.write_table@2", {"fetch"}),
-    ("cluster: mmseqs running level c50", "mmseqs", {"fetch", "ingest"}),
+    ("ingest: mid-parse, between two Parquet row groups", "pause:ingest:pyarrow.parquet:ParquetWriter.write_table@2",
+     set(DATA[:1]), "ingest"),
+    ("ingest: parsed, DuckDB dedupe starting", "pause:ingest:pipeline_lib.ingest_dedupe:_find_duplicates@1",
+     set(DATA[:1]), "ingest"),
+    ("cluster: mmseqs running the first level (c90)", "mmseqs:c90", set(DATA[:2]), "cluster"),
+    ("cluster: between levels, mmseqs running c50", "mmseqs:c50", set(DATA[:2]), "cluster"),
+    ("split: splits.parquet written, quarantine.parquet not yet", "pause:split:pyarrow.parquet:write_table@1",
+     set(DATA[:3]), "split"),
+    ("split: renamed, lineage step not yet recorded", "pause:split:pipeline_lib.lineage:LineageStore.record_step@1",
+     set(DATA[:4]), None),
     ("shards: between two shard writes", "pause:shards:pyarrow.parquet:ParquetWriter.write_table@3",
-     {"fetch", "ingest", "cluster", "split"}),
+     set(DATA[:4]), "shards"),
     ("shards: renamed, lineage step not yet recorded", "pause:shards:pipeline_lib.lineage:LineageStore.record_step@1",
-     {"fetch", "ingest", "cluster", "split", "shards"}),
+     set(DATA), None),
 ]
+
+
+def start_killable(cfg: Path, workdir: Path, env: dict[str, str], log: Path, fault: str, pause: Path,
+                   runner: Path) -> subprocess.Popen:
+    """Start ``plm data`` set to pause at ``fault``: a fault runner spec, or ``mmseqs:LEVEL``."""
+    if fault.startswith("mmseqs:"):
+        wrapper = pause.with_name(pause.name + "-mmseqs.sh")
+        wrapper.write_text(MMSEQS_PAUSE.format(level=fault.split(":")[1], pause=pause, real=find_mmseqs()))
+        wrapper.chmod(0o755)
+        return start_plm(cfg, workdir, {**env, "PLM_MMSEQS": str(wrapper)}, log)
+    return start_plm(cfg, workdir, {**env, "PLM_FAULT_FILE": str(pause)}, log, fault=fault, runner=runner)
 
 
 @pytest.fixture(scope="module")
@@ -330,15 +356,9 @@ def crashed_then_resumed(prefect_api, tmp_path_factory):
     base = tmp_path_factory.mktemp("crash")
     workdir = base / "resumed"
     seen = []
-    for i, (name, fault, finished) in enumerate(KILL_POINTS):
+    for i, (name, fault, finished, _) in enumerate(KILL_POINTS):
         pause, log = base / f"pause-{i}", base / f"killed-{i}.log"
-        if fault == "mmseqs":
-            wrapper = base / "mmseqs-pausing.sh"
-            wrapper.write_text(MMSEQS_PAUSE.format(pause=pause, real=find_mmseqs()))
-            wrapper.chmod(0o755)
-            proc = start_plm(cfg, workdir, {**env, "PLM_MMSEQS": str(wrapper)}, log)
-        else:
-            proc = start_plm(cfg, workdir, {**env, "PLM_FAULT_FILE": str(pause)}, log, fault=fault, runner=runner)
+        proc = start_killable(cfg, workdir, env, log, fault, pause, runner)
         kill_when_paused(proc, pause, log)
         seen.append({"name": name, "pid": proc.pid, "finished": finished,
                      "final": {s: len(d) for s, d in final_stage_dirs(workdir).items()},
@@ -350,16 +370,21 @@ def crashed_then_resumed(prefect_api, tmp_path_factory):
     return workdir, seen, log
 
 
+def test_every_data_stage_is_killed_at_two_points_at_least():
+    killed_in = [name.split(":")[0] for name, *_ in KILL_POINTS]
+    assert all(killed_in.count(stage) >= 2 for stage in DATA[1:]), killed_in
+    assert len({fault for _, fault, *_ in KILL_POINTS}) == len(KILL_POINTS)
+
+
 def test_each_kill_left_only_finished_stages_under_final_names(crashed_then_resumed):
     _, seen, _ = crashed_then_resumed
-    for point in seen:
+    for point, (*_, inside) in zip(seen, KILL_POINTS, strict=True):
         done = {stage for stage, n in point["final"].items() if n}
         assert done == point["finished"], f"{point['name']}: finished stages {done}"
         assert point["runs"][point["pid"]] == "running", point  # nobody has noticed the crash yet
-    # the kills inside a stage left that stage's work under a temporary name, and only there
-    assert any("ingest" in p.parent.name for p in seen[0]["temporaries"])
-    assert any("cluster" in p.parent.name for p in seen[1]["temporaries"])
-    assert any("shards" in p.parent.name for p in seen[2]["temporaries"])
+        # a kill inside a stage left that stage's work under a temporary name, and only there; the run
+        # that redid a stage removed what the kill before had left
+        assert [p.parent.name for p in point["temporaries"]] == ([inside] if inside else []), point
 
 
 def test_resume_reproduces_an_uninterrupted_run(crashed_then_resumed, prefect_api, tmp_path_factory):

@@ -1,13 +1,14 @@
-"""Crash and resume past the data stages: SIGKILL ``plm train`` inside the structures stage, between two
-MSA batches and in the middle of training, re-run it, and compare with an uninterrupted run.
+"""Crash and resume past the data stages: SIGKILL ``plm train`` at two points of each of the structures,
+MSA and training stages, re-run it, and compare with an uninterrupted run.
 
     .venv/bin/pytest -q tests/test_reliability_crash_stages.py
 
 One small config enables every stage (structures from the embedded demo corpus, 4 MSA queries in 2
-batches, a tiny model trained 6 steps with a checkpoint every 3). The same workdir is killed three times,
-each run getting further, then a fourth run finishes. The harness is ``test_reliability_crash.py``'s:
+batches, a tiny model trained 6 steps with a checkpoint every 3). The same workdir is killed six times,
+each run getting further, then a seventh run finishes. The harness is ``test_reliability_crash.py``'s:
 the structures and MSA kills use its fault runner; training runs in torchrun workers (other processes,
-other sessions), so there a ``sitecustomize`` module on ``PYTHONPATH`` pauses the worker before step 5.
+other sessions), so there a ``sitecustomize`` module on ``PYTHONPATH`` pauses the worker before step 5,
+or inside the Hugging Face export after the last step.
 """
 from __future__ import annotations
 
@@ -37,19 +38,30 @@ TRAIN_PAUSE_STEP = 5  # checkpoints at 3 and 6: killed in step 5, resumed from 3
 STAGES = ("structures", "msa")
 
 TRAIN_PAUSE = r'''
-"""sitecustomize for test_reliability_crash_stages.py: a training worker started with $PLM_TRAIN_PAUSE_AT=N
-writes $PLM_FAULT_FILE (its pid) before step N and sleeps until killed."""
+"""sitecustomize for test_reliability_crash_stages.py: a training worker started with $PLM_TRAIN_PAUSE_AT
+writes $PLM_FAULT_FILE (its pid) and sleeps until killed: before step N (a number), or ('export') inside
+the Hugging Face export, its weights written to the export's temporary directory, config.json not yet."""
 import importlib.abc, importlib.machinery, os, sys, time
 from pathlib import Path
 
 
+def pause(*_a, **_k):
+    Path(os.environ["PLM_FAULT_FILE"]).write_text(str(os.getpid()))
+    time.sleep(600)
+
+
 def install(module):
+    at = os.environ["PLM_TRAIN_PAUSE_AT"]
+    if at == "export":
+        import pipeline_lib.models.hf as hf  # export_hf: model.safetensors, then hf_config() for config.json
+
+        hf.hf_config = pause
+        return
     original = module.Trainer.train_step
 
     def train_step(self, *args, **kwargs):
-        if self.step + 1 == int(os.environ["PLM_TRAIN_PAUSE_AT"]):
-            Path(os.environ["PLM_FAULT_FILE"]).write_text(str(os.getpid()))
-            time.sleep(600)
+        if self.step + 1 == int(at):
+            pause()
         return original(self, *args, **kwargs)
 
     module.Trainer.train_step = train_step
@@ -187,15 +199,24 @@ def reference(reference_run) -> Path:
     return workdir
 
 
-# (name, fault runner spec or "train", stages finished by then)
+# (name, fault runner spec or "train:WHERE", stages finished by then, the stage folder holding the only
+# temporary the kill leaves: earlier ones were removed by the runs that redid their stage; None: no temporary)
+DATA = {"fetch", "ingest", "cluster", "split", "shards"}
 KILL_POINTS = [
+    # the structures stage runs as structures_batch tasks (3Di encoding), then the structures task (shards)
+    ("structures: 3Di encoding, nothing written yet",
+     "pause:structures_batch:pipeline_lib.structures.threedi:encode_chain@2", DATA, "structures_batch"),
     ("structures: between two SaProt shard writes", "pause:structures:pyarrow.parquet:write_table@2",
-     {"fetch", "ingest", "cluster", "split", "shards"}),
+     DATA | {"structures_batch"}, "structures"),
     # marker writes in pipeline_lib.msa.build: the target DB's, then one per batch: pause before the 2nd batch's
     ("msa: one batch finished, the other about to be marked done", "pause:*:pipeline_lib.msa.build:write_json_atomic@3",
-     {"fetch", "ingest", "cluster", "split", "shards", "structures", "msa_target"}),
-    ("train: in step 5, last checkpoint at step 3", "train",
-     {"fetch", "ingest", "cluster", "split", "shards", "structures", "msa_target", "msa"}),
+     DATA | {"structures", "structures_batch", "msa_target"}, "msa_batches"),
+    ("msa: batches done, msas.parquet written, token shards not yet",
+     "pause:msa:pipeline_lib.msa.stage:write_msa_shards@1", DATA | {"structures", "structures_batch", "msa_target"}, "msa"),
+    ("train: in step 5, last checkpoint at step 3", f"train:{TRAIN_PAUSE_STEP}",
+     DATA | {"structures", "structures_batch", "msa_target", "msa"}, None),
+    ("train: last step checkpointed, Hugging Face export half written", "train:export",
+     DATA | {"structures", "structures_batch", "msa_target", "msa"}, None),
 ]
 
 
@@ -216,11 +237,11 @@ def crashed_then_resumed(inputs, prefect_api, tmp_path_factory, reference_run):
     base = tmp_path_factory.mktemp("stages-crash")
     workdir = base / "resumed"
     seen = []
-    for i, (name, fault, finished) in enumerate(KILL_POINTS):
+    for i, (name, fault, finished, _) in enumerate(KILL_POINTS):
         pause, log = base / f"pause-{i}", base / f"killed-{i}.log"
         run_env = {**env, "PLM_FAULT_FILE": str(pause)}
-        if fault == "train":
-            run_env |= {"PLM_TRAIN_PAUSE_AT": str(TRAIN_PAUSE_STEP),
+        if fault.startswith("train:"):
+            run_env |= {"PLM_TRAIN_PAUSE_AT": fault.split(":")[1],
                         "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))}
             proc = start_plm(cfg, workdir, run_env, log, cmd="train")
         else:
@@ -233,10 +254,11 @@ def crashed_then_resumed(inputs, prefect_api, tmp_path_factory, reference_run):
         if survived:  # reported by test_killing_plm_kills_the_training_workers; not left running
             os.kill(paused, signal.SIGKILL)
         seen.append({"name": name, "pid": proc.pid, "finished": finished, "survived": survived, **snapshot(workdir)})
-        if fault == "train":
+        if fault.startswith("train:"):
             d = train_dir(workdir)
             seen[-1] |= {"train_marker": (d / MARKER).exists(), "losses": losses(d),
-                         "checkpoints": sorted(p.name for p in (d / "checkpoints").iterdir())}
+                         "checkpoints": sorted(p.name for p in (d / "checkpoints").iterdir()),
+                         "hf": sorted("hf.tmp-*" if ".tmp-" in p.name else p.name for p in d.glob("hf*"))}
         assert_nothing_partial(workdir, skip=("train", "msa_batches"))  # right after the kill
         assert_no_partial_batch_or_checkpoint(workdir)
     log = base / "resume.log"
@@ -245,26 +267,35 @@ def crashed_then_resumed(inputs, prefect_api, tmp_path_factory, reference_run):
     return workdir, seen, log
 
 
+def test_every_stage_past_the_data_is_killed_at_two_points_at_least():
+    killed_in = [name.split(":")[0] for name, *_ in KILL_POINTS]
+    assert all(killed_in.count(stage) >= 2 for stage in ("structures", "msa", "train")), killed_in
+
+
 def test_each_kill_left_only_finished_work_under_final_names(crashed_then_resumed):
     _, seen, _ = crashed_then_resumed
-    structures, msa, train = seen
-    for point in seen:
+    for point, (*_, inside) in zip(seen, KILL_POINTS, strict=True):
         assert point["final"] == point["finished"], point["name"]
         assert point["runs"][point["pid"]] == "running", point["name"]  # nobody has noticed the crash yet
-    assert any(p.parent.name == "structures" for p in structures["temporaries"])
-    # one MSA batch finished (marker, final name), the other only under a temporary name
-    assert list(msa["batches"]) == ["batch-00000"] or list(msa["batches"]) == ["batch-00001"]
-    assert [p.parent.name for p in msa["temporaries"]] == ["msa_batches"]
+        assert [p.parent.name for p in point["temporaries"]] == ([inside] if inside else []), point["name"]
+    _, _, msa_batch, msa, train, export = seen
+    # one MSA batch finished (marker, final name), the other only under a temporary name; then both
+    assert list(msa_batch["batches"]) == ["batch-00000"] or list(msa_batch["batches"]) == ["batch-00001"]
+    assert list(msa["batches"]) == ["batch-00000", "batch-00001"]
     # training: step 3 checkpointed, steps 1-4 logged, no completion marker
     assert train["checkpoints"] == ["step_00000003"] and not train["train_marker"]
-    assert sorted(train["losses"]) == [1, 2, 3, 4]
+    assert sorted(train["losses"]) == [1, 2, 3, 4] and train["hf"] == []
+    # killed in the export: resumed from step 3 to the end, step 6 checkpointed whole, the Hugging Face
+    # directory only under a temporary name
+    assert export["checkpoints"] == ["step_00000003", "step_00000006"] and not export["train_marker"]
+    assert sorted(export["losses"]) == [1, 2, 3, 4, 5, 6] and export["hf"] == ["hf.tmp-*"]
 
 
 def test_killing_plm_kills_the_training_workers(crashed_then_resumed):
     """torchrun starts each worker in a session of its own: the kill of plm's process group must still
     end them, or an orphan keeps training into the stage directory the re-run resumes from."""
     _, seen, _ = crashed_then_resumed
-    assert [p["survived"] for p in seen] == [False, False, False]
+    assert [p["survived"] for p in seen] == [False] * len(KILL_POINTS)
 
 
 def test_resume_reproduces_an_uninterrupted_run(crashed_then_resumed, reference):
@@ -282,14 +313,19 @@ def test_resume_reproduces_an_uninterrupted_run(crashed_then_resumed, reference)
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     steps = [json.loads(line)["step"] for line in (train_dir(workdir) / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 4, 5, 6], "step 4 is logged by the killed run and again after the resume"
+    # the export the last kill interrupted was redone from the step-6 checkpoint, without training again
+    assert sha256_file(train_dir(workdir) / "hf" / "model.safetensors") == \
+        sha256_file(train_dir(reference) / "hf" / "model.safetensors")
     assert "structures cached" in log.read_text() and "msa        cached" in log.read_text()
 
 
 def test_resumed_runs_leave_no_temporaries(crashed_then_resumed):
-    """A re-run removes what the killed runs left under temporary names: ``run_stage`` for stage directories,
-    ``build_msa_batch`` (under the batch's lock) for the killed batch's ``batch-NNNNN.tmp-*``."""
+    """A re-run removes what the killed runs left under temporary names: ``run_stage`` for stage directories
+    (and, in a resumable stage's directory, the killed export's ``hf.tmp-*``), ``build_msa_batch`` (under the
+    batch's lock) for the killed batch's ``batch-NNNNN.tmp-*``."""
     workdir, _, _ = crashed_then_resumed
     assert temporaries(workdir) == []
+    assert [p for p in (workdir / "stages").rglob("*") if ".tmp-" in p.name] == []
 
 
 def test_lineage_marks_every_killed_run_crashed(crashed_then_resumed):
@@ -303,5 +339,6 @@ def test_lineage_marks_every_killed_run_crashed(crashed_then_resumed):
     assert steps["structures"] == steps["msa"] == "cached" and steps["train"] == "completed"
     batches = store.query("SELECT r.pid, s.status FROM steps s JOIN runs r USING (run_id) WHERE s.stage='msa_batch'")
     by_run = {pid: sorted(b["status"] for b in batches if b["pid"] == pid) for pid in {b["pid"] for b in batches}}
-    # the run after the MSA kill reused the batch finished before it and built only the other one
-    assert by_run[seen[2]["pid"]] == ["cached", "completed"]
+    # the run after the MSA batch kill reused the batch finished before it and built only the other one;
+    # the next run found both finished
+    assert by_run[seen[3]["pid"]] == ["cached", "completed"] and by_run[seen[4]["pid"]] == ["cached", "cached"]
