@@ -1,6 +1,7 @@
 """Property-based tests (hypothesis, derandomized so every run tries the same examples) of the FASTA reader,
 the header parsers, ingest and the tokenizers on arbitrary input: they never fail other than with their
-documented errors, nothing is lost, and counts reconcile.
+documented errors, nothing is lost, and counts reconcile. The PDB / mmCIF readers are fuzzed in
+test_hostile_properties_structures.py, the alignment readers and MSA tokens in test_hostile_properties_msa.py.
 
     .venv/bin/pytest -q tests/test_hostile_properties.py
 """
@@ -314,3 +315,4 @@ def test_saprot_pairs_refuse_length_mismatch_and_stay_in_vocabulary(aa, di):
 def test_decode_refuses_ids_outside_the_vocabulary(bad):
     with pytest.raises(DataValidationError, match=str(bad)):
         ESM_ALPHABET.decode([5, bad])
+

@@ -179,8 +179,10 @@ def _read_stockholm(path: Path) -> list[tuple[str, str]]:
 
     try:
         aln = AlignIO.read(str(path), "stockholm")
-    except (ValueError, OSError) as exc:
-        raise DataValidationError(f"not a readable Stockholm alignment: {exc}", path=str(path)) from exc
+    # Bio's parser also fails with a bare AssertionError (e.g. a sequence line after '//')
+    except (ValueError, OSError, AssertionError, IndexError, KeyError) as exc:
+        raise DataValidationError(f"not a readable Stockholm alignment: {type(exc).__name__} {exc}".rstrip(),
+                                  path=str(path)) from exc
     records = [(rec.id + (f" {rec.description}" if rec.description and rec.description != rec.id else ""),
                 str(rec.seq)) for rec in aln]
     if not records:

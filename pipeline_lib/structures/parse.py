@@ -18,7 +18,8 @@ residue's atoms (AlphaFold DB and ColabFold store pLDDT in the B-factor column).
 
 Broken input raises :class:`DataValidationError` naming the file: empty, binary, truncated (a cut ATOM
 record; a wwPDB file that starts with ``HEADER`` but has no ``END``; an mmCIF whose categories end with
-``#`` lines except the last) or without any CA atom. :func:`check_structure_size` refuses files over a
+``#`` lines except the last), without any CA atom, or with a ``nan`` / ``inf`` / out-of-range coordinate
+or pLDDT (naming the residue too). :func:`check_structure_size` refuses files over a
 byte or atom limit (:class:`StructureTooLarge`) reading 1 MiB at a time, before anything is parsed.
 """
 from __future__ import annotations
@@ -214,6 +215,20 @@ def _pick_atoms(res: gemmi.Residue, altloc: AltlocMode) -> dict[str, gemmi.Atom]
     return picked
 
 
+def _check_finite(source: str, ch: gemmi.Chain, residues: list[gemmi.Residue], coords: np.ndarray,
+                  present: np.ndarray, plddt: np.ndarray) -> None:
+    """gemmi reads ``nan``, ``inf`` and numbers beyond float32 without complaint: refuse them, naming the
+    residue, so that NaN in :attr:`Chain.coords` only ever means a missing atom (``present`` False) and 3Di,
+    pLDDT masks and contact maps never see an infinite or undefined value."""
+    bad_xyz = present & ~np.isfinite(coords).all(axis=2)
+    for i in np.flatnonzero(bad_xyz.any(axis=1) | ~np.isfinite(plddt))[:1]:
+        res = residues[i]
+        what = (f"coordinate of atom {BACKBONE_ATOMS[int(np.argmax(bad_xyz[i]))]}" if bad_xyz[i].any()
+                else "pLDDT / B-factor")
+        raise DataValidationError(f"non-finite {what} (nan, inf or beyond the float32 range)", path=source,
+                                  record=f"chain {ch.name} residue {res.name} {res.seqid.num}{res.seqid.icode.strip()}")
+
+
 def _chain(ch: gemmi.Chain, stem: str, source: str, qa: dict[tuple[str, int], float],
            altloc: AltlocMode) -> Chain | None:
     seq: list[str] = []
@@ -221,6 +236,8 @@ def _chain(ch: gemmi.Chain, stem: str, source: str, qa: dict[tuple[str, int], fl
     icodes: list[str] = []
     plddt: list[float] = []
     coords: list[list[list[float]]] = []
+    kept: list[gemmi.Residue] = []
+    present: list[list[bool]] = []
     nan3 = [np.nan, np.nan, np.nan]
     for res in ch.first_conformer():
         if res.entity_type not in _KEPT_ENTITIES or res.het_flag not in ("A", "H"):
@@ -228,31 +245,43 @@ def _chain(ch: gemmi.Chain, stem: str, source: str, qa: dict[tuple[str, int], fl
         atoms = _pick_atoms(res, altloc)
         if "CA" not in atoms:
             continue
+        if res.seqid.num is None:  # a blank or unreadable residue number field
+            raise DataValidationError("residue without a sequence number", path=source, record=(
+                f"chain {ch.name!r} residue {res.name!r} (atom serial {atoms['CA'].serial})"))
+        kept.append(res)
         seq.append(one_letter(res.name))
         nums.append(res.seqid.num)
         icodes.append(res.seqid.icode if res.seqid.icode.strip() else " ")
         local = qa.get((res.subchain, res.label_seq)) if qa and res.label_seq is not None else None
         plddt.append(local if local is not None else sum(a.b_iso for a in atoms.values()) / len(atoms))
         coords.append([atoms[a].pos.tolist() if a in atoms else nan3 for a in BACKBONE_ATOMS])
+        present.append([a in atoms for a in BACKBONE_ATOMS])
     if not seq:
         return None
+    with np.errstate(over="ignore"):  # beyond float32: inf, refused just below
+        xyz, conf = np.asarray(coords, dtype=np.float32), np.asarray(plddt, dtype=np.float32)
+    _check_finite(source, ch, kept, xyz, np.asarray(present, dtype=bool), conf)
     return Chain(name=f"{stem}_{ch.name}", chain_id=ch.name, source=source, sequence="".join(seq),
-                 resnums=np.asarray(nums, dtype=np.int32), icodes="".join(icodes),
-                 plddt=np.asarray(plddt, dtype=np.float32), coords=np.asarray(coords, dtype=np.float32))
+                 resnums=np.asarray(nums, dtype=np.int32), icodes="".join(icodes), plddt=conf, coords=xyz)
 
 
 def parse_structure(item: str | os.PathLike[str] | StructureBlob, *, altloc: AltlocMode = "last") -> list[Chain]:
     """Chains of the first model of a PDB/mmCIF file (path or :class:`StructureBlob`), in file order.
 
-    Raises :class:`DataValidationError` (naming the file) for unreadable, empty, truncated or
-    CA-less input. Chains without any CA residue (waters, ligands) are left out.
+    Raises :class:`DataValidationError` (naming the file) for unreadable, empty, truncated or CA-less
+    input, names that are not UTF-8, residues without a number and non-finite coordinates or pLDDT.
+    Chains without any CA residue (waters, ligands) are left out.
     """
     name, data = _read_bytes(item)
     st, qa = _load(name, data)
     if len(st) == 0:
         raise DataValidationError("no model with atoms in structure file", path=name)
     stem = structure_stem(name)
-    chains = [c for ch in st[0] if (c := _chain(ch, stem, name, qa, altloc)) is not None]
+    try:
+        chains = [c for ch in st[0] if (c := _chain(ch, stem, name, qa, altloc)) is not None]
+    except UnicodeDecodeError as exc:  # gemmi hands names to Python as UTF-8, only when they are read
+        raise DataValidationError(f"a chain, residue or atom name is not UTF-8 text ({exc.object[:16]!r})",
+                                  path=name) from None
     if not chains:
         raise DataValidationError("no amino-acid residue with a CA atom in structure file", path=name)
     return chains
