@@ -6,8 +6,8 @@
     plm train configs/demo.yaml               # data stages (+ structures for SaProt) + train
     plm evaluate configs/demo.yaml --checkpoint DIR [DIR ...]    # evaluate given checkpoints / HF dirs
 
-The data stages and MSA batches run on the configured task runner (``runner:``, flows/runner.py); structures,
-training and evaluation run in the flow process, which they parallelize themselves (worker processes, torchrun).
+The data stages, structure batches and MSA batches run on the configured task runner (``runner:``,
+flows/runner.py); training and evaluation run in the flow process, which they parallelize themselves (torchrun).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from tasks.evaluate import evaluate
 from tasks.msa import msa_batch, msa_queries, msa_shards, msa_target
 from tasks.report import report
 from tasks.retention import retention
-from tasks.structures import structures
+from tasks.structures import structure_batches, structures, structures_batch
 from tasks.train import train
 
 
@@ -49,7 +49,7 @@ def _stages(ctx, cfg: Config, *, train_stage: bool, evaluate_stage: bool) -> dic
                           "Transformer; set evaluate.enabled=false to train one")
     stages = run_data_stages(ctx, cfg, data.check_release(ctx, cfg))
     if cfg.structures.enabled or (train_stage and cfg.train.vocab == "saprot"):
-        stages["structures"] = structures(ctx, cfg, stages["ingest"], stages["cluster"], stages["split"])
+        stages["structures"] = run_structures_stage(ctx, cfg, stages)
     if cfg.msa.enabled or (train_stage and cfg.train.architecture == "msa_transformer"):
         stages["msa"] = run_msa_stage(ctx, cfg, stages)
     if train_stage:
@@ -59,6 +59,17 @@ def _stages(ctx, cfg: Config, *, train_stage: bool, evaluate_stage: bool) -> dic
             ckpt = trained.get("hf") or next(a for a in trained.values() if a.kind == "checkpoint")
             stages["evaluate"] = evaluate(ctx, cfg, ckpt, _training_shards(cfg, stages))
     return stages
+
+
+def run_structures_stage(ctx, cfg: Config, stages: dict):
+    """Structure batches side by side on the task runner, then the stage that merges them into SaProt shards."""
+    batches = structure_batches(cfg, stages["ingest"])
+    # a process of the threads runner may start encoding processes; processes / Dask / Ray parallelize batches
+    workers = cfg.structures.workers if cfg.runner.kind == "threads" else 1
+    futures = [structures_batch.submit(ctx, cfg, batch, workers) for batch in batches]
+    results = results_with_progress(futures, "structures-batches", "batches",  # batches done, in the Prefect UI
+                                    resolve=functools.partial(resolve, ctx))
+    return resolve(ctx, structures.submit(ctx, cfg, stages["ingest"], stages["cluster"], stages["split"], results))
 
 
 def run_msa_stage(ctx, cfg: Config, stages: dict):

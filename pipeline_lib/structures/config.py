@@ -71,8 +71,15 @@ class StructuresConfig(StrictModel):
         "auto", description="3Di encoder: the foldseek binary, the mini3di NumPy port, or foldseek when found.")
     foldseek_binary: str | None = Field(None, description="Path to foldseek (default: $PLM_FOLDSEEK, then PATH).")
     threads: int = Field(1, ge=1, description="foldseek --threads per batch.")
-    batch_size: int = Field(64, ge=1, description="Structure files per batch (the unit of work of one worker).")
-    workers: int = Field(1, ge=1, description="Worker processes encoding batches in parallel.")
+    batch_size: int = Field(64, ge=1, description="Structure files per encoding chunk inside a batch task (one "
+                                                  "foldseek createdb each; the unit of work of one worker process).")
+    task_batch_size: int = Field(
+        1000, ge=1, description="Work units per batch task on the task runner (one cached stage directory each): "
+                                "structure files of a directory or the embedded corpus, AlphaFold DB accessions, "
+                                "whole tar archives or Foldcomp databases; a batch holds units of one source only.")
+    workers: int = Field(1, ge=1, description="Worker processes encoding the chunks of a batch in parallel (on the "
+                                              "threads runner only; processes, dask and ray run batches 1 process "
+                                              "each, side by side).")
     max_file_bytes: int = Field(256 << 20, ge=1,
                                 description="Structure files larger than this (uncompressed) are quarantined as "
                                             "structure_too_large before parsing (bounded memory).")

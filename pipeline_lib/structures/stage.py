@@ -4,6 +4,12 @@ sequence shards.
     result = build_structure_shards(sequences, clusters, splits, out_dir, cfg.structures,
                                     levels=["c90", "c50"], shards_cfg=cfg.shards, download_dir=workdir / "downloads")
 
+    found = merge_batches(read_batch(d, stats) for d, stats in batch_outputs)   # the batches of tasks/structures.py
+    result = write_structure_shards(found, sequences, clusters, splits, out_dir, cfg.structures, ...)
+
+The inputs are planned and encoded in batches (:mod:`pipeline_lib.structures.batches`, one task each in the
+flows); :func:`build_structure_shards` runs them all in this process.
+
 Every ingested sequence gets a row: with its structure's masked 3Di letters when one joins (by UniProt
 accession, or chain name ``<file stem>_<chain>``), else ``#`` for every residue (SaProt's convention).
 A structure whose modelled sequence differs from the database sequence is quarantined (or aligned).
@@ -32,16 +38,15 @@ import pyarrow.parquet as pq
 from pipeline_lib import schemas
 from pipeline_lib.config import ShardsConfig
 from pipeline_lib.io import atomic_path, sha256_file, write_json_atomic
-from pipeline_lib.progress import Progress
+from pipeline_lib.structures.batches import BatchResult, FileTally, merge_batches, plan_batches, run_batch, \
+    with_plddt_policy
 from pipeline_lib.structures.config import StructuresConfig
-from pipeline_lib.structures.parse import StructureBlob, StructureTooLarge, check_structure_size
-from pipeline_lib.structures.saprot import StructureRecord, parse_afdb_name, saprot_rows, structure_records
-from pipeline_lib.structures.sources import SourceStats, afdb_models, iter_archive, iter_directory, iter_foldcomp
-from pipeline_lib.structures.threedi import EncodedChain, EncodeStats, encode_structures, resolve_backend
+from pipeline_lib.structures.saprot import saprot_rows
+from pipeline_lib.structures.threedi import encode_structures, resolve_backend
 from pipeline_lib.tokenizer import SAPROT_ALPHABET
 
 __all__ = ["StructureStageResult", "FileTally", "collect_structures", "build_structure_shards", "backend_version",
-           "threedi_of_structure"]
+           "write_structure_shards", "ingested_accessions", "threedi_of_structure"]
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -52,15 +57,6 @@ class StructureStageResult:
     manifest: dict[str, Any]
     quarantine: list[dict[str, Any]]
     stats: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class FileTally:
-    """Structure files by outcome; ``files_in`` equals the sum of the other three once the stage is done."""
-
-    files_in: int = 0
-    too_large: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
-    encoded: set[str] = field(default_factory=set)  # files with at least one encoded chain
 
 
 def backend_version(cfg: StructuresConfig) -> tuple[str, str]:
@@ -76,84 +72,24 @@ def backend_version(cfg: StructuresConfig) -> tuple[str, str]:
     return backend, importlib.metadata.version("mini3di")
 
 
-def _within_limits(items: Iterator[Path | StructureBlob], cfg: StructuresConfig,
-                   tally: FileTally) -> Iterator[Path | StructureBlob]:
-    """Count every input file; hold back those over the size limits (streamed check, bounded memory)."""
-    for item in items:
-        tally.files_in += 1
-        try:
-            check_structure_size(item, max_bytes=cfg.max_file_bytes, max_atoms=cfg.max_atoms)
-        except StructureTooLarge as exc:
-            log.warning("%s", exc)
-            tally.too_large.append((exc.path or "", exc.reason))
-            continue
-        yield item
-
-
-def _noting_files(chains: Iterator[EncodedChain], tally: FileTally) -> Iterator[EncodedChain]:
-    for ch in chains:
-        tally.encoded.add(ch.source)
-        yield ch
-
-
-def _inputs(src, accessions: list[str], download_dir: Path, stats: SourceStats) -> Iterator[Path | StructureBlob]:
-    if src.kind == "directory":
-        yield from iter_directory(src.path, recursive=src.recursive, patterns=src.patterns)
-    elif src.kind == "archive":
-        for path in src.paths:
-            yield from iter_archive(path, stats=stats, max_member_bytes=src.max_member_bytes)
-    elif src.kind == "afdb":
-        yield from (m.path for m in afdb_models(src.accessions or accessions, download_dir / "afdb", src, stats=stats))
-    elif src.kind == "foldcomp":
-        yield from iter_foldcomp(src.path, src.ids)
-    else:
-        from pipeline_lib.sources.embedded import embedded_structures
-
-        yield from (f.path for f in embedded_structures(src.corpus))
-
-
-def _source_version(src) -> str | None:
-    if src.kind == "embedded":
-        return f"pyjess {importlib.metadata.version('pyjess')}"
-    if src.kind == "foldcomp":
-        return Path(src.path).name
-    return None  # afdb: the model version comes from each file name
-
-
-def _with_plddt_policy(chains, src, policy: str):
-    """Drop the per-residue values of chains whose B-factor column is not pLDDT (no masking for them)."""
-    predicted_source = src.kind in ("afdb", "foldcomp")
-    for ch in chains:
-        is_plddt = policy == "always" or (policy == "auto" and (predicted_source or parse_afdb_name(ch.name)))
-        yield ch if is_plddt else ch._replace(plddt=None)
-
-
 def collect_structures(cfg: StructuresConfig, *, accessions: list[str], download_dir: Path,
-                       source_stats: SourceStats, encode_stats: EncodeStats,
-                       tally: FileTally | None = None) -> dict[str, StructureRecord]:
-    """Encode every configured source; the first source that has a structure for a key wins.
+                       workers: int | None = None) -> BatchResult:
+    """Encode every configured source in this process, batch after batch (:mod:`.batches`); the first
+    source that has a structure for a key wins. ``workers``: encoding processes (default ``cfg.workers``).
 
-    Each source reports the files its completed batches held through a :class:`Progress` labelled
-    ``structures <kind>`` (``structures <kind> <i>`` when there are several sources): log lines, and a
-    progress artifact in the Prefect UI when the tasks layer listens.
+    Each batch reports its files through a :class:`Progress` labelled ``structures <kind>`` (``structures
+    <kind> <i>`` when there are several sources, `` batch NNNNN`` when a source has several batches).
     """
-    records: dict[str, StructureRecord] = {}
-    tally = tally if tally is not None else FileTally()
     backend = backend_version(cfg)[0]
-    for i, src in enumerate(cfg.sources):
-        label = f"structures {src.kind}" + (f" {i}" if len(cfg.sources) > 1 else "")
-        inputs = _within_limits(_inputs(src, accessions, download_dir, source_stats), cfg, tally)
-        with Progress(label, unit="files") as prog:
-            chains = encode_structures(inputs, backend=backend, threads=cfg.threads, workers=cfg.workers,
-                                       batch_size=cfg.batch_size, foldseek_binary=cfg.foldseek_binary,
-                                       altloc=cfg.altloc, stats=encode_stats, progress=prog)
-            chains = _with_plddt_policy(_noting_files(chains, tally), src, cfg.plddt_in_bfactor)
-            found = structure_records(chains, source=src.kind, version=_source_version(src),
-                                      threshold=cfg.plddt_threshold)
-        for key, rec in found.items():
-            records.setdefault(key, rec)
-        log.info("structures from %s: %d chains", src.kind, len(found))
-    return records
+    return merge_batches(run_batch(b, cfg, backend=backend, download_dir=download_dir,
+                                   workers=cfg.workers if workers is None else workers)
+                         for b in plan_batches(cfg, accessions=accessions))
+
+
+def ingested_accessions(sequences: Path) -> list[str]:
+    """The distinct UniProt accessions of the ingested sequences (what an ``afdb`` source fetches by default)."""
+    accessions = pq.read_table(sequences, columns=["accession"]).column(0).to_pylist()
+    return sorted(set(a for a in accessions if a))
 
 
 def _split_batches(sequences: Path, clusters: Path, splits: Path, split: str, levels: list[str]):
@@ -202,18 +138,30 @@ def _write_split(tables: Iterator[pa.Table], split_dir: Path, shards_cfg: Shards
 
 def build_structure_shards(sequences: Path, clusters: Path, splits: Path, out_dir: Path, cfg: StructuresConfig, *,
                            levels: list[str], shards_cfg: ShardsConfig, download_dir: Path) -> StructureStageResult:
-    backend, version = backend_version(cfg)  # before any work: a missing foldseek fails fast
-    accessions = pq.read_table(sequences, columns=["accession"]).column(0).to_pylist()
-    src_stats, enc_stats, tally = SourceStats(), EncodeStats(), FileTally()
-    records = collect_structures(cfg, accessions=sorted(set(a for a in accessions if a)), download_dir=download_dir,
-                                 source_stats=src_stats, encode_stats=enc_stats, tally=tally)
+    """The whole stage in this process: every batch, merged, joined with the sequences and written."""
+    backend_version(cfg)  # before any work: a missing foldseek fails fast
+    found = collect_structures(cfg, accessions=ingested_accessions(sequences), download_dir=download_dir)
+    return write_structure_shards(found, sequences, clusters, splits, out_dir, cfg, levels=levels,
+                                  shards_cfg=shards_cfg)
+
+
+def _quarantined_files(found: BatchResult) -> list[dict[str, Any]]:
+    """Structure files that cannot be used, kept with the reason."""
+    return [{"stage": "structures", "source_file": f, "source_record": None, "id": None, "reason": reason,
+             "detail": why, "raw": None}
+            for reason, failures in (("structure_too_large", found.tally.too_large),
+                                     ("unreadable_structure", [*found.encode.failures, *found.source.failures]))
+            for f, why in failures]
+
+
+def write_structure_shards(found: BatchResult, sequences: Path, clusters: Path, splits: Path, out_dir: Path,
+                           cfg: StructuresConfig, *, levels: list[str],
+                           shards_cfg: ShardsConfig) -> StructureStageResult:
+    """Join the merged batches' structures with the sequences; SaProt shards split like the sequence shards."""
+    backend, version = backend_version(cfg)
+    records, tally, enc_stats, src_stats = found.records, found.tally, found.encode, found.source
     schema = schemas.structure_shard_schema(levels)
-    quarantine: list[dict[str, Any]] = [  # structure files that cannot be used: kept with the reason
-        {"stage": "structures", "source_file": f, "source_record": None, "id": None, "reason": reason,
-         "detail": why, "raw": None}
-        for reason, failures in (("structure_too_large", tally.too_large),
-                                 ("unreadable_structure", [*enc_stats.failures, *src_stats.failures]))
-        for f, why in failures]
+    quarantine = _quarantined_files(found)
     manifest: dict[str, Any] = {
         "schema_version": schemas.SCHEMA_VERSION, "kind": "structure", "columns": schema.names,
         "vocabulary": {"name": SAPROT_ALPHABET.name, "tokens": list(SAPROT_ALPHABET.tokens)},
@@ -254,9 +202,8 @@ def threedi_of_structure(path: str, chain: str | None, cfg: StructuresConfig) ->
     from pipeline_lib.errors import DataValidationError
     from pipeline_lib.structures.saprot import mask_threedi
 
-    src = type("Src", (), {"kind": "file"})()
-    chains = _with_plddt_policy(encode_structures([path], backend=cfg.backend, foldseek_binary=cfg.foldseek_binary,
-                                                  altloc=cfg.altloc, on_error="raise"), src, cfg.plddt_in_bfactor)
+    chains = with_plddt_policy(encode_structures([path], backend=cfg.backend, foldseek_binary=cfg.foldseek_binary,
+                                                 altloc=cfg.altloc, on_error="raise"), "file", cfg.plddt_in_bfactor)
     for ch in chains:
         if chain is None or ch.name.rsplit("_", 1)[-1] == chain:
             return mask_threedi(ch.threedi, ch.plddt, cfg.plddt_threshold)
