@@ -40,7 +40,8 @@ def run_data_stages(ctx, cfg: Config, release: data.ReleaseCheck | None = None) 
     each wherever the runner puts it (a thread, a process, a Dask or Ray worker). ``resolve`` writes the
     lineage a worker process kept: this process is the only one that writes the lineage database.
     """
-    for download in [data.fetch_url.submit(ctx, url) for url in data.source_urls(cfg)]:
+    hosts = getattr(cfg.source, "allowed_hosts", None)
+    for download in [data.fetch_url.submit(ctx, url, hosts) for url in data.source_urls(cfg)]:
         resolve(ctx, download)
     source = resolve(ctx, data.fetch.submit(ctx, cfg, release))
     ingested = resolve(ctx, data.ingest.submit(ctx, cfg, source))

@@ -35,6 +35,26 @@ class StrictModel(BaseModel):
 
 # --- sources ---------------------------------------------------------------------------------------
 
+_SOURCE_HOSTS_HELP = ("Hosts the source's URLs, and every redirect they lead to, may point to; anything else is "
+                      "refused before a request is made (None: any host).")
+
+
+def _check_source_hosts(field: str, urls: list[str], allowed_hosts: list[str] | None) -> None:
+    """Refuse at load time an http(s) URL of a source whose host is not in its ``allowed_hosts``; the download
+    code checks again before every request and every redirect (``pipeline_lib.sources.download``)."""
+    from urllib.parse import urlsplit
+
+    allowed = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https"):
+            continue  # local paths and globs; other schemes are refused where they are resolved
+        if not parts.hostname:
+            raise ValueError(f"{field}: URL without a host")
+        if allowed is not None and parts.hostname.lower() not in allowed:
+            raise ValueError(f"{field}: host {parts.hostname!r} is not in allowed_hosts {sorted(allowed)}")
+
+
 class UnirefSource(StrictModel):
     kind: Literal["uniref"] = "uniref"
     base_url: str = Field("https://ftp.uniprot.org/pub/databases/uniprot",
@@ -42,11 +62,24 @@ class UnirefSource(StrictModel):
     database: Literal["uniref50", "uniref90", "uniref100"] = "uniref50"
     retries: int = Field(5, ge=0, description="Attempts after the first, with exponential backoff.")
     timeout_s: float = Field(60.0, gt=0, description="Seconds without data before a transfer counts as stalled.")
+    allowed_hosts: list[str] | None = Field(None, description=_SOURCE_HOSTS_HELP + " For UniProt itself: "
+                                                              "[ftp.uniprot.org].")
+
+    @model_validator(mode="after")
+    def _hosts(self) -> "UnirefSource":
+        _check_source_hosts("base_url", [self.base_url], self.allowed_hosts)
+        return self
 
 
 class FastaSource(StrictModel):
     kind: Literal["fasta"] = "fasta"
     paths: list[str] = Field(..., min_length=1, description="Local paths, globs or http(s) URLs; plain or .gz.")
+    allowed_hosts: list[str] | None = Field(None, description=_SOURCE_HOSTS_HELP)
+
+    @model_validator(mode="after")
+    def _hosts(self) -> "FastaSource":
+        _check_source_hosts("paths", self.paths, self.allowed_hosts)
+        return self
 
 
 class EmbeddedSource(StrictModel):

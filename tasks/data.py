@@ -72,7 +72,7 @@ def _fetch_sources(cfg: Config, ctx: RunContext) -> tuple[list[Produced], dict[s
     if src.kind == "fasta":
         from pipeline_lib.sources.fasta_files import resolve_fasta_inputs
 
-        paths = resolve_fasta_inputs(src.paths, downloads / "urls")
+        paths = resolve_fasta_inputs(src.paths, downloads / "urls", allowed_hosts=src.allowed_hosts)
         return [Produced(f"source_{i}", "source_fasta", path=str(p)) for i, p in enumerate(paths)], \
             {"source": "fasta", "release": None}
     from pipeline_lib.sources.uniref import download_uniref
@@ -91,14 +91,16 @@ def source_urls(cfg: Config) -> list[str]:
 
 
 @lineage_task(name="fetch_url", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)
-def fetch_url(ctx: RunContext, url: str) -> str:
+def fetch_url(ctx: RunContext, url: str, allowed_hosts: list[str] | None = None) -> str:
     """One source file to where the fetch stage looks for it, so several download at once on the task runner;
-    the fetch stage then finds them in place (verified files are never fetched twice)."""
+    the fetch stage then finds them in place (verified files are never fetched twice). ``allowed_hosts``: the
+    source's, checked before the request and every redirect."""
     from pipeline_lib.sources.download import download
     from pipeline_lib.sources.fasta_files import url_download_path
 
     with progress_artifacts():  # bytes, rate and ETA as a progress bar "download-<file>" in the Prefect UI
-        return str(download(url, url_download_path(url, Path(ctx.workdir) / "downloads" / "urls")).path)
+        return str(download(url, url_download_path(url, Path(ctx.workdir) / "downloads" / "urls"),
+                            allowed_hosts=allowed_hosts).path)
 
 
 @lineage_task(name="fetch", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)

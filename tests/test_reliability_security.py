@@ -5,11 +5,17 @@
 The source checks walk the AST of every ``*.py`` under ``pipeline_lib/``, ``tasks/`` and ``flows/`` (not a
 grep: comments and strings do not count, ``model.eval()`` is not ``eval``). The credentials check runs the
 data flow on a config whose FASTA is a URL with ``user:password@`` and a token (a local server answers 404,
-so the run fails) and then searches every table of the lineage database for the secrets.
+so the run fails) and then searches every table of the lineage database for the secrets. The sources'
+``allowed_hosts`` are tried against a real server on 127.0.0.1 (a refused host gets no request, not even
+through a redirect), and ``plm dashboard`` is started for real to see which address it listens on.
 """
 from __future__ import annotations
 
 import ast
+import os
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,7 +24,16 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from conftest_http import http_server  # noqa: F401  (fixture)
+from http_server import Fault
+from pipeline_lib.config import FastaSource, UnirefSource, load_config
+from pipeline_lib.errors import ConfigError
+from pipeline_lib.sources.download import PermanentDownloadError
+from pipeline_lib.sources.fasta_files import resolve_fasta_inputs
+from pipeline_lib.sources.release import source_identity
+from pipeline_lib.sources.uniref import download_uniref
 from tests.conftest import ROOT
+from tests.test_uniref import BASE, fake_ftp
 
 SOURCES = sorted(p for d in ("pipeline_lib", "tasks", "flows") for p in (ROOT / d).rglob("*.py"))
 
@@ -168,3 +183,98 @@ def test_config_errors_never_echo_url_credentials():
     with pytest.raises(ConfigError) as err:  # a wrong type elsewhere: the URL value is shown redacted too
         load_config(None, ["source.kind=fasta", "source.paths=https://bob:hunter2@example.org/x.fa?token=abc"])
     assert "hunter2" not in str(err.value) and "token=abc" not in str(err.value)
+
+
+# --- URL allow-lists of the sources ----------------------------------------------------------------
+
+def test_source_hosts_outside_allowed_hosts_are_refused_before_any_request(http_server, tmp_path):
+    """``source.allowed_hosts`` (uniref and fasta) refuses other hosts when the config loads; the real
+    server on 127.0.0.1 sees no request. Listing its host lets the same download through."""
+    fake_ftp(http_server)
+    base, fasta_url = http_server.url(BASE), http_server.url("/x.fa")
+    with pytest.raises(ConfigError, match=r"source.*base_url: host '127\.0\.0\.1' is not in allowed_hosts "
+                                          r"\['ftp\.uniprot\.org'\]"):
+        load_config(None, [f"source={{kind: uniref, base_url: '{base}', allowed_hosts: [ftp.uniprot.org]}}"])
+    with pytest.raises(ConfigError, match=r"source.*paths: host '127\.0\.0\.1' is not in allowed_hosts"):
+        load_config(None, [f"source={{kind: fasta, paths: ['{fasta_url}'], allowed_hosts: [example.org]}}"])
+    assert http_server.requests == []
+    cfg = load_config(None, [f"source={{kind: uniref, base_url: '{base}', allowed_hosts: ['127.0.0.1']}}"])
+    result, info = download_uniref(cfg.source, tmp_path, backoff_s=0, progress=False)
+    assert info.release == "2025_03" and result.path.is_file()
+
+
+def test_a_redirect_off_the_allowed_hosts_is_never_followed(http_server, tmp_path):
+    """Every request the sources make carries the allow-list, and it is checked on each redirect *before*
+    the redirect is followed: here the server sends the metalink, a FASTA URL and a HEAD to ``localhost``
+    (the same server under a name that is not allowed), and no request reaches it."""
+    fake_ftp(http_server)
+    http_server.put("/x.fa", b">a\nMKV\n")
+    folder = f"{BASE}/uniref/uniref50"
+    elsewhere = http_server.url("/").replace("127.0.0.1", "localhost")
+    away = lambda path: Fault(status=302, headers={"Location": elsewhere + path.lstrip("/")})  # noqa: E731
+    uniref = UnirefSource(base_url=http_server.url(BASE), allowed_hosts=["127.0.0.1"], retries=0)
+    fasta = FastaSource(paths=[http_server.url("/x.fa")], allowed_hosts=["127.0.0.1"])
+    attempts = [
+        (f"{folder}/RELEASE.metalink", lambda: download_uniref(uniref, tmp_path / "u", backoff_s=0, progress=False)),
+        (f"{folder}/RELEASE.metalink", lambda: source_identity(uniref, tmp_path / "d")),
+        ("/x.fa", lambda: resolve_fasta_inputs(fasta.paths, tmp_path / "f", allowed_hosts=fasta.allowed_hosts)),
+        ("/x.fa", lambda: source_identity(fasta, tmp_path / "d")),  # a HEAD request
+    ]
+    for path, attempt in attempts:
+        http_server.requests.clear()
+        http_server.add_faults(path, away(path))
+        with pytest.raises(PermanentDownloadError, match="host 'localhost' is not one of"):
+            attempt()
+        assert [r.path for r in http_server.requests] == [path], "the redirect was followed"
+    # the same redirect with no allow-list is followed: the faults above were real redirects
+    http_server.requests.clear()
+    http_server.add_faults("/x.fa", away("/x.fa"))
+    assert resolve_fasta_inputs(fasta.paths, tmp_path / "g")[0].read_bytes() == b">a\nMKV\n"
+    assert [r.path for r in http_server.requests] == ["/x.fa", "/x.fa"]
+
+
+# --- dashboard binding -----------------------------------------------------------------------------
+
+def listening_address(port: int) -> str:
+    """The local IPv4 address a socket listens on at ``port`` (from /proc/net/tcp), e.g. '127.0.0.1'."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, local_port = local.split(":")
+        if int(local_port, 16) == port and state == "0A":  # 0A: LISTEN
+            return socket.inet_ntoa(bytes.fromhex(address)[::-1])
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def start_dashboard(db: Path, *host: str) -> tuple[subprocess.Popen, list[str], int]:
+    """Start ``plm dashboard`` on a free port; returns the process, its output up to the URL line, the port."""
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("plm")), "dashboard", "--db", str(db), "--port",
+                             "0", *host], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    killer = threading.Timer(90, proc.kill)  # a dashboard that never says where it listens fails, not hangs
+    killer.start()
+    lines: list[str] = []
+    try:
+        while (line := proc.stdout.readline()) and not line.startswith("plm dashboard: http://"):
+            lines.append(line)
+        assert line, f"plm dashboard ended without serving:\n{''.join(lines)}"
+    finally:
+        killer.cancel()
+    return proc, lines + [line], int(line.split("/")[2].rsplit(":", 1)[1])
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="needs Linux /proc/net/tcp")
+def test_dashboard_binds_loopback_by_default_and_warns_otherwise(tmp_path):
+    from flows.cli import _parser
+    from pipeline_lib.lineage import LineageStore
+
+    assert _parser().parse_args(["dashboard"]).host == "127.0.0.1"
+    db = tmp_path / "lineage.duckdb"
+    LineageStore(db)
+    for host, address, warned in (((), "127.0.0.1", False), (("--host", "0.0.0.0"), "0.0.0.0", True)):
+        proc, out, port = start_dashboard(db, *host)
+        try:
+            assert listening_address(port) == address, out
+            assert any("without authentication" in line for line in out) == warned, out
+        finally:
+            proc.kill()
+            proc.wait()

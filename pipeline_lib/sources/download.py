@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
 import urllib3
@@ -174,15 +174,30 @@ def _session() -> requests.Session:
     return s
 
 
+def _redirect_guard(allowed_schemes: Iterable[str], allowed_hosts: Iterable[str] | None) -> Callable[..., None]:
+    """A requests response hook: a redirect to a URL outside the policy raises before it is followed."""
+    def guard(resp: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+        if resp.is_redirect:
+            try:
+                check_url_allowed(urljoin(resp.url, resp.headers["location"]), allowed_schemes, allowed_hosts)
+            except PermanentDownloadError:
+                resp.close()
+                raise
+
+    return guard
+
+
 def _request(session: requests.Session, method: str, url: str, *, headers: dict[str, str], timeout_s: float,
              allowed_schemes: Iterable[str], allowed_hosts: Iterable[str] | None) -> requests.Response:
-    """One request; network errors become :class:`_Transient`, refused statuses raise at once."""
+    """One request; network errors become :class:`_Transient`, refused statuses raise at once. Every redirect
+    target is checked against the URL policy before it is requested."""
     try:
-        resp = session.request(method, url, headers=headers, stream=True, timeout=(timeout_s, timeout_s))
+        resp = session.request(method, url, headers=headers, stream=True, timeout=(timeout_s, timeout_s),
+                               hooks={"response": _redirect_guard(allowed_schemes, allowed_hosts)})
     except _NETWORK_ERRORS as exc:
         raise _Transient(_scrub(f"{type(exc).__name__}: {exc}", url)) from None
     try:
-        check_url_allowed(resp.url, allowed_schemes, allowed_hosts)  # after redirects
+        check_url_allowed(resp.url, allowed_schemes, allowed_hosts)  # where the redirects ended
     except PermanentDownloadError:
         resp.close()
         raise

@@ -22,7 +22,8 @@ def source_identity(source: UnirefSource | FastaSource | EmbeddedSource, downloa
     if isinstance(source, UnirefSource):
         from pipeline_lib.sources.uniref import release_info
 
-        info = release_info(source.base_url, source.database, retries=source.retries, timeout_s=source.timeout_s)
+        info = release_info(source.base_url, source.database, retries=source.retries, timeout_s=source.timeout_s,
+                            allowed_hosts=source.allowed_hosts)
         d = info.to_dict()
         d.pop("metalink_sha256", None)  # a mirror-list edit is not a new release
         return {"kind": "uniref", **d}
@@ -38,7 +39,7 @@ def source_identity(source: UnirefSource | FastaSource | EmbeddedSource, downloa
     files: dict[str, Any] = {}
     for item in source.paths:
         if item.startswith(("http://", "https://")):
-            h = head(item)
+            h = head(item, allowed_hosts=source.allowed_hosts)
             files[item] = {"etag": h.etag, "size": h.size, "last_modified": h.last_modified}
         else:
             for p in resolve_fasta_inputs([item], download_dir):

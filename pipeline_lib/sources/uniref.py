@@ -182,7 +182,8 @@ def download_uniref(source_cfg: UnirefSource, dest_dir: str | os.PathLike[str], 
                     progress: bool = True) -> tuple[DownloadResult, ReleaseInfo]:
     """Download the current release's FASTA to ``dest_dir/<release>/<database>.fasta.gz``, verified against
     the metalink's size and MD5; writes ``<database>.release.json`` beside it. Skips a valid existing file."""
-    kw: dict[str, Any] = {"retries": source_cfg.retries, "timeout_s": source_cfg.timeout_s, "backoff_s": backoff_s}
+    kw: dict[str, Any] = {"retries": source_cfg.retries, "timeout_s": source_cfg.timeout_s, "backoff_s": backoff_s,
+                          "allowed_hosts": source_cfg.allowed_hosts}
     info = release_info(source_cfg.base_url, source_cfg.database, **kw)
     if info.size is None and info.md5 is None:
         raise PipelineError(f"{redact_url(database_url(source_cfg.base_url, source_cfg.database))}: the metalink "
