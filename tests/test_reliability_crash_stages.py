@@ -202,21 +202,19 @@ def reference(reference_run) -> Path:
 # (name, fault runner spec or "train:WHERE", stages finished by then, the stage folder holding the only
 # temporary the kill leaves: earlier ones were removed by the runs that redid their stage; None: no temporary)
 DATA = {"fetch", "ingest", "cluster", "split", "shards"}
+STRUCTURES = DATA | {"structures_batch", "structures", "msa_target"}  # all done once the MSA batches run
 KILL_POINTS = [
-    # the structures stage runs as structures_batch tasks (3Di encoding), then the structures task (shards)
-    ("structures: 3Di encoding, nothing written yet",
+    ("structures: a batch task in 3Di encoding, nothing written yet",
      "pause:structures_batch:pipeline_lib.structures.threedi:encode_chain@2", DATA, "structures_batch"),
-    ("structures: between two SaProt shard writes", "pause:structures:pyarrow.parquet:write_table@2",
+    ("structures: batch done, between two SaProt shard writes", "pause:structures:pyarrow.parquet:write_table@2",
      DATA | {"structures_batch"}, "structures"),
     # marker writes in pipeline_lib.msa.build: the target DB's, then one per batch: pause before the 2nd batch's
     ("msa: one batch finished, the other about to be marked done", "pause:*:pipeline_lib.msa.build:write_json_atomic@3",
-     DATA | {"structures", "structures_batch", "msa_target"}, "msa_batches"),
+     STRUCTURES, "msa_batches"),
     ("msa: batches done, msas.parquet written, token shards not yet",
-     "pause:msa:pipeline_lib.msa.stage:write_msa_shards@1", DATA | {"structures", "structures_batch", "msa_target"}, "msa"),
-    ("train: in step 5, last checkpoint at step 3", f"train:{TRAIN_PAUSE_STEP}",
-     DATA | {"structures", "structures_batch", "msa_target", "msa"}, None),
-    ("train: last step checkpointed, Hugging Face export half written", "train:export",
-     DATA | {"structures", "structures_batch", "msa_target", "msa"}, None),
+     "pause:msa:pipeline_lib.msa.stage:write_msa_shards@1", STRUCTURES, "msa"),
+    ("train: in step 5, last checkpoint at step 3", f"train:{TRAIN_PAUSE_STEP}", STRUCTURES | {"msa"}, None),
+    ("train: last step checkpointed, Hugging Face export half written", "train:export", STRUCTURES | {"msa"}, None),
 ]
 
 
