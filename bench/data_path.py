@@ -7,10 +7,10 @@ Generates a gzip FASTA of random proteins (lengths 50-1000, UniRef-style headers
 ``--size-gb`` uncompressed (cached in the workdir), then times (1) plain decompression + read in 4 MiB
 blocks with the fastest decompressor available (ISA-L ``igzip`` when the ``isal`` package is installed, the
 one the pipeline uses too) and with the standard ``gzip`` module for reference, (2) the pipeline's
-``ingest_fasta`` and ``write_sequence_shards`` (every sequence its own cluster, all in train). Wall and CPU
-seconds are both shown: CPU time is what to compare on a busy machine. Peak memory is the process's max RSS
-(``getrusage``, so no spike is missed), DuckDB's buffers and the pipeline's threads included. Prints a
-markdown table.
+``ingest_fasta`` and the shards stage's partitions and manifest (every sequence its own cluster, all in train;
+the default ``shards.partition_rows``). Wall and CPU seconds are both shown: CPU time is what to compare on
+a busy machine. Peak memory is the process's max RSS (``getrusage``, so no spike is missed), DuckDB's buffers
+and the pipeline's threads included. Prints a markdown table.
 """
 from __future__ import annotations
 
@@ -26,12 +26,13 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline_lib.config import IngestConfig, ShardsConfig  # noqa: E402
 from pipeline_lib.fasta import DECOMPRESSOR, open_maybe_gzip  # noqa: E402
 from pipeline_lib.ingest import ingest_fasta  # noqa: E402
-from pipeline_lib.shards import write_sequence_shards  # noqa: E402
+from pipeline_lib.shards import assemble_shards, partition_ranges, write_shard_partition  # noqa: E402
 
 AA = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
 
@@ -86,6 +87,18 @@ def gunzip_cli(path: Path) -> Timer | None:
     return t
 
 
+def shard_partitions(seqs: Path, clusters: Path, splits: Path, run: Path, cfg: ShardsConfig) -> list[Path]:
+    """What the shards stage does, in one process: every partition, then the files linked into place and the
+    manifest (the stage runs each partition as a task of its own, side by side on the task runner)."""
+    written = []
+    for i, rows in enumerate(partition_ranges(pq.ParquetFile(seqs).metadata.num_rows, cfg.partition_rows)):
+        part = run / "partitions" / f"partition-{i:05d}"
+        written.append((part, write_shard_partition(seqs, clusters, splits, part, levels=["c100"], cfg=cfg,
+                                                    rows=rows)))
+    assemble_shards(written, run / "shards", levels=["c100"])
+    return [part for part, _ in written]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-gb", type=float, default=1.0)
@@ -111,8 +124,9 @@ def main() -> None:
     con.execute(f"COPY (SELECT id, 'train' AS split FROM read_parquet('{seqs}')) TO '{work}/run/splits.parquet'")
     con.close()
     with Timer() as shard:
-        write_sequence_shards(seqs, work / "run" / "clusters.parquet", work / "run" / "splits.parquet",
-                              work / "run" / "shards", levels=["c100"], cfg=ShardsConfig())
+        partitions = shard_partitions(seqs, work / "run" / "clusters.parquet", work / "run" / "splits.parquet",
+                                      work / "run", ShardsConfig())
+    print(f"tokenize+shard: {len(partitions)} partition(s) of at most {ShardsConfig().partition_rows:,} rows")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
     wall, cpu = ingest.wall + shard.wall, ingest.cpu + shard.cpu
     mb = raw_bytes / 1e6

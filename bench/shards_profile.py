@@ -35,15 +35,16 @@ def main() -> None:
     seqs, clusters, splits = run / "ingest" / "sequences.parquet", run / "clusters.parquet", run / "splits.parquet"
     level = pq.ParquetFile(clusters).schema_arrow.names[1].removeprefix("cluster_")
     work = Path(tempfile.mkdtemp(prefix="shards_profile."))
+    rows = (0, pq.ParquetFile(seqs).metadata.num_rows)  # one partition: every row
     print("| piece | cpu s | wall s |\n|---|---|---|")
     plan = timed("shard plan (DuckDB join + sort of the narrow columns)",
-                 lambda: _plan(seqs, clusters, splits, [level], work))
+                 lambda: _plan(seqs, clusters, splits, [level], work, rows))
 
     def batches():
         return pq.ParquetFile(seqs, pre_buffer=False).iter_batches(8192, columns=["sequence"])
     timed("read sequences.parquet", lambda: sum(b.num_rows for b in batches()))
     timed("read + join with the plan", lambda: sum(
-        s.num_rows for s, _ in _joined(seqs, pq.ParquetFile(plan, pre_buffer=False).iter_batches(65536))))
+        s.num_rows for s, _ in _joined(seqs, pq.ParquetFile(plan, pre_buffer=False).iter_batches(65536), rows)))
     timed("read + tokenize (binary, as written)", lambda: sum(len(tokenize_binary(b.column(0))) for b in batches()))
     shard = next((run / "shards" / "train").glob("part-*.parquet"))
     table = pq.read_table(shard)

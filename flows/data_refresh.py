@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from flows.runner import on_configured_runner, with_runner
 from flows.runs import pipeline_run
 from pipeline_lib.config import Config, load_config
 from tasks import data
+from tasks.artifacts import results_with_progress
 from tasks.common import StageOutput, resolve
 from tasks.retention import retention
 
@@ -37,7 +39,8 @@ def run_data_stages(ctx, cfg: Config, release: data.ReleaseCheck | None = None) 
     """The data path on the run's task runner (also used by the end-to-end flow).
 
     Source files download side by side; then each stage needs the one before, so they run one at a time,
-    each wherever the runner puts it (a thread, a process, a Dask or Ray worker). ``resolve`` writes the
+    each wherever the runner puts it (a thread, a process, a Dask or Ray worker), except the shard partitions
+    (``shards.partition_rows`` ingest rows each), which run side by side before the manifest. ``resolve`` writes the
     lineage a worker process kept: this process is the only one that writes the lineage database.
     """
     hosts = getattr(cfg.source, "allowed_hosts", None)
@@ -47,7 +50,11 @@ def run_data_stages(ctx, cfg: Config, release: data.ReleaseCheck | None = None) 
     ingested = resolve(ctx, data.ingest.submit(ctx, cfg, source))
     clustered = resolve(ctx, data.cluster.submit(ctx, cfg, ingested))
     splitted = resolve(ctx, data.split.submit(ctx, cfg, ingested, clustered))
-    sharded = resolve(ctx, data.shards.submit(ctx, cfg, ingested, clustered, splitted))
+    futures = [data.shards_partition.submit(ctx, cfg, ingested, clustered, splitted, i, rows)
+               for i, rows in enumerate(data.shard_partitions(cfg, ingested))]
+    partitions = results_with_progress(futures, "shard-partitions", "partitions",  # partitions done, in the UI
+                                       resolve=functools.partial(resolve, ctx))
+    sharded = resolve(ctx, data.shards.submit(ctx, cfg, ingested, clustered, splitted, partitions))
     return {"fetch": source, "ingest": ingested, "cluster": clustered, "split": splitted, "shards": sharded}
 
 

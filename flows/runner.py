@@ -7,8 +7,8 @@
 processes on this machine; ``dask`` prefect-dask's ``DaskTaskRunner`` on a local cluster started for the
 run (``n_workers`` processes of ``threads_per_worker`` threads) or on an existing scheduler (``address``);
 ``ray`` prefect-ray's ``RayTaskRunner`` (the optional extra ``ray``). Only what the flows ``.submit`` runs
-there (the data stages, downloads, structure batches and the structures stage, MSA batches); training and
-evaluation run in the flow process, which they parallelize themselves. The runner never enters a cache key
+there (the data stages, downloads, shard partitions, structure batches and the structures stage, MSA batches);
+training and evaluation run in the flow process, which they parallelize themselves. The runner never enters a cache key
 or the config hash: every runner produces the same artifacts. Tests: ``.venv/bin/pytest -q tests/test_runner.py``.
 """
 from __future__ import annotations

@@ -152,6 +152,18 @@ class ShardsConfig(StrictModel):
     compression_level: int = Field(1, ge=1, le=22, description=(
         "zstd level. Token bytes compress to the same size at 1 as at 3 (about 58 % of raw) for a fifth of the "
         "CPU; higher levels only pay off for archival copies."))
+    partition_rows: int = Field(2_000_000, ge=1, description=(
+        "Ingest rows per shard partition, one task each on the task runner (a failed one reruns alone, finished "
+        "ones are cached); 2,000,000 rows are about 1 GB of sequences of 50-1,000 residues. At least "
+        "rows_per_shard; each partition's last file of a split is shorter. Depends on nothing but the config, so "
+        "every runner writes the same files."))
+
+    @model_validator(mode="after")
+    def _partition_holds_a_shard(self) -> ShardsConfig:
+        if self.partition_rows < self.rows_per_shard:
+            raise ValueError(f"partition_rows ({self.partition_rows:,}) must be at least rows_per_shard "
+                             f"({self.rows_per_shard:,}): a partition writes whole shard files")
+        return self
 
 
 class DaskRunnerConfig(StrictModel):

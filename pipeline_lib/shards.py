@@ -1,27 +1,35 @@
 """Tokenized, sharded Parquet datasets with a manifest.
 
     manifest = write_sequence_shards(sequences, clusters, splits, out_dir, levels=["c90", "c50"], cfg=ShardsConfig())
+    # what the shards stage does instead, each partition a task of its own:
+    parts = [(d / f"p{i}", write_shard_partition(sequences, clusters, splits, d / f"p{i}", levels=levels,
+                                                cfg=cfg, rows=rows))
+             for i, rows in enumerate(partition_ranges(num_rows, cfg.partition_rows))]
+    manifest = assemble_shards(parts, out_dir, levels=levels)
 
 Layout: ``<out>/<split>/part-00000.parquet`` (zstd, row groups of ``row_group_rows`` for streaming) and
 ``<out>/manifest.json`` with the schema version, the vocabulary, rows / tokens / sha256 per file. The
 files read with plain pyarrow, DuckDB, polars and Hugging Face ``datasets``. Rows keep the order of
 ``sequences.parquet`` (ingest order), so the output is deterministic without sorting the wide rows.
 
-One pass: DuckDB joins the narrow columns (row number, id -> clusters, split; memory-capped, spilling) and
-returns them in row order; the sequences stream beside them, are tokenized (``bytes.translate`` over a whole
-batch) and routed to their split's current shard. Each shard file is encoded and hashed on its own thread, so
-the Parquet encoding of consecutive shards (the dominant cost) runs on both cores; a byte budget bounds what
-waits in memory. Tokens are one byte each in a ``binary`` column (see :mod:`pipeline_lib.schemas`), not
-dictionary-encoded: every row is distinct, so a dictionary is built only to be thrown away. On any error every
-thread is stopped and joined, and no partial file is left under a final name.
+Partitions (datatrove-style; each input row read once): the ingest rows split into fixed ranges of
+``partition_rows`` (:func:`partition_ranges`, from the config only, so every task runner writes the same bytes).
+:func:`write_shard_partition` writes one range's shards in one pass: DuckDB joins the narrow columns of the
+range (row number, id -> clusters, split; memory-capped, spilling) and returns them in row order; the
+sequences of the row groups overlapping the range stream beside them, are tokenized (``bytes.translate`` over
+a whole batch) and routed to their split's current shard, each shard file encoded and hashed on its own thread
+(:mod:`pipeline_lib.shard_writer`). :func:`assemble_shards` links the partitions' files into place, numbered
+consecutively per split in partition order, and writes the manifest: with one partition the files are those
+a single pass writes. On any error every thread is stopped and joined, and no partial file is left under a
+final name. Tests: ``.venv/bin/pytest -q tests/test_shards.py``.
 """
 from __future__ import annotations
 
 import json
 import logging
-import queue
+import os
+import shutil
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,10 +44,12 @@ from pipeline_lib import schemas
 from pipeline_lib.config import ShardsConfig
 from pipeline_lib.errors import DataValidationError
 from pipeline_lib.ingest_dedupe import DUCKDB_MEMORY_LIMIT
-from pipeline_lib.io import atomic_path, sha256_file, write_json_atomic
+from pipeline_lib.io import sha256_file, write_json_atomic
+from pipeline_lib.shard_writer import Budget, SplitWriter
 from pipeline_lib.tokenizer import ESM_ALPHABET, Alphabet
 
-__all__ = ["tokenize_array", "tokenize_binary", "write_sequence_shards", "read_manifest", "verify_manifest", "SPLITS"]
+__all__ = ["tokenize_array", "tokenize_binary", "partition_ranges", "write_shard_partition", "assemble_shards",
+           "write_sequence_shards", "read_manifest", "verify_manifest", "SPLITS"]
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -116,144 +126,34 @@ def _sql_str(value: object) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-class _Budget:
-    """Bytes queued for the shard threads; ``take`` waits while over the limit (memory stays bounded)."""
+def partition_ranges(num_rows: int, partition_rows: int) -> list[tuple[int, int]]:
+    """The ingest-row ranges ``[a, b)`` of the shard partitions: ``partition_rows`` each, the last shorter.
 
-    def __init__(self, limit: int) -> None:
-        self.limit, self.used, self.cond = limit, 0, threading.Condition()
-
-    def take(self, n: int) -> None:
-        with self.cond:
-            self.cond.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
-            self.used += n
-
-    def give(self, n: int) -> None:
-        with self.cond:
-            self.used -= n
-            self.cond.notify_all()
+    They depend on the row count and the config only (never on the task runner), so every runner writes the
+    same files; an empty input is one empty partition."""
+    return [(a, min(a + partition_rows, num_rows)) for a in range(0, num_rows, partition_rows)] or [(0, 0)]
 
 
-class _Abort(Exception):
-    """Sent to a shard thread when the run failed: its temporary file is removed, never renamed."""
+def _row_groups(reader: pq.ParquetFile, rows: tuple[int, int]) -> tuple[list[int], int]:
+    """The row groups of ``reader`` that overlap ``rows`` and the file row number the first one starts at."""
+    meta, groups, start, first = reader.metadata, [], 0, None
+    for g in range(meta.num_row_groups):
+        n = meta.row_group(g).num_rows
+        if start < rows[1] and start + n > rows[0]:
+            groups.append(g)
+            first = start if first is None else first
+        start += n
+    return groups, first or 0
 
 
-class _ShardFile(threading.Thread):
-    """Writes one ``part-NNNNN.parquet`` (atomically) from a queue of tables, then hashes it."""
+def _plan(sequences: Path, clusters: Path, splits: Path, levels: list[str], work: Path,
+          rows: tuple[int, int]) -> Path:
+    """Parquet file of (row number in ``sequences``, split, cluster columns) of every joined row in ``rows``,
+    in row order.
 
-    def __init__(self, final: Path, schema: pa.Schema, cfg: ShardsConfig, budget: _Budget) -> None:
-        super().__init__(name=f"shard {final.parent.name}/{final.name}", daemon=True)
-        self.final, self.schema, self.cfg, self.budget = final, schema, cfg, budget
-        self.queue: queue.Queue[pa.Table | _Abort | None] = queue.Queue()
-        self.rows = self.tokens = 0
-        self.error: BaseException | None = None
-        self.info: dict[str, Any] = {}
-        self.start()
-
-    def put(self, table: pa.Table) -> None:
-        if self.error is not None:
-            raise self.error
-        self.rows += table.num_rows
-        self.tokens += int(pc.sum(table.column("length")).as_py() or 0) + 2 * table.num_rows
-        self.budget.take(table.nbytes)
-        self.queue.put(table)
-
-    def end(self) -> None:
-        """No more rows: the thread closes the file (and renames it) once the queue is written."""
-        self.queue.put(None)
-
-    def abort(self) -> None:
-        """Stop without a result: the temporary file is deleted. Returns once the thread is gone."""
-        self.queue.put(_Abort())
-        self.join()
-
-    def finish(self) -> dict[str, Any]:
-        """Wait for the file (after :meth:`end`); returns its manifest entry."""
-        self.join()
-        if self.error is not None:
-            raise self.error
-        return self.info
-
-    def run(self) -> None:
-        try:
-            with atomic_path(self.final) as tmp:
-                dictionary = [f.name for f in self.schema if f.name != "tokens"]
-                with pq.ParquetWriter(tmp, self.schema, compression="zstd", use_dictionary=dictionary,
-                                      compression_level=self.cfg.compression_level) as writer:
-                    while (table := self.queue.get()) is not None:
-                        if isinstance(table, _Abort):
-                            raise table
-                        writer.write_table(table, row_group_size=self.cfg.row_group_rows)
-                        self.budget.give(table.nbytes)
-            self.info = {"path": f"{self.final.parent.name}/{self.final.name}", "rows": self.rows,
-                         "tokens": self.tokens, "bytes": self.final.stat().st_size, "sha256": sha256_file(self.final)}
-        except BaseException as exc:  # reported to the producer by put() / finish()
-            self.error = exc
-            while not isinstance(exc, _Abort) and (table := self.queue.get()) is not None:
-                if isinstance(table, _Abort):
-                    break
-                self.budget.give(table.nbytes)  # the producer may still be putting: never leave it blocked
-
-
-class _SplitWriter:
-    """Rolls the shard files of one split: ``rows_per_shard`` rows each, whole row groups of ``row_group_rows``."""
-
-    def __init__(self, split_dir: Path, schema: pa.Schema, cfg: ShardsConfig, budget: _Budget) -> None:
-        self.dir, self.schema, self.cfg, self.budget = split_dir, schema, cfg, budget
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.done: list[_ShardFile] = []
-        self.current: _ShardFile | None = None
-        self.pending: list[pa.Table] = []
-        self.pending_rows = 0
-
-    def write(self, table: pa.Table) -> None:
-        if table.num_rows:
-            self.pending.append(table)
-            self.pending_rows += table.num_rows
-            self._drain(final=False)
-
-    def _drain(self, final: bool) -> None:
-        """Hand whole row groups (all that is left when ``final``) to the current shard's thread."""
-        cfg = self.cfg
-        while self.pending_rows and (final or self.pending_rows >= cfg.row_group_rows):
-            if self.current is None:
-                if len(self.done) >= 2:
-                    self.done[-2].join()  # two files of a split encode at once (2 cores), not more
-                name = self.dir / f"part-{len(self.done):05d}.parquet"
-                self.current = _ShardFile(name, self.schema, cfg, self.budget)
-            room = cfg.rows_per_shard - self.current.rows
-            whole_groups = self.pending_rows // cfg.row_group_rows * cfg.row_group_rows
-            take = min(room, self.pending_rows if final else whole_groups)
-            table = pa.concat_tables(self.pending)
-            self.current.put(table.slice(0, take))
-            rest = table.slice(take)
-            self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
-            if self.current.rows >= cfg.rows_per_shard:
-                self.current.end()
-                self.done.append(self.current)
-                self.current = None
-
-    def abort(self) -> None:
-        """After a failure: stop every thread of this split (the file being written is not kept)."""
-        if self.current is not None:
-            self.current.abort()
-            self.current = None
-        for f in self.done:
-            f.join()
-
-    def close(self) -> list[dict[str, Any]]:
-        self._drain(final=True)
-        if self.current is not None:
-            self.current.end()
-            self.done.append(self.current)
-            self.current = None
-        return [f.finish() for f in self.done]
-
-
-def _plan(sequences: Path, clusters: Path, splits: Path, levels: list[str], work: Path) -> Path:
-    """Parquet file of (row number in ``sequences``, split, cluster columns) of every joined row, in row order.
-
-    DuckDB (memory-capped, spilling to ``work``) joins and sorts only these narrow columns, and is closed
-    before the wide rows stream: its memory and the shard writers' are never needed at the same time."""
+    DuckDB (memory-capped, spilling to ``work``) reads the ids of ``rows`` only (it skips the row groups outside
+    the ``file_row_number`` range), joins and sorts only these narrow columns, and is closed before the wide
+    rows stream: its memory and the shard writers' are never needed at the same time."""
     cl = ", ".join(f"c.cluster_{lv}" for lv in levels)
     names = ", ".join(f"'{s}'" for s in SPLITS)
     path = work / "plan.parquet"
@@ -263,7 +163,8 @@ def _plan(sequences: Path, clusters: Path, splits: Path, levels: list[str], work
         con.execute("SET preserve_insertion_order=true")  # the file keeps the ORDER BY
         con.execute(f"""COPY (
             SELECT s.ord, p.split, {cl}
-            FROM (SELECT id, file_row_number AS ord FROM read_parquet({_sql_str(sequences)}, file_row_number=true)) s
+            FROM (SELECT id, file_row_number AS ord FROM read_parquet({_sql_str(sequences)}, file_row_number=true)
+                  WHERE file_row_number >= {int(rows[0])} AND file_row_number < {int(rows[1])}) s
             JOIN read_parquet({_sql_str(clusters)}) c USING (id)
             JOIN read_parquet({_sql_str(splits)}) p USING (id)
             WHERE p.split IN ({names}) ORDER BY s.ord
@@ -273,15 +174,17 @@ def _plan(sequences: Path, clusters: Path, splits: Path, levels: list[str], work
     return path
 
 
-def _joined(sequences: Path, plan: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBatch, pa.RecordBatch]]:
-    """Zip the sequences (streamed in row order) with their plan rows: (sequence rows, plan rows), row for row."""
+def _joined(sequences: Path, plan: Iterator[pa.RecordBatch],
+            rows: tuple[int, int]) -> Iterator[tuple[pa.RecordBatch, pa.RecordBatch]]:
+    """Zip the sequences of ``rows`` (streamed in row order) with their plan rows: (sequence rows, plan rows)."""
     plan_rows: list[pa.RecordBatch] = []
     plan_ord = np.empty(0, dtype=np.int64)
     exhausted = False
-    offset = 0
     # pre_buffer=False: with it, the reader keeps every row group it has read until the end (memory grows)
     reader = pq.ParquetFile(sequences, pre_buffer=False)
-    for batch in reader.iter_batches(_BATCH_ROWS, columns=["id", "seq_hash", "length", "sequence"]):
+    groups, offset = _row_groups(reader, rows)
+    batches = reader.iter_batches(_BATCH_ROWS, row_groups=groups, columns=["id", "seq_hash", "length", "sequence"])
+    for batch in batches:  # rows of the first and last group outside ``rows`` have no plan row: dropped
         end = offset + batch.num_rows
         while not exhausted and (not len(plan_ord) or plan_ord[-1] < end):
             nxt = next(plan, None)
@@ -297,35 +200,34 @@ def _joined(sequences: Path, plan: Iterator[pa.RecordBatch]) -> Iterator[tuple[p
         if cut:
             here = plan_rows[0] if len(plan_rows) == 1 else \
                 pa.Table.from_batches(plan_rows).combine_chunks().to_batches()[0]
-            rows = plan_ord[:cut] - offset
-            same = cut == batch.num_rows and np.array_equal(rows, np.arange(cut))  # the usual case: every row
-            yield (batch if same else batch.take(pa.array(rows))), here.slice(0, cut)
+            idx = plan_ord[:cut] - offset
+            same = cut == batch.num_rows and np.array_equal(idx, np.arange(cut))  # the usual case: every row
+            yield (batch if same else batch.take(pa.array(idx))), here.slice(0, cut)
             rest = here.slice(cut)
             plan_rows, plan_ord = ([rest] if rest.num_rows else []), plan_ord[cut:]
         offset = end
+        if offset >= rows[1]:
+            break
 
 
-def write_sequence_shards(sequences: Path, clusters: Path, splits: Path, out_dir: Path, *, levels: list[str],
-                          cfg: ShardsConfig, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write the shards of every split and ``manifest.json``; returns the manifest."""
+def write_shard_partition(sequences: Path, clusters: Path, splits: Path, out_dir: Path, *, levels: list[str],
+                          cfg: ShardsConfig, rows: tuple[int, int]) -> dict[str, dict[str, Any]]:
+    """Write the shards of the ingest rows ``[a, b)``: ``<out>/<split>/part-NNNNN.parquet`` numbered from 0 in
+    each split. Returns ``{split: {"files": [{"path", "rows", "tokens", "bytes", "sha256"}], "rows", "tokens"}}``.
+    """
     schema = schemas.sequence_shard_schema(levels)
-    manifest: dict[str, Any] = {
-        "schema_version": schemas.SCHEMA_VERSION, "kind": "sequence",
-        "vocabulary": {"name": ESM_ALPHABET.name, "tokens": list(ESM_ALPHABET.tokens)},
-        "tokens_include_special": True, "cluster_levels": levels, "columns": schema.names,
-        "splits": {}, "provenance": provenance or {},
-    }
     out_dir.mkdir(parents=True, exist_ok=True)
-    budget = _Budget(_QUEUED_BYTES)
-    writers = {split: _SplitWriter(out_dir / split, schema, cfg, budget) for split in SPLITS}
+    budget = Budget(_QUEUED_BYTES)
+    writers = {split: SplitWriter(out_dir / split, schema, cfg, budget) for split in SPLITS}
     work = tempfile.TemporaryDirectory(prefix=".plan.tmp-", dir=out_dir)  # (".tmp-": clean_temporaries)
+    result: dict[str, dict[str, Any]] = {}
     try:
-        plan = pq.ParquetFile(_plan(sequences, clusters, splits, levels, Path(work.name)), pre_buffer=False)
-        for seqs, rows in _joined(sequences, plan.iter_batches(65536)):
+        plan = pq.ParquetFile(_plan(sequences, clusters, splits, levels, Path(work.name), rows), pre_buffer=False)
+        for seqs, planned in _joined(sequences, plan.iter_batches(65536), rows):
             tokens = tokenize_binary(seqs.column("sequence"))
-            cols = [seqs.column("id"), seqs.column("seq_hash"), *rows.columns[2:], seqs.column("length"), tokens]
+            cols = [seqs.column("id"), seqs.column("seq_hash"), *planned.columns[2:], seqs.column("length"), tokens]
             table = pa.Table.from_arrays([c.cast(f.type) for c, f in zip(cols, schema)], schema=schema)
-            split = rows.column(1)
+            split = planned.column(1)
             for name, writer in writers.items():
                 mask = _np(pc.equal(split, name))
                 if mask.all():
@@ -334,17 +236,66 @@ def write_sequence_shards(sequences: Path, clusters: Path, splits: Path, out_dir
                     writer.write(table.filter(pa.array(mask)))
         for split, writer in writers.items():
             files = writer.close()
-            manifest["splits"][split] = {"files": files, "rows": sum(f["rows"] for f in files),
-                                         "tokens": sum(f["tokens"] for f in files)}
+            result[split] = {"files": files, "rows": sum(f["rows"] for f in files),
+                             "tokens": sum(f["tokens"] for f in files)}
     except BaseException:
         for writer in writers.values():  # no thread left behind, no partial file under a final name
             writer.abort()
         raise
     finally:
         work.cleanup()
+    return result
+
+
+def _place(src: Path, dst: Path, move: bool) -> None:
+    """``src`` under the name ``dst``: renamed (``move``), else hard-linked, or copied where links fail."""
+    if move:
+        os.replace(src, dst)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or one without hard links
+        shutil.copyfile(src, dst)
+
+
+def assemble_shards(partitions: list[tuple[Path, dict[str, dict[str, Any]]]], out_dir: Path, *,
+                    levels: list[str], provenance: dict[str, Any] | None = None, move: bool = False) -> dict[str, Any]:
+    """Put the partitions' files (``(partition dir, what write_shard_partition returned)``, in partition order)
+    under ``out_dir`` numbered consecutively per split, and write ``manifest.json``; returns the manifest."""
+    manifest: dict[str, Any] = {
+        "schema_version": schemas.SCHEMA_VERSION, "kind": "sequence",
+        "vocabulary": {"name": ESM_ALPHABET.name, "tokens": list(ESM_ALPHABET.tokens)},
+        "tokens_include_special": True, "cluster_levels": levels,
+        "columns": schemas.sequence_shard_schema(levels).names, "splits": {}, "provenance": provenance or {},
+    }
+    for split in SPLITS:
+        (out_dir / split).mkdir(parents=True, exist_ok=True)
+        files = []
+        for part_dir, written in partitions:
+            for f in written[split]["files"]:
+                name = f"{split}/part-{len(files):05d}.parquet"
+                _place(Path(part_dir) / f["path"], out_dir / name, move)
+                files.append({**f, "path": name})
+        manifest["splits"][split] = {"files": files, "rows": sum(f["rows"] for f in files),
+                                     "tokens": sum(f["tokens"] for f in files)}
     write_json_atomic(out_dir / "manifest.json", manifest)
     log.info("shards: %s", {s: (v["rows"], len(v["files"])) for s, v in manifest["splits"].items()})
     return manifest
+
+
+def write_sequence_shards(sequences: Path, clusters: Path, splits: Path, out_dir: Path, *, levels: list[str],
+                          cfg: ShardsConfig, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every partition in turn in this process, then the manifest (the stage task runs the partitions as tasks
+    of their own instead); returns the manifest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ranges = partition_ranges(pq.ParquetFile(sequences).metadata.num_rows, cfg.partition_rows)
+    with tempfile.TemporaryDirectory(prefix=".partitions.tmp-", dir=out_dir) as work:
+        written = []
+        for i, rows in enumerate(ranges):
+            part = Path(work) / f"partition-{i:05d}"
+            written.append((part, write_shard_partition(sequences, clusters, splits, part, levels=levels, cfg=cfg,
+                                                        rows=rows)))
+        return assemble_shards(written, out_dir, levels=levels, provenance=provenance, move=True)
 
 
 def read_manifest(shards_dir: Path) -> dict[str, Any]:

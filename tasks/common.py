@@ -180,6 +180,7 @@ class Produced:
     rows: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
+    content_hash: str | None = None  # the file's sha256 where the stage already computed it (not hashed again)
 
 
 @dataclass
@@ -227,8 +228,8 @@ def _build(final: Path, stage: str, key: str, params: dict[str, Any],
     """Run ``compute`` in the stage directory (a temporary one unless ``resumable``); returns the marker."""
     with (_in_place(final) if resumable else atomic_dir(final)) as tmp:
         produced, stats, tools = compute(tmp)
-        outputs = {p.name: asdict(artifact_for(p.path or tmp / p.name, p.kind, rows=p.rows, meta=p.meta))
-                   for p in produced}
+        outputs = {p.name: asdict(artifact_for(p.path or tmp / p.name, p.kind, rows=p.rows, meta=p.meta,
+                                             content_hash=p.content_hash)) for p in produced}
         for art in outputs.values():  # files made in the stage directory: point at its final name
             if Path(art["path"]).is_relative_to(tmp.resolve()):
                 art["path"] = str(final / Path(art["path"]).relative_to(tmp.resolve()))

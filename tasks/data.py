@@ -1,4 +1,4 @@
-"""Prefect tasks of the sequence data path: fetch -> ingest -> cluster -> split -> shards."""
+"""Prefect tasks of the sequence data path: fetch -> ingest -> cluster -> split -> shards (partitions, manifest)."""
 from __future__ import annotations
 
 import json
@@ -15,14 +15,14 @@ from pipeline_lib.config import Config
 from pipeline_lib.errors import DataValidationError
 from pipeline_lib.ingest import ingest_fasta
 from pipeline_lib.lineage import ArtifactRecord, artifact_for, redact_secrets, to_json
-from pipeline_lib.shards import write_sequence_shards
+from pipeline_lib.shards import assemble_shards, partition_ranges, write_shard_partition
 from pipeline_lib.split import assign_splits, decontaminate
 from pipeline_lib.tools.mmseqs import MMseqs
 from tasks.artifacts import progress_artifacts
 from tasks.common import Produced, RunContext, StageOutput, lineage_task, logger, retry_transient, run_stage
 
-__all__ = ["check_release", "source_urls", "fetch_url", "fetch", "ingest", "cluster", "split", "shards",
-           "ReleaseCheck"]
+__all__ = ["check_release", "source_urls", "fetch_url", "fetch", "ingest", "cluster", "split", "shard_partitions",
+           "shards_partition", "shards", "ReleaseCheck"]
 
 
 @dataclass
@@ -178,32 +178,67 @@ def split(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageO
     return run_stage(ctx, "split", params, inputs, compute)
 
 
+def shard_partitions(cfg: Config, ingested: StageOutput) -> list[tuple[int, int]]:
+    """The ingest-row ranges of the shard partitions (from the row count and the config, never the runner)."""
+    seqs = ingested.outputs["sequences.parquet"]
+    rows = seqs.rows if seqs.rows is not None else pq.ParquetFile(seqs.path).metadata.num_rows
+    return partition_ranges(rows, cfg.shards.partition_rows)
+
+
+def _shard_inputs(ingested: StageOutput, clustered: StageOutput, splitted: StageOutput) -> list[ArtifactRecord]:
+    return [ingested.outputs["sequences.parquet"], clustered.outputs["clusters.parquet"],
+            splitted.outputs["splits.parquet"]]
+
+
+def _shard_params(cfg: Config) -> dict[str, Any]:
+    return cfg.shards.model_dump(mode="json") | {"levels": [lv.name for lv in cfg.cluster.levels]}
+
+
+def _shard_files(splits: dict[str, dict[str, Any]]) -> list[Produced]:
+    """The shard files of a manifest's (or a partition's) splits as outputs, their sha256 already known."""
+    return [Produced(f["path"], "shard", f["rows"], meta={"split": name, "tokens": f["tokens"]},
+                     content_hash=f["sha256"]) for name, info in splits.items() for f in info["files"]]
+
+
+@lineage_task(name="shards_partition")
+def shards_partition(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageOutput,
+                     splitted: StageOutput, index: int, rows: tuple[int, int]) -> StageOutput:
+    """Stage 5, one partition: the shards of the ingest rows ``[a, b)`` in a cached stage of its own (a failed
+    partition reruns alone; a killed run finds the finished ones cached)."""
+    seqs, clusters, splits = inputs = _shard_inputs(ingested, clustered, splitted)
+    params = _shard_params(cfg) | {"partition": index, "rows": list(rows)}
+
+    def compute(tmp: Path):
+        written = write_shard_partition(Path(seqs.path), Path(clusters.path), Path(splits.path), tmp,
+                                        levels=params["levels"], cfg=cfg.shards, rows=tuple(rows))
+        return _shard_files(written), {"partition": index, "rows": list(rows), "splits": written}, {}
+
+    return run_stage(ctx, "shards_partition", params, inputs, compute)
+
+
 @lineage_task(name="shards")
 def shards(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageOutput,
-           splitted: StageOutput) -> StageOutput:
-    """Stage 5: tokenized zstd Parquet shards per split + manifest.json."""
-    seqs = ingested.outputs["sequences.parquet"]
-    clusters, splits = clustered.outputs["clusters.parquet"], splitted.outputs["splits.parquet"]
-    levels = [lv.name for lv in cfg.cluster.levels]
+           splitted: StageOutput, partitions: list[StageOutput]) -> StageOutput:
+    """Stage 5: the partitions' shard files linked into place, numbered per split in partition order, and
+    manifest.json (with one partition, the files a single pass writes)."""
+    seqs, clusters, splits = _shard_inputs(ingested, clustered, splitted)
     provenance = {"run_id": ctx.run_id, "config_hash": cfg.hash(), "inputs": {
         "sequences": seqs.content_hash, "clusters": clusters.content_hash, "splits": splits.content_hash},
         "cluster_cache_key": clustered.cache_key, "split_cache_key": splitted.cache_key}
+    parts = sorted(partitions, key=lambda p: p.stats["partition"])
 
     def compute(tmp: Path):
-        manifest = write_sequence_shards(Path(seqs.path), Path(clusters.path), Path(splits.path), tmp,
-                                         levels=levels, cfg=cfg.shards, provenance=provenance)
-        produced = [Produced("manifest.json", "manifest")]
-        for split_name, info in manifest["splits"].items():
-            produced += [Produced(f["path"], "shard", f["rows"], meta={"split": split_name, "tokens": f["tokens"]})
-                         for f in info["files"]]
+        manifest = assemble_shards([(Path(p.directory), p.stats["splits"]) for p in parts], tmp,
+                                   levels=_shard_params(cfg)["levels"], provenance=provenance)
         stats = {s: {"rows": v["rows"], "tokens": v["tokens"], "files": len(v["files"])}
                  for s, v in manifest["splits"].items()}
-        return produced, stats, {}
+        return [Produced("manifest.json", "manifest"), *_shard_files(manifest["splits"])], stats, {}
 
-    # provenance names the run, but the shards' content does not depend on it
-    out = run_stage(ctx, "shards", cfg.shards.model_dump(mode="json") | {"levels": levels},
-                    [seqs, clusters, splits], compute)
-    logger().info("shards in %s", out.directory)
+    # provenance names the run, but the shards' content does not depend on it; the partitions' files are
+    # inputs so that, on object storage, a worker without them downloads them first
+    inputs = [seqs, clusters, splits] + [a for p in parts for a in p.outputs.values()]
+    out = run_stage(ctx, "shards", _shard_params(cfg), inputs, compute)
+    logger().info("shards in %s (%d partitions)", out.directory, len(parts))
     return out
 
 

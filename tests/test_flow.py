@@ -58,7 +58,8 @@ def test_rerun_is_cached_and_param_change_recomputes_only_downstream(first_run):
     statuses = LineageStore(res3.lineage).query(
         "SELECT stage, status FROM steps WHERE run_id=? ORDER BY started_at", [res3.run_id])
     assert [(r["stage"], r["status"]) for r in statuses][1:] == [
-        ("ingest", "cached"), ("cluster", "cached"), ("split", "completed"), ("shards", "completed")]
+        ("ingest", "cached"), ("cluster", "cached"), ("split", "completed"), ("shards_partition", "completed"),
+        ("shards", "completed")]
 
 
 def test_failed_stage_marks_run_and_step_failed(prefect_harness, tmp_path):

@@ -330,10 +330,10 @@ KILL_POINTS = [
      set(DATA[:3]), "split"),
     ("split: renamed, lineage step not yet recorded", "pause:split:pipeline_lib.lineage:LineageStore.record_step@1",
      set(DATA[:4]), None),
-    ("shards: between two shard writes", "pause:shards:pyarrow.parquet:ParquetWriter.write_table@3",
-     set(DATA[:4]), "shards"),
+    ("shards: between two shard writes (of a partition)",
+     "pause:shards_partition:pyarrow.parquet:ParquetWriter.write_table@3", set(DATA[:4]), "shards_partition"),
     ("shards: renamed, lineage step not yet recorded", "pause:shards:pipeline_lib.lineage:LineageStore.record_step@1",
-     set(DATA), None),
+     set(DATA) | {"shards_partition"}, None),
 ]
 
 

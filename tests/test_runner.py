@@ -26,6 +26,7 @@ from http_server import Fault
 from pipeline_lib.config import RunnerConfig, load_config
 from pipeline_lib.errors import ConfigError, DataValidationError
 from pipeline_lib.lineage import LineageStore, StepRecord, utcnow
+from tasks.artifacts import flow_run_artifacts
 from tasks.common import RunContext, code_version, lineage_task, resolve
 from tests.conftest import ROOT
 from tests.helpers import family_fasta
@@ -36,9 +37,14 @@ DATA_STAGES = ("ingest", "cluster", "split", "shards")
 
 def overrides(workdir: Path, *extra: str) -> list[str]:
     # linear-time clustering at both levels (as in test_flow.py) and one mmseqs thread: the demo corpus in
-    # seconds, and on a busy 2-core machine two workers each running two threads would only thrash
+    # seconds, and on a busy 2-core machine two workers each running two threads would only thrash; shard
+    # partitions of 1,000 rows: the demo's ~2,300 sequences make 3, written side by side on the workers
     return [f"workdir={workdir}", "cluster.threads=1",
-            "cluster.levels=[{name: c90, min_seq_id: 0.9}, {name: c50, min_seq_id: 0.5}]", *extra]
+            "cluster.levels=[{name: c90, min_seq_id: 0.9}, {name: c50, min_seq_id: 0.5}]",
+            f"shards.partition_rows={PARTITION_ROWS}", *extra]
+
+
+PARTITION_ROWS = 1000
 
 
 def artifacts(result) -> dict[str, str]:
@@ -59,9 +65,9 @@ def manifest_without_provenance(result) -> dict:
     return manifest
 
 
-def step_params(result) -> dict[str, str]:
+def step_params(result) -> list[tuple[str, str]]:
     rows = LineageStore(result.lineage).query("SELECT stage, params FROM steps WHERE run_id=?", [result.run_id])
-    return {r["stage"]: r["params"] for r in rows}
+    return sorted((r["stage"], r["params"]) for r in rows)  # (shard partitions finish in any order)
 
 
 CODE_AT_START = code_version.__wrapped__()
@@ -119,11 +125,23 @@ def test_dask_local_cluster_gives_the_thread_runners_artifacts(thread_run, tmp_p
     pids = set(cluster.worker_pids.values())
     assert len(pids) == 2 and os.getpid() not in pids
     done = [t for t in cluster.task_stream if t["status"] == "OK"]
-    # fetch, ingest, cluster, split and shards each ran as a task on one of the two worker processes
-    assert len(done) == 5 and {t["worker"] for t in done} <= set(cluster.worker_pids)
-    steps = LineageStore(res.lineage).query("SELECT stage, status FROM steps WHERE run_id=?", [res.run_id])
-    assert sorted(s["stage"] for s in steps) == sorted(["fetch", *DATA_STAGES])  # kept by the workers, written here
+    rows = res.stages["ingest"].outputs["sequences.parquet"].rows
+    partitions = -(-rows // PARTITION_ROWS)
+    assert partitions >= 2
+    # fetch, ingest, cluster, split, each shard partition and the shards manifest each ran as a task on one of
+    # the two worker processes; the partitions' rows and tokens add up to the manifest's
+    assert len(done) == 5 + partitions and {t["worker"] for t in done} <= set(cluster.worker_pids)
+    steps = LineageStore(res.lineage).query("SELECT stage, status, stats FROM steps WHERE run_id=?", [res.run_id])
+    assert sorted(s["stage"] for s in steps) == \
+        sorted(["fetch", *DATA_STAGES, *["shards_partition"] * partitions])  # kept by the workers, written here
     assert {s["status"] for s in steps} == {"completed"}
+    parts = [json.loads(s["stats"]) for s in steps if s["stage"] == "shards_partition"]
+    assert sorted(p["partition"] for p in parts) == list(range(partitions))
+    for split, info in manifest_without_provenance(res)["splits"].items():
+        assert info["rows"] == sum(p["splits"][split]["rows"] for p in parts)
+        assert info["tokens"] == sum(p["splits"][split]["tokens"] for p in parts)
+    bar = next(a for a in flow_run_artifacts(res.run_id) if a.key == "shard-partitions")
+    assert float(bar.data) == 100.0 and f"{partitions} / {partitions} partitions done" in bar.description
 
 
 def test_process_pool_runner_finds_the_thread_runners_stages_cached(thread_run):

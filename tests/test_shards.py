@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -8,8 +10,8 @@ from pipeline_lib.cluster import cluster_sequences
 from pipeline_lib.config import ClusterConfig, IngestConfig, ShardsConfig, SplitConfig
 from pipeline_lib.ingest import ingest_fasta
 from pipeline_lib.schemas import token_buffers
-from pipeline_lib.shards import (_tokenize_numpy, read_manifest, tokenize_array, tokenize_binary, verify_manifest,
-                                 write_sequence_shards)
+from pipeline_lib.shards import (_tokenize_numpy, partition_ranges, read_manifest, tokenize_array, tokenize_binary,
+                                 verify_manifest, write_sequence_shards, write_shard_partition)
 from pipeline_lib.tokenizer import SAPROT_ALPHABET
 from pipeline_lib.split import assign_splits
 from pipeline_lib.tokenizer import ESM_ALPHABET
@@ -155,13 +157,135 @@ def test_a_failure_stops_every_shard_thread_and_keeps_no_partial_file(tmp_path):
                              "sequence": seqs}), tmp_path / "sequences.parquet")
     pq.write_table(pa.table({"id": ids, "cluster_c90": ids}), tmp_path / "clusters.parquet")
     pq.write_table(pa.table({"id": ids, "split": ["train", "valid"] * (n // 2)}), tmp_path / "splits.parquet")
+    inputs = [tmp_path / "sequences.parquet", tmp_path / "clusters.parquet", tmp_path / "splits.parquet"]
+    cfg = ShardsConfig(rows_per_shard=300, row_group_rows=100)
     before = set(threading.enumerate())
     with pytest.raises(DataValidationError, match="null"):
-        write_sequence_shards(tmp_path / "sequences.parquet", tmp_path / "clusters.parquet",
-                              tmp_path / "splits.parquet", tmp_path / "out", levels=["c90"],
-                              cfg=ShardsConfig(rows_per_shard=300, row_group_rows=100))
+        write_shard_partition(*inputs, tmp_path / "part", levels=["c90"], cfg=cfg, rows=(0, n))
     assert [t for t in set(threading.enumerate()) - before if t.is_alive()] == []
-    written = sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*") if p.is_file())
-    assert written and all(pq.ParquetFile(tmp_path / "out" / p).metadata.num_rows == 300 for p in written)
-    assert not (tmp_path / "out" / "manifest.json").exists()
-    assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp-" in p.name]
+    written = sorted(p.relative_to(tmp_path / "part") for p in (tmp_path / "part").rglob("*") if p.is_file())
+    assert written and all(pq.ParquetFile(tmp_path / "part" / p).metadata.num_rows == 300 for p in written)
+    assert not [p for p in (tmp_path / "part").rglob("*") if ".tmp-" in p.name]
+    with pytest.raises(DataValidationError, match="null"):  # the whole stage: nothing left at all
+        write_sequence_shards(*inputs, tmp_path / "out", levels=["c90"], cfg=cfg)
+    assert [t for t in set(threading.enumerate()) - before if t.is_alive()] == []
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def _rows_per_file(out, manifest):
+    """``{id: (split, cluster_c50)}`` over every file of the manifest, failing on an id seen twice."""
+    seen = {}
+    for split, info in manifest["splits"].items():
+        for f in info["files"]:
+            assert f["path"].startswith(f"{split}/part-")
+            for row in pq.read_table(out / f["path"], columns=["id", "cluster_c50"]).to_pylist():
+                assert row["id"] not in seen, f"{row['id']} in two files"
+                seen[row["id"]] = (split, row["cluster_c50"])
+    return seen
+
+
+def test_partitions_write_every_row_once_like_one_pass(shards, tmp_path):
+    d, single = shards
+    n = pq.ParquetFile(d / "sequences.parquet").metadata.num_rows
+    assert n > 2 * 30
+    cfg = ShardsConfig(rows_per_shard=25, row_group_rows=10, partition_rows=30)
+    assert len(partition_ranges(n, cfg.partition_rows)) >= 3
+    inputs = [d / "sequences.parquet", d / "clusters.parquet", d / "splits.parquet"]
+    many = write_sequence_shards(*inputs, tmp_path / "many", levels=["c90", "c50"], cfg=cfg)
+    for split in ("train", "valid", "test"):
+        assert {k: many["splits"][split][k] for k in ("rows", "tokens")} == \
+            {k: single["splits"][split][k] for k in ("rows", "tokens")}
+    assert len(many["splits"]["train"]["files"]) > len(single["splits"]["train"]["files"])
+    rows = _rows_per_file(tmp_path / "many", many)
+    assert rows == _rows_per_file(d / "out", single)  # same rows, same split, each exactly once
+    split_of = {}
+    for split, cluster in rows.values():
+        assert split_of.setdefault(cluster, split) == split, f"cluster {cluster} in two splits"
+    assert verify_manifest(tmp_path / "many") == []
+    assert set(many) == set(single) and many["columns"] == single["columns"]
+    assert not [p for p in (tmp_path / "many").rglob("*") if ".tmp-" in p.name or p.name.startswith(".")]
+
+
+def test_one_partition_per_range_reads_only_its_rows(tmp_path):
+    ids, split = _hand_made(tmp_path)  # 120 rows; row groups of 8 rows: ranges start and end inside groups
+    pq.write_table(pq.read_table(tmp_path / "sequences.parquet"), tmp_path / "sequences.parquet", row_group_size=8)
+    inputs = [tmp_path / "sequences.parquet", tmp_path / "clusters.parquet", tmp_path / "splits.parquet"]
+    cfg = ShardsConfig(rows_per_shard=7, row_group_rows=4, partition_rows=37)
+    assert partition_ranges(120, 37) == [(0, 37), (37, 74), (74, 111), (111, 120)]
+    assert partition_ranges(0, 37) == [(0, 0)]
+    got = {name: [] for name in ("train", "valid", "test")}
+    for i, rows in enumerate(partition_ranges(120, 37)):
+        written = write_shard_partition(*inputs, tmp_path / f"p{i}", levels=["c50"], cfg=cfg, rows=rows)
+        for name, info in written.items():
+            part = [r for f in info["files"]
+                    for r in pq.read_table(tmp_path / f"p{i}" / f["path"]).column("id").to_pylist()]
+            assert all(rows[0] <= ids.index(r) < rows[1] for r in part)
+            got[name] += part
+    for name in got:  # in ingest order, the unjoined row (s7) and the unknown split (s9) left out
+        assert got[name] == [i for i in ids if split[i] == name and i != "s7"]
+
+
+def test_partition_rows_must_hold_a_shard():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="partition_rows"):
+        ShardsConfig(rows_per_shard=100, partition_rows=50)
+
+
+def test_a_failed_partition_reruns_alone_and_the_stage_assembles_them(shards, tmp_path, monkeypatch):
+    """The stage tasks (``.fn``, no Prefect run): partition 1 of 3 fails; the rerun finds 0 and 2 cached and
+    computes only 1; the manifest stage links their files into the single pass's layout and counts."""
+    import tasks.data as data
+    from pipeline_lib.config import load_config
+    from pipeline_lib.lineage import LineageStore, artifact_for
+    from tasks.common import RunContext, StageOutput
+    from tests.conftest import ROOT
+
+    d, single = shards
+    n = pq.ParquetFile(d / "sequences.parquet").metadata.num_rows
+    cfg = load_config(str(ROOT / "configs" / "demo.yaml"), [
+        f"workdir={tmp_path}", "cluster.levels=[{name: c90, min_seq_id: 0.9}, {name: c50, min_seq_id: 0.5}]",
+        "shards.rows_per_shard=25", "shards.row_group_rows=10", f"shards.partition_rows={-(-n // 3)}"])
+    ctx = RunContext("run-1", str(tmp_path), str(tmp_path / "lineage.duckdb"))
+
+    def stage(name, file, kind, rows=None):
+        return StageOutput(name, name * 4, str(d), False, {file: artifact_for(d / file, kind, rows=rows)}, {}, {})
+
+    ins = (stage("ingest", "sequences.parquet", "sequences", n), stage("cluster", "clusters.parquet", "clusters"),
+           stage("split", "splits.parquet", "splits"))
+    ranges = data.shard_partitions(cfg, ins[0])
+    assert len(ranges) == 3 and ranges[0] == (0, -(-n // 3)) and ranges[-1][1] == n
+    real = data.write_shard_partition
+    calls, failed = [], []
+
+    def flaky(*args, rows, **kwargs):
+        calls.append(rows)
+        if rows == ranges[1] and not failed:
+            failed.append(rows)
+            raise OSError("disk full")  # the first attempt at partition 1 only
+        return real(*args, rows=rows, **kwargs)
+
+    monkeypatch.setattr(data, "write_shard_partition", flaky)
+    first = {}
+    for i, rows in enumerate(ranges):
+        try:
+            first[i] = data.shards_partition.fn(ctx, cfg, *ins, i, rows)
+        except OSError:
+            pass
+    assert sorted(first) == [0, 2]
+    calls.clear()
+    parts = [data.shards_partition.fn(ctx, cfg, *ins, i, rows) for i, rows in enumerate(ranges)]
+    assert calls == [ranges[1]] and [p.cached for p in parts] == [True, False, True]
+    out = data.shards.fn(ctx, cfg, *ins, parts)
+    manifest = read_manifest(Path(out.directory))
+    for split in ("train", "valid", "test"):
+        assert manifest["splits"][split]["rows"] == single["splits"][split]["rows"]
+        assert manifest["splits"][split]["tokens"] == single["splits"][split]["tokens"]
+    assert _rows_per_file(Path(out.directory), manifest) == _rows_per_file(d / "out", single)
+    assert verify_manifest(Path(out.directory)) == []
+    first_part = Path(parts[0].directory) / parts[0].stats["splits"]["train"]["files"][0]["path"]
+    assert (Path(out.directory) / "train" / "part-00000.parquet").stat().st_ino == first_part.stat().st_ino
+    statuses = [(r["stage"], r["status"]) for r in
+                LineageStore(ctx.lineage_path).query("SELECT stage, status FROM steps ORDER BY started_at")]
+    assert statuses.count(("shards_partition", "failed")) == 1 and statuses[-1] == ("shards", "completed")
+    assert statuses.count(("shards_partition", "cached")) == 2
