@@ -406,7 +406,7 @@ def test_lineage_marks_every_killed_run_crashed(crashed_then_resumed):
     steps = store.query("SELECT stage, status FROM steps WHERE run_id=? ORDER BY started_at", [last])
     assert [(s["stage"], s["status"]) for s in steps] == [
         ("fetch", "completed"), ("ingest", "cached"), ("cluster", "cached"), ("split", "cached"),
-        ("shards", "cached")]
+        ("shards_partition", "cached"), ("shards", "cached")]
     # the shard files trace back to the source FASTA even though the run that wrote them was killed
     shard = next((workdir / "stages" / "shards").glob("*/train/part-00000.parquet"))
     assert {"shards", "split", "cluster", "ingest", "fetch"} <= {s["stage"] for s in store.trace(str(shard))}
