@@ -135,12 +135,13 @@ def main() -> None:
     cli_cell = f"{cli.wall:.1f} s ({mb / cli.wall:.0f} MB/s)" if cli else "n/a"
     cli_ratio = f"{(ingest.wall + shard.wall) / cli.wall:.1f}x" if cli else "n/a"
     print("| input (uncompressed) | records | plain read, " + DECOMPRESSOR + " | plain read, gzip module | "
-          "gzip -dc | ingest | tokenize+shard | pipeline total | pipeline MB/s | ratio to plain (" + DECOMPRESSOR +
-          ") | ratio to plain (gzip module) | ratio to gzip -dc | peak RSS |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "gzip -dc | ingest | tokenize+shard | pipeline total | pipeline MB/s | residues/s | ratio to plain (" +
+          DECOMPRESSOR + ") | ratio to plain (gzip module) | ratio to gzip -dc | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {raw_bytes / 1e9:.2f} GB | {stats.records_in:,} | {fast.wall:.1f} s ({mb / fast.wall:.0f} MB/s) | "
           f"{slow.wall:.1f} s ({mb / slow.wall:.0f} MB/s) | {cli_cell} | {ingest.wall:.1f} s (cpu {ingest.cpu:.1f}) | "
           f"{shard.wall:.1f} s (cpu {shard.cpu:.1f}) | {wall:.1f} s (cpu {cpu:.1f}) | {mb / wall:.0f} | "
+          f"{stats.residues_kept / wall / 1e6:.1f} M | "
           f"{wall / fast.wall:.1f}x | {wall / slow.wall:.1f}x | {cli_ratio} | {peak:.0f} MiB |")
     if rss_before / 1024 > peak * 0.9:
         print(f"(peak RSS was reached before the pipeline ran: {rss_before / 1024:.0f} MiB)")
