@@ -496,15 +496,16 @@ def test_disk_full_during_shards(tiny_disk, tmp_path):
     cfg = load_config(None, [f"workdir={workdir}", "cluster.levels=[{name: c90, min_seq_id: 0.9}]",
                              "shards.rows_per_shard=2000"])
     ctx = stage_context(workdir, lineage=tmp_path / "lineage.duckdb")
-    with pytest.raises(Exception) as err:
-        data.shards.fn(ctx, cfg, stage_output("ingest", {"sequences.parquet": seqs}),
-                       stage_output("cluster", {"clusters.parquet": tmp_path / "clusters.parquet"}),
-                       stage_output("split", {"splits.parquet": tmp_path / "splits.parquet"}))
+    with pytest.raises(Exception) as err:  # the shard files are written by the partition tasks
+        data.shards_partition.fn(ctx, cfg, stage_output("ingest", {"sequences.parquet": seqs}),
+                                 stage_output("cluster", {"clusters.parquet": tmp_path / "clusters.parquet"}),
+                                 stage_output("split", {"splits.parquet": tmp_path / "splits.parquet"}),
+                                 0, (0, len(ids)))
     assert "No space left on device" in str(err.value)
-    assert final_stage_dirs(workdir, "shards") == []
-    assert not list(workdir.rglob("manifest.json"))
+    assert final_stage_dirs(workdir, "shards_partition") == []
+    assert [p for p in workdir.rglob("*.parquet") if ".tmp-" not in str(p)] == []
     assert_no_final_files(workdir)
-    step = failed_steps(tmp_path / "lineage.duckdb", "shards")
+    step = failed_steps(tmp_path / "lineage.duckdb", "shards_partition")
     assert step[0]["status"] == "failed" and "No space left on device" in step[0]["error"]
 
 
