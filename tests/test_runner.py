@@ -144,6 +144,33 @@ def test_dask_local_cluster_gives_the_thread_runners_artifacts(thread_run, tmp_p
     assert float(bar.data) == 100.0 and f"{partitions} / {partitions} partitions done" in bar.description
 
 
+def test_ray_local_instance_gives_the_thread_runners_artifacts(thread_run, tmp_path):
+    """The same data flow on a local Ray instance (prefect-ray, the optional ``ray`` extra): same artifacts, and
+    a stage task runs in a Ray worker process whose lineage reaches the database through the flow."""
+    pytest.importorskip("prefect_ray", reason="optional extra: pip install 'plm-pipeline[ray]'")
+    from prefect import flow
+
+    from flows.runner import task_runner
+
+    res = run_configured(data_refresh, DEMO, overrides(tmp_path / "work", "runner.kind=ray"))
+    assert res.status == "completed" and not any(res.stages[s].cached for s in DATA_STAGES)
+    assert artifacts(res) == artifacts(thread_run)
+    assert manifest_without_provenance(res) == manifest_without_provenance(thread_run)
+    assert step_params(res) == step_params(thread_run)
+
+    db = tmp_path / "probe.duckdb"
+    LineageStore(db)
+
+    @flow(task_runner=task_runner(RunnerConfig(kind="ray")))
+    def probe_flow() -> tuple[str, int]:
+        ctx = RunContext("run-ray", str(tmp_path), str(db))
+        return resolve(ctx, _lineage_probe.submit(ctx, False))
+
+    store_kind, worker_pid = probe_flow()
+    assert store_kind == "PendingLineage" and worker_pid != os.getpid()
+    assert LineageStore(db).query("SELECT status FROM steps WHERE step_id='probe-False'") == [{"status": "completed"}]
+
+
 def test_process_pool_runner_finds_the_thread_runners_stages_cached(thread_run):
     """Same workdir, another runner: every stage is found cached under the same key, from worker processes."""
     workdir = Path(thread_run.lineage).parent
