@@ -14,7 +14,8 @@ How it behaves:
   raised. Other 4xx and refused URLs raise :class:`PermanentDownloadError`, which is never retried.
 - MD5 and SHA-256 are computed while streaming (a resumed partial is hashed first); a mismatch raises
   :class:`ChecksumError` and moves the file aside as ``dest.corrupt``; a good file is renamed into place.
-- URLs in logs and errors go through :func:`redact_url` (no user:password, no token-like query values).
+- URLs in logs and errors go through :func:`redact_url` (no user:password, no token-like query values);
+  the scheme / host policy and the redirect check live in :mod:`pipeline_lib.sources.urls`.
 
 Tests: ``.venv/bin/pytest -q tests/test_download.py``.
 """
@@ -29,13 +30,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
 import urllib3
 
-from pipeline_lib.errors import ChecksumError, DownloadError, PipelineError
+from pipeline_lib.errors import ChecksumError, DownloadError
 from pipeline_lib.progress import Progress
+from pipeline_lib.sources.urls import (PermanentDownloadError, check_url_allowed, redact_url, redirect_guard,
+                                       scrub_credentials, url_policy)
 
 __all__ = [
     "DownloadResult", "HeadInfo", "PermanentDownloadError",
@@ -47,23 +49,7 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 MAX_BACKOFF_S = 60.0
 _RETRY_STATUS = frozenset({408, 429})
-_SECRET_PARAMS = ("token", "key", "sig", "signature", "password", "passwd", "secret", "auth", "credential")
 T = TypeVar("T")
-
-
-class PermanentDownloadError(PipelineError):
-    """A download that retrying cannot fix: a refused URL, or a 4xx status other than 408/429."""
-
-    def __init__(self, message: str, *, url: str, status: int | None = None):
-        self.url, self.status = url, status
-        super().__init__(message)
-
-    def __reduce__(self):  # keep the keywords when pickled: Dask task runners send errors back that way
-        return _permanent_download_error, (self.args[0], self.url, self.status), self.__dict__
-
-
-def _permanent_download_error(message: str, url: str, status: int | None) -> PermanentDownloadError:
-    return PermanentDownloadError(message, url=url, status=status)
 
 
 class _Transient(Exception):
@@ -89,62 +75,6 @@ class HeadInfo:
     etag: str | None
     last_modified: str | None
     accept_ranges: bool
-
-
-# --- URL policy ------------------------------------------------------------------------------------
-
-def redact_url(url: str) -> str:
-    """``url`` without user:password and with token-like query values replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if any(s in k.lower() for s in _SECRET_PARAMS) else v) for k, v in pairs],
-                          safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _scrub(text: str, url: str) -> str:
-    """Remove the credentials of ``url`` from free text (exception messages may echo them)."""
-    parts = urlsplit(url)
-    for secret in (parts.password, parts.username):
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
-def check_url_allowed(url: str, allowed_schemes: Iterable[str] = ("http", "https"),
-                      allowed_hosts: Iterable[str] | None = None) -> None:
-    """Raise :class:`PermanentDownloadError` unless the scheme (and host, when a list is given) is allowed."""
-    parts = urlsplit(url)
-    schemes = {s.lower() for s in allowed_schemes}
-    if parts.scheme.lower() not in schemes:
-        raise PermanentDownloadError(
-            f"refusing {redact_url(url)}: scheme {parts.scheme or '<none>'!r} is not one of {sorted(schemes)}",
-            url=redact_url(url))
-    if parts.scheme.lower() in ("http", "https") and not parts.hostname:
-        raise PermanentDownloadError(f"refusing {redact_url(url)}: no host", url=redact_url(url))
-    if allowed_hosts is not None:
-        hosts = {h.lower() for h in allowed_hosts}
-        if (parts.hostname or "").lower() not in hosts:
-            raise PermanentDownloadError(
-                f"refusing {redact_url(url)}: host {parts.hostname!r} is not one of {sorted(hosts)}",
-                url=redact_url(url))
-
-
-
-def _policy(url: str, allowed_schemes: Iterable[str], allowed_hosts: Iterable[str] | None) -> dict[str, Any]:
-    """Check ``url`` now and return the policy keywords that :func:`_request` re-checks after redirects."""
-    policy = {"allowed_schemes": tuple(allowed_schemes),
-              "allowed_hosts": None if allowed_hosts is None else tuple(allowed_hosts)}
-    check_url_allowed(url, **policy)
-    return policy
 
 
 # --- retries ---------------------------------------------------------------------------------------
@@ -174,28 +104,15 @@ def _session() -> requests.Session:
     return s
 
 
-def _redirect_guard(allowed_schemes: Iterable[str], allowed_hosts: Iterable[str] | None) -> Callable[..., None]:
-    """A requests response hook: a redirect to a URL outside the policy raises before it is followed."""
-    def guard(resp: requests.Response, *_args: Any, **_kwargs: Any) -> None:
-        if resp.is_redirect:
-            try:
-                check_url_allowed(urljoin(resp.url, resp.headers["location"]), allowed_schemes, allowed_hosts)
-            except PermanentDownloadError:
-                resp.close()
-                raise
-
-    return guard
-
-
 def _request(session: requests.Session, method: str, url: str, *, headers: dict[str, str], timeout_s: float,
              allowed_schemes: Iterable[str], allowed_hosts: Iterable[str] | None) -> requests.Response:
     """One request; network errors become :class:`_Transient`, refused statuses raise at once. Every redirect
     target is checked against the URL policy before it is requested."""
     try:
         resp = session.request(method, url, headers=headers, stream=True, timeout=(timeout_s, timeout_s),
-                               hooks={"response": _redirect_guard(allowed_schemes, allowed_hosts)})
+                               hooks={"response": redirect_guard(allowed_schemes, allowed_hosts)})
     except _NETWORK_ERRORS as exc:
-        raise _Transient(_scrub(f"{type(exc).__name__}: {exc}", url)) from None
+        raise _Transient(scrub_credentials(f"{type(exc).__name__}: {exc}", url)) from None
     try:
         check_url_allowed(resp.url, allowed_schemes, allowed_hosts)  # where the redirects ended
     except PermanentDownloadError:
@@ -217,7 +134,7 @@ def _read_raw(resp: requests.Response, url: str) -> bytes:
     try:
         return resp.raw.read(CHUNK, decode_content=False)
     except _NETWORK_ERRORS as exc:
-        raise _Transient(_scrub(f"{type(exc).__name__}: {exc}", url)) from None
+        raise _Transient(scrub_credentials(f"{type(exc).__name__}: {exc}", url)) from None
 
 
 # --- hashing ---------------------------------------------------------------------------------------
@@ -381,7 +298,7 @@ def download(url: str, dest: str | os.PathLike[str], *, expected_size: int | Non
              allowed_schemes: Iterable[str] = ("http", "https"), allowed_hosts: Iterable[str] | None = None,
              progress: bool = True) -> DownloadResult:
     """Fetch ``url`` to ``dest`` (resumable, retried, verified, atomic). See the module docstring."""
-    policy = _policy(url, allowed_schemes, allowed_hosts)
+    policy = url_policy(url, allowed_schemes, allowed_hosts)
     dest = Path(dest)
     done = _existing(dest, url, expected_size, expected_md5)
     if done is not None:
@@ -410,7 +327,7 @@ def fetch_bytes(url: str, *, max_bytes: int = 64 << 20, retries: int = 5, timeou
                 allowed_hosts: Iterable[str] | None = None, progress: bool = False) -> bytes:
     """The body of a small document (metalink, release note) in memory, with the same retries and policy."""
     del progress  # accepted so callers can pass download() keyword arguments through
-    policy = _policy(url, allowed_schemes, allowed_hosts)
+    policy = url_policy(url, allowed_schemes, allowed_hosts)
 
     def once(_attempt: int) -> bytes:
         with _session() as s:
@@ -434,7 +351,7 @@ def fetch_bytes(url: str, *, max_bytes: int = 64 << 20, retries: int = 5, timeou
 def head(url: str, *, timeout_s: float = 30.0, retries: int = 2, backoff_s: float = 1.0,
          allowed_schemes: Iterable[str] = ("http", "https"), allowed_hosts: Iterable[str] | None = None) -> HeadInfo:
     """Size, ETag, Last-Modified and range support of ``url`` from one HEAD request (retried if transient)."""
-    policy = _policy(url, allowed_schemes, allowed_hosts)
+    policy = url_policy(url, allowed_schemes, allowed_hosts)
 
     def once(_attempt: int) -> HeadInfo:
         with _session() as s:
