@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline_lib.config import ClusterConfig
 from pipeline_lib.errors import DataValidationError, ToolError
+from pipeline_lib.io import sql_str
 from pipeline_lib.progress import Progress
 from pipeline_lib.tools.mmseqs import MMseqs
 
@@ -35,11 +36,6 @@ class ClusterResult:
     clusters_per_level: dict[str, int]
     commands: list[list[str]] = field(default_factory=list)
     mmseqs_version: str = ""
-
-
-def _sql_str(value: object) -> str:
-    """A path as a DuckDB string literal (quotes doubled: ``o'brien`` is a valid directory name)."""
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 def write_fasta_from_parquet(parquet: Path, fasta: Path, keep: np.ndarray | None = None) -> int:
@@ -121,10 +117,10 @@ def _write_outputs(sequences: Path, tsvs: dict[str, Path], out_dir: Path, tmp_di
     names = list(tsvs)
     con = duckdb.connect()
     try:
-        con.execute(f"SET memory_limit='{DUCKDB_MEMORY_LIMIT}'; SET temp_directory={_sql_str(tmp_dir)}")
+        con.execute(f"SET memory_limit='{DUCKDB_MEMORY_LIMIT}'; SET temp_directory={sql_str(tmp_dir)}")
         for lv, tsv in tsvs.items():
             try:
-                con.execute(f"""CREATE TEMP TABLE l_{lv} AS SELECT * FROM read_csv({_sql_str(tsv)}, delim='\t',
+                con.execute(f"""CREATE TEMP TABLE l_{lv} AS SELECT * FROM read_csv({sql_str(tsv)}, delim='\t',
                     header=false, columns={{'rep': 'BIGINT', 'member': 'BIGINT'}})""")
             except duckdb.Error as exc:  # mmseqs wrote something, but not "<rep>\t<member>" ordinals
                 first = str(exc).splitlines()[0]
@@ -136,7 +132,7 @@ def _write_outputs(sequences: Path, tsvs: dict[str, Path], out_dir: Path, tmp_di
             joins.append(f"JOIN l_{lv} ON l_{lv}.member = l_{prev}.rep")
             select.append(f"r_{lv}.id AS cluster_{lv}")
         con.execute(f"""CREATE TEMP TABLE seqs AS
-            SELECT id, file_row_number AS ord FROM read_parquet({_sql_str(sequences)}, file_row_number=true)""")
+            SELECT id, file_row_number AS ord FROM read_parquet({sql_str(sequences)}, file_row_number=true)""")
         con.execute(f"""CREATE TEMP TABLE clusters AS
             SELECT s.id, {', '.join(select)} FROM seqs s
             LEFT JOIN l_{names[0]} ON l_{names[0]}.member = s.ord {' '.join('LEFT ' + j for j in joins)}
@@ -147,12 +143,12 @@ def _write_outputs(sequences: Path, tsvs: dict[str, Path], out_dir: Path, tmp_di
         if missing:
             raise DataValidationError(f"mmseqs output lacks sequences, e.g. {[m[0] for m in missing]}",
                                       path=str(sequences))
-        con.execute(f"COPY clusters TO {_sql_str(out_dir / 'clusters.parquet')} (FORMAT parquet, COMPRESSION zstd)")
+        con.execute(f"COPY clusters TO {sql_str(out_dir / 'clusters.parquet')} (FORMAT parquet, COMPRESSION zstd)")
         union = " UNION ALL ".join(
             f"SELECT '{lv}' AS level, cluster_{lv} AS representative, count(*)::BIGINT AS size FROM clusters GROUP BY 2"
             for lv in names)
         con.execute(f"COPY (SELECT * FROM ({union}) ORDER BY level, size DESC, representative) "
-                    f"TO {_sql_str(out_dir / 'cluster_sizes.parquet')} (FORMAT parquet, COMPRESSION zstd)")
+                    f"TO {sql_str(out_dir / 'cluster_sizes.parquet')} (FORMAT parquet, COMPRESSION zstd)")
         return {lv: con.execute(f"SELECT count(DISTINCT cluster_{lv}) FROM clusters").fetchone()[0] for lv in names}
     finally:
         con.close()

@@ -22,8 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline_lib import schemas
+from pipeline_lib.io import sql_str
 
-__all__ = ["dedupe", "Dedupe", "DUCKDB_MEMORY_LIMIT"]
+__all__ = ["dedupe", "Dedupe", "DUCKDB_MEMORY_LIMIT", "spilling_connection"]
 
 DUCKDB_MEMORY_LIMIT = os.environ.get("PLM_DUCKDB_MEMORY", "512MB")
 
@@ -36,21 +37,17 @@ class Dedupe:
     residues_dropped: int     # residues of the two above
 
 
-def _sql_str(value: object) -> str:
-    """A path as a DuckDB string literal (quotes doubled: ``o'brien`` is a valid directory name)."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
 def _np(a: pa.Array) -> np.ndarray:
     return a.to_numpy(zero_copy_only=False)
 
 
-def _duck(tmp_dir: Path) -> duckdb.DuckDBPyConnection:
+def spilling_connection(tmp_dir: Path) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection capped at ``DUCKDB_MEMORY_LIMIT`` that spills to ``tmp_dir`` (out-of-core work)."""
     con = duckdb.connect()
     con.execute(f"SET memory_limit='{DUCKDB_MEMORY_LIMIT}'")
-    con.execute(f"SET temp_directory={_sql_str(tmp_dir)}")
+    con.execute(f"SET temp_directory={sql_str(tmp_dir)}")
     con.execute("SET threads=2")
-    con.execute("SET preserve_insertion_order=false")  # every output below has its own ORDER BY
+    con.execute("SET preserve_insertion_order=false")  # cheaper; a query that needs an order has an ORDER BY
     return con
 
 
@@ -122,10 +119,10 @@ def _find_duplicates(con: duckdb.DuckDBPyConnection, raw: str) -> tuple[int, int
 def dedupe(raw_path: Path, q_path: Path, out_dir: Path, tmp_dir: Path, batch_rows: int,
            parquet_options: dict[str, Any]) -> Dedupe:
     """Write ``sequences`` / ``duplicates`` / ``quarantine.parquet`` to ``out_dir`` from phase 1's two files."""
-    con = _duck(tmp_dir)
+    con = spilling_connection(tmp_dir)
     try:
         dup_ids, dups, residues = _find_duplicates(
-            con, f"read_parquet({_sql_str(raw_path)}, file_row_number=true)")  # file row number = input order
+            con, f"read_parquet({sql_str(raw_path)}, file_row_number=true)")  # file row number = input order
         if dup_ids:
             _write_query(con, """SELECT 'ingest' AS stage, source_file, source_record, id, 'duplicate_id' AS reason,
                 id || ': id already used by an earlier record' AS detail, NULL::VARCHAR AS raw

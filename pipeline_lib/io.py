@@ -23,6 +23,7 @@ __all__ = [
     "sha256_bytes",
     "stable_hash",
     "clean_temporaries",
+    "sql_str",
 ]
 
 _TMP_MARK = ".tmp-"
@@ -103,3 +104,8 @@ def clean_temporaries(directory: str | os.PathLike[str]) -> int:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             n += 1
     return n
+
+
+def sql_str(value: object) -> str:
+    """A path as a DuckDB string literal (quotes doubled: ``o'brien`` is a valid directory name)."""
+    return "'" + str(value).replace("'", "''") + "'"

@@ -44,7 +44,7 @@ from pipeline_lib import schemas
 from pipeline_lib.config import ShardsConfig
 from pipeline_lib.errors import DataValidationError
 from pipeline_lib.ingest_dedupe import DUCKDB_MEMORY_LIMIT
-from pipeline_lib.io import sha256_file, write_json_atomic
+from pipeline_lib.io import sha256_file, sql_str, write_json_atomic
 from pipeline_lib.shard_writer import Budget, SplitWriter
 from pipeline_lib.tokenizer import ESM_ALPHABET, Alphabet
 
@@ -121,11 +121,6 @@ def _np(a: pa.Array) -> np.ndarray:
     return a.to_numpy(zero_copy_only=False)
 
 
-def _sql_str(value: object) -> str:
-    """A path as a DuckDB string literal (quotes doubled: ``o'brien`` is a valid directory name)."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
 def partition_ranges(num_rows: int, partition_rows: int) -> list[tuple[int, int]]:
     """The ingest-row ranges ``[a, b)`` of the shard partitions: ``partition_rows`` each, the last shorter.
 
@@ -159,16 +154,16 @@ def _plan(sequences: Path, clusters: Path, splits: Path, levels: list[str], work
     path = work / "plan.parquet"
     con = duckdb.connect()
     try:
-        con.execute(f"SET memory_limit='{DUCKDB_MEMORY_LIMIT}'; SET threads=2; SET temp_directory={_sql_str(work)}")
+        con.execute(f"SET memory_limit='{DUCKDB_MEMORY_LIMIT}'; SET threads=2; SET temp_directory={sql_str(work)}")
         con.execute("SET preserve_insertion_order=true")  # the file keeps the ORDER BY
         con.execute(f"""COPY (
             SELECT s.ord, p.split, {cl}
-            FROM (SELECT id, file_row_number AS ord FROM read_parquet({_sql_str(sequences)}, file_row_number=true)
+            FROM (SELECT id, file_row_number AS ord FROM read_parquet({sql_str(sequences)}, file_row_number=true)
                   WHERE file_row_number >= {int(rows[0])} AND file_row_number < {int(rows[1])}) s
-            JOIN read_parquet({_sql_str(clusters)}) c USING (id)
-            JOIN read_parquet({_sql_str(splits)}) p USING (id)
+            JOIN read_parquet({sql_str(clusters)}) c USING (id)
+            JOIN read_parquet({sql_str(splits)}) p USING (id)
             WHERE p.split IN ({names}) ORDER BY s.ord
-            ) TO {_sql_str(path)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 65536)""")
+            ) TO {sql_str(path)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 65536)""")
     finally:
         con.close()
     return path

@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 from pipeline_lib import schemas
 from pipeline_lib.cluster import write_fasta_from_parquet
 from pipeline_lib.config import DecontaminateConfig, SplitConfig
-from pipeline_lib.ingest_dedupe import _duck, _sql_str
+from pipeline_lib.ingest_dedupe import spilling_connection
+from pipeline_lib.io import sql_str
 from pipeline_lib.tools.mmseqs import MMseqs
 
 __all__ = ["SplitResult", "split_of", "assign_splits", "decontaminate"]
@@ -66,9 +67,9 @@ def _add_counts(counts: dict[str, int], values: pa.Array) -> None:
 def _clusters_per_split(clusters: Path, col: str, seed: int, cfg: SplitConfig, tmp_dir: Path) -> dict[str, int]:
     """Distinct representatives per split, found out of core by DuckDB (tens of millions at UniRef scale)."""
     counts = dict.fromkeys(SPLITS, 0)
-    con = _duck(tmp_dir)
+    con = spilling_connection(tmp_dir)
     try:
-        for batch in con.sql(f"SELECT DISTINCT {col} FROM read_parquet({_sql_str(clusters)})").to_arrow_reader(
+        for batch in con.sql(f"SELECT DISTINCT {col} FROM read_parquet({sql_str(clusters)})").to_arrow_reader(
                 BATCH_ROWS):
             _add_counts(counts, _split_column(batch.column(0), seed, cfg))
     finally:
