@@ -31,8 +31,8 @@ import duckdb
 from pipeline_lib.errors import PipelineError
 from pipeline_lib.io import sha256_file, stable_hash
 
-__all__ = ["ArtifactRecord", "StepRecord", "RunRecord", "LineageStore", "PendingLineage", "artifact_for", "utcnow", "redact_secrets",
-           "to_json"]
+__all__ = ["ArtifactRecord", "StepRecord", "RunRecord", "LineageStore", "PendingLineage", "artifact_for", "utcnow",
+           "redact_secrets", "to_json"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -252,9 +252,9 @@ class LineageStore:
             con.executemany("INSERT INTO metrics VALUES (?,?,?,?,?,?)",
                             [(run_id, step_id, name, int(s), float(v), now) for name, s, v in rows])
 
-    def write_pending(self, pending: "PendingLineage | list[tuple[str, Any]]") -> None:
-        """Write what a worker process kept for this writer (:class:`PendingLineage`), in its order."""
-        for kind, record in (pending.drain() if isinstance(pending, PendingLineage) else pending):
+    def write_pending(self, records: list[tuple[str, Any]]) -> None:
+        """Write what a worker process kept for this writer (:meth:`PendingLineage.drain`), in its order."""
+        for kind, record in records:
             if kind == "step":
                 self.record_step(record)
             else:
@@ -376,9 +376,6 @@ class PendingLineage:
     def drain(self) -> list[tuple[str, Any]]:
         out, self._records = self._records, []
         return out
-
-    def __len__(self) -> int:
-        return len(self._records)
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         return LineageStore(self.path, create=False).query(sql, params)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from pipeline_lib.config import Config
 from pipeline_lib.lineage import StepRecord, artifact_for, utcnow
 from pipeline_lib.msa.build import BatchResult, Query, build_msa_batch, iter_query_batches, prepare_target, \

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from pipeline_lib.io import stable_hash
 from pipeline_lib.lineage import StepRecord, artifact_for, utcnow
 from tasks.common import RunContext, lineage_task, logger

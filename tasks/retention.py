@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from pipeline_lib.config import Config
 from pipeline_lib.retention import apply_retention, plan_retention
 from pipeline_lib.storage import ObjectStore

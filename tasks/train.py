@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
 from pipeline_lib.config import Config
 from pipeline_lib.lineage import ArtifactRecord, LineageStore
 from pipeline_lib.train.run import launch_torchrun

@@ -36,7 +36,8 @@ from pipeline_lib.train.loader import StepLoader
 from pipeline_lib.train.metrics import MetricsSink, device_peak_tflops
 from pipeline_lib.train.model import build_model, masked_logits, model_flops_per_token
 from pipeline_lib.train.optim import build_optimizer, build_scheduler
-from pipeline_lib.train.parallel import DistEnv, all_reduce_sum, grad_sync, init_distributed, parallelize
+from pipeline_lib.train.parallel import (DistEnv, all_reduce_sum, grad_sync, init_distributed, parallelize,
+                                         uses_bf16)
 from pipeline_lib.train.validation import Validator
 
 __all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "build_model"]  # build_model: from .model
@@ -79,8 +80,7 @@ class Trainer:
                                  state=data_state, pin_memory=self.env.device.type == "cuda",
                                  cache_dir=self.out / "index_cache")
         self.sink = MetricsSink(self.out, enabled=self.env.is_main, on_metrics=on_metrics)
-        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.env.device.type == "cuda")
-        self.amp_dtype = torch.bfloat16 if use_bf16 else None
+        self.amp_dtype = torch.bfloat16 if uses_bf16(cfg, self.env) else None
         self.flops_per_token = model_flops_per_token(self.model)  # 6 N, as the MFU convention
         self.peak = device_peak_tflops(self.env.device, cfg.peak_tflops)
         self.validator = Validator(cfg, shards_dir, self.env) if cfg.eval_every else None

@@ -24,7 +24,8 @@ from torch import nn
 
 from pipeline_lib.train.config import TrainConfig
 
-__all__ = ["DistEnv", "init_distributed", "parallelize", "uses_bf16", "grad_sync", "all_reduce_sum", "close_distributed"]
+__all__ = ["DistEnv", "init_distributed", "parallelize", "uses_bf16", "grad_sync", "all_reduce_sum",
+           "close_distributed"]
 
 
 @dataclass(frozen=True)
