@@ -85,7 +85,9 @@ def assign_splits(clusters: Path, out_dir: Path, cfg: SplitConfig, *, level: str
     sizes = dict.fromkeys(SPLITS, 0)
     dropped = pa.array(sorted(excluded or ()), pa.string())
     with pq.ParquetWriter(out_dir / "splits.parquet", schemas.SPLITS, compression="zstd") as writer:
-        for batch in pq.ParquetFile(clusters).iter_batches(batch_size=BATCH_ROWS, columns=["id", col]):
+        # pre_buffer=False: with it, the reader keeps every row group it has read until the end
+        reader = pq.ParquetFile(clusters, pre_buffer=False)
+        for batch in reader.iter_batches(batch_size=BATCH_ROWS, columns=["id", col]):
             ids, split = batch.column(0), _split_column(batch.column(1), seed, cfg)
             if len(dropped):
                 keep = pc.invert(pc.is_in(ids, value_set=dropped))
@@ -103,7 +105,7 @@ def _rows_at(path: Path, columns: list[str], rows: list[int]) -> dict[int, tuple
     wanted = pa.array(sorted(set(rows)), pa.int64())
     out: dict[int, tuple] = {}
     offset = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns):
+    for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=BATCH_ROWS, columns=columns):
         local = pc.subtract(wanted.filter(pc.and_(pc.greater_equal(wanted, offset),
                                                   pc.less(wanted, offset + batch.num_rows))), offset)
         if len(local):
