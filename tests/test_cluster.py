@@ -67,3 +67,47 @@ def test_next_level_input_is_in_row_order_so_reruns_give_the_same_clusters(clust
     again = cluster_sequences(d / "sequences.parquet", tmp_path, cfg, tmp_path / "tmp")
     assert again.clusters_per_level == {"c90": len(reps), "c50": len({r["cluster_c50"] for r in rows})}
     assert pq.read_table(tmp_path / "clusters.parquet").to_pylist() == rows
+
+
+def test_mmseqs_workflow_steps_are_read_from_its_own_output(clustered):
+    """At verbosity 3 an mmseqs workflow names each module it starts; the adapter reads them off the real log."""
+    _, _, _, d = clustered
+    lines = (d / "tmp" / "mmseqs.log").read_text().splitlines()
+    steps = [s for s in map(MMseqs(binary="mmseqs").step_of, lines) if s]
+    assert steps[:3] == ["createdb", "linclust", "kmermatcher"]
+    assert {"clust", "createtsv", "result2repseq"} <= set(steps)
+    assert not any(s.startswith("easy") for s in steps)  # the workflow's own echo is not a step
+
+
+def _fake_mmseqs(tmp_path, body: str):
+    script = tmp_path / "mmseqs"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    tool = MMseqs(binary=script)
+    tool.heartbeat_s = 0.1
+    return tool
+
+
+def test_a_long_tool_run_logs_its_time_and_step_until_it_ends(tmp_path, caplog):
+    tool = _fake_mmseqs(tmp_path, "echo 'createdb in.fa db -v 3'; sleep 0.6; echo 'clust db out -v 3'; sleep 0.6\n")
+    with caplog.at_level("INFO", logger="pipeline_lib.tools.base"):
+        tool.run("easy-cluster", "in.fa")
+    beats = [r.getMessage() for r in caplog.records if "running for" in r.getMessage()]
+    assert beats and all(b.startswith("mmseqs easy-cluster: running for") for b in beats)
+    assert any("step 1 (createdb)" in b for b in beats) and any("step 2 (clust)" in b for b in beats)
+    assert caplog.records[-1].getMessage().startswith("mmseqs easy-cluster: finished after")
+    assert caplog.records[-1].getMessage().endswith(", 2 steps")
+
+
+def test_a_failed_long_run_says_failed_and_a_short_run_stays_quiet(tmp_path, caplog):
+    tool = _fake_mmseqs(tmp_path, "echo 'createdb in.fa db -v 3'; sleep 0.3; exit 3\n")
+    with caplog.at_level("INFO", logger="pipeline_lib.tools.base"), pytest.raises(ToolError, match="exit code: 3"):
+        tool.run("easy-cluster")
+    assert "mmseqs easy-cluster: failed after" in caplog.records[-1].getMessage()
+    caplog.clear()
+    (tmp_path / "quick").mkdir()
+    tool = _fake_mmseqs(tmp_path / "quick", "echo 'createdb in.fa db -v 3'\n")
+    tool.heartbeat_s = 60
+    with caplog.at_level("INFO", logger="pipeline_lib.tools.base"):
+        tool.run("version")
+    assert [r.getMessage() for r in caplog.records] == [f"running: {tool.binary} version"]

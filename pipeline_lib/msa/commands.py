@@ -67,6 +67,11 @@ class TargetDb:
         return out
 
 
+# Workflows (search, linclust) run at verbosity 3, which names each module as it starts: the tool adapter's
+# heartbeat reports that step during long runs. Single modules stay at 1 (errors only).
+WORKFLOW_V = ["-v", "3"]
+
+
 def _s(x: object) -> str:
     return str(int(x)) if isinstance(x, bool) else str(x)
 
@@ -81,7 +86,7 @@ def target_commands(fasta: Path, db: Path, work: Path, cfg: MsaConfig, threads: 
         clu = f"{db}_clu"
         cmds += [
             ["mmseqs", "linclust", str(db), clu, str(work / "tmp_linclust"), "--min-seq-id",
-             _s(e.cluster_min_seq_id), "-c", _s(e.cluster_coverage), *t, *v],
+             _s(e.cluster_min_seq_id), "-c", _s(e.cluster_coverage), *t, *WORKFLOW_V],
             ["mmseqs", "createsubdb", clu, str(db), f"{db}_rep", *v],
             ["mmseqs", "align", str(db), str(db), clu, f"{db}_aln", "-a", "-e", "inf", *t, *v],
         ]
@@ -94,7 +99,7 @@ def msa_commands(qdb: Path, target: TargetDb, work: Path, cfg: MsaConfig, thread
     res, tmp = work / "res", work / "tmp"
     cmds = [["mmseqs", "search", str(qdb), str(target.search_db), str(res), str(tmp), "--num-iterations",
              _s(s.num_iterations), "-a", "-e", _s(s.evalue), "--max-seqs", _s(s.max_seqs), "-s",
-             f"{s.sensitivity:.1f}", "--prefilter-mode", _s(s.prefilter_mode), *t, *v]]
+             f"{s.sensitivity:.1f}", "--prefilter-mode", _s(s.prefilter_mode), *t, *WORKFLOW_V]]
     result = res
     if cfg.expand.enabled:
         cmds += _expand_commands(qdb, target, work, cfg, threads)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,10 @@ from pipeline_lib.errors import ToolError
 from pipeline_lib.tools.base import BinaryTool
 
 __all__ = ["MMseqs", "find_mmseqs"]
+
+# at verbosity 3 a workflow (easy-linclust, search, ...) prints each module it starts as its full command line:
+# "kmermatcher tmp/.../input tmp/.../pref --sub-mat ... -v 3 "
+_STEP_LINE = re.compile(r"([a-z][a-z0-9]+) \S.*\s-v \d")
 
 
 def find_mmseqs() -> str:
@@ -48,6 +53,10 @@ class MMseqs(BinaryTool):
     def version(self) -> str:
         return _version_of(self.binary)
 
+    def step_of(self, line: str) -> str | None:
+        m = _STEP_LINE.match(line)
+        return m.group(1) if m else None
+
     def easy_cluster(self, fasta: str | os.PathLike[str], out_prefix: str | os.PathLike[str],
                      tmp_dir: str | os.PathLike[str], *, method: str = "linclust", min_seq_id: float = 0.5,
                      coverage: float = 0.8, cov_mode: int = 0, cluster_mode: int = 0,
@@ -60,7 +69,7 @@ class MMseqs(BinaryTool):
             raise ToolError(f"unknown mmseqs clustering method {method!r}; expected 'linclust' or 'cluster'")
         args = [f"easy-{method}", str(fasta), str(out_prefix), str(tmp_dir),
                 "--min-seq-id", str(min_seq_id), "-c", str(coverage), "--cov-mode", str(cov_mode),
-                "--cluster-mode", str(cluster_mode), "--threads", str(self.threads), "-v", "1",
+                "--cluster-mode", str(cluster_mode), "--threads", str(self.threads), "-v", "3",
                 *(extra or [])]
         self.run(*args, log_file=log_file)
         return args
