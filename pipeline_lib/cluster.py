@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline_lib.config import ClusterConfig
 from pipeline_lib.errors import DataValidationError, ToolError
-from pipeline_lib.io import sql_str
+from pipeline_lib.io import duckdb_connect, sql_str
 from pipeline_lib.progress import Progress
 from pipeline_lib.tools.mmseqs import MMseqs
 
@@ -115,7 +115,7 @@ def _write_outputs(sequences: Path, tsvs: dict[str, Path], out_dir: Path, tmp_di
     from pipeline_lib.ingest import DUCKDB_MEMORY_LIMIT  # shared memory cap for DuckDB work
 
     names = list(tsvs)
-    con = duckdb.connect()
+    con = duckdb_connect()
     try:
         con.execute(f"SET memory_limit='{DUCKDB_MEMORY_LIMIT}'; SET temp_directory={sql_str(tmp_dir)}")
         for lv, tsv in tsvs.items():

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline_lib import schemas
-from pipeline_lib.io import sql_str
+from pipeline_lib.io import duckdb_connect, sql_str
 
 __all__ = ["dedupe", "Dedupe", "DUCKDB_MEMORY_LIMIT", "spilling_connection"]
 
@@ -43,7 +43,7 @@ def _np(a: pa.Array) -> np.ndarray:
 
 def spilling_connection(tmp_dir: Path) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection capped at ``DUCKDB_MEMORY_LIMIT`` that spills to ``tmp_dir`` (out-of-core work)."""
-    con = duckdb.connect()
+    con = duckdb_connect()
     con.execute(f"SET memory_limit='{DUCKDB_MEMORY_LIMIT}'")
     con.execute(f"SET temp_directory={sql_str(tmp_dir)}")
     con.execute("SET threads=2")

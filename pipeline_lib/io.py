@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "duckdb_connect",
     "atomic_path",
     "atomic_dir",
     "write_json_atomic",
@@ -109,3 +110,13 @@ def clean_temporaries(directory: str | os.PathLike[str]) -> int:
 def sql_str(value: object) -> str:
     """A path as a DuckDB string literal (quotes doubled: ``o'brien`` is a valid directory name)."""
     return "'" + str(value).replace("'", "''") + "'"
+
+
+def duckdb_connect(database: str | os.PathLike[str] = ":memory:", *, read_only: bool = False) -> Any:
+    """A DuckDB connection without DuckDB's own progress bar, which it prints to stdout (not to our logs)
+    on any query longer than two seconds: noise in long runs, and in the middle of our progress lines."""
+    import duckdb
+
+    con = duckdb.connect(str(database), read_only=read_only)
+    con.execute("SET enable_progress_bar_print=false")
+    return con

@@ -29,7 +29,7 @@ from typing import Any
 import duckdb
 
 from pipeline_lib.errors import PipelineError
-from pipeline_lib.io import sha256_file, stable_hash
+from pipeline_lib.io import duckdb_connect, sha256_file, stable_hash
 
 __all__ = ["ArtifactRecord", "StepRecord", "RunRecord", "LineageStore", "PendingLineage", "artifact_for", "utcnow",
            "redact_secrets", "to_json"]
@@ -187,7 +187,7 @@ class LineageStore:
         with self._lock:
             while True:
                 try:
-                    con = duckdb.connect(str(self.path), read_only=read_only)
+                    con = duckdb_connect(str(self.path), read_only=read_only)
                     break
                 except (duckdb.IOException, duckdb.ConnectionException) as exc:
                     # another process holds the file lock, or this process has it open read-only
@@ -337,7 +337,7 @@ def _unusable(path: Path) -> bool:
     if not path.exists():
         return False
     try:
-        duckdb.connect(str(path), read_only=True).close()
+        duckdb_connect(str(path), read_only=True).close()
     except duckdb.IOException as exc:
         return "lock" not in str(exc).lower()
     except duckdb.Error:

@@ -34,7 +34,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -44,7 +43,7 @@ from pipeline_lib import schemas
 from pipeline_lib.config import ShardsConfig
 from pipeline_lib.errors import DataValidationError
 from pipeline_lib.ingest_dedupe import DUCKDB_MEMORY_LIMIT
-from pipeline_lib.io import sha256_file, sql_str, write_json_atomic
+from pipeline_lib.io import duckdb_connect, sha256_file, sql_str, write_json_atomic
 from pipeline_lib.shard_writer import Budget, SplitWriter
 from pipeline_lib.tokenizer import ESM_ALPHABET, Alphabet
 
@@ -152,7 +151,7 @@ def _plan(sequences: Path, clusters: Path, splits: Path, levels: list[str], work
     cl = ", ".join(f"c.cluster_{lv}" for lv in levels)
     names = ", ".join(f"'{s}'" for s in SPLITS)
     path = work / "plan.parquet"
-    con = duckdb.connect()
+    con = duckdb_connect()
     try:
         con.execute(f"SET memory_limit='{DUCKDB_MEMORY_LIMIT}'; SET threads=2; SET temp_directory={sql_str(work)}")
         con.execute("SET preserve_insertion_order=true")  # the file keeps the ORDER BY

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline_lib.errors import DataValidationError, PipelineError, TransientError
-from pipeline_lib.io import atomic_dir, sha256_bytes, write_json_atomic
+from pipeline_lib.io import atomic_dir, duckdb_connect, sha256_bytes, write_json_atomic
 from pipeline_lib.lineage import ArtifactRecord, artifact_for
 
 __all__ = ["ObjectStore", "StorageError", "open_url", "stage_dir_of", "read_manifest", "shard_table",
@@ -238,8 +238,6 @@ def verify_manifest(url: str, fs: fsspec.AbstractFileSystem) -> list[str]:
 
 def duckdb_connection(fs: fsspec.AbstractFileSystem, con: Any = None) -> Any:
     """A DuckDB connection that reads ``s3://...`` (the fs's protocols) through ``fs``; no httpfs download."""
-    import duckdb
-
-    con = con or duckdb.connect()
+    con = con or duckdb_connect()
     con.register_filesystem(fs)
     return con

@@ -119,6 +119,30 @@ def test_library_layer_never_imports_prefect():
             assert not any(n == "prefect" or n.startswith("prefect.") for n in names), path
 
 
+
+def test_duckdb_connections_print_no_progress_bar_to_stdout(capfd):
+    """DuckDB draws its own progress bar on stdout for queries over 2 s; every connection we open turns it off."""
+    from pipeline_lib.io import duckdb_connect
+
+    import duckdb
+
+    query = "SELECT count(*) FROM range(100000000) t(i) WHERE i % 7 = 3"
+    plain = duckdb.connect()
+    plain.execute("SET progress_bar_time=0")  # draw at once, not after 2 s
+    plain.sql(query).fetchall()
+    assert "%" in capfd.readouterr().out  # the bar DuckDB draws by default ...
+    ours = duckdb_connect()
+    ours.execute("SET progress_bar_time=0")
+    ours.sql(query).fetchall()
+    assert capfd.readouterr().out == ""  # ... and none from our connections, which the code below always uses
+    for path in [*(ROOT / "pipeline_lib").rglob("*.py"), *(ROOT / "tasks").rglob("*.py"), *(ROOT / "flows").rglob("*.py")]:
+        if path.name == "io.py" and path.parent.name == "pipeline_lib":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            is_call = isinstance(node, ast.Attribute) and node.attr == "connect" and \
+                isinstance(node.value, ast.Name) and node.value.id == "duckdb"
+            assert not is_call, f"{path}:{node.lineno}: use pipeline_lib.io.duckdb_connect"
+
 def test_uniref_source_end_to_end_with_release_check(prefect_harness, tmp_path):
     """A UniProt-like FTP tree on 127.0.0.1: download, verify, ingest ... shards; then 'no new release'."""
     import gzip

@@ -26,6 +26,7 @@ from typing import Any
 
 import duckdb
 
+from pipeline_lib.io import duckdb_connect
 from pipeline_lib.errors import PipelineError
 from pipeline_lib.lineage import LineageStore
 
@@ -58,7 +59,7 @@ def read_only(db_path: str | os.PathLike[str], *, lock_wait_s: float = LOCK_WAIT
     con: duckdb.DuckDBPyConnection | None = None
     while con is None:
         try:
-            con = duckdb.connect(str(path), read_only=True)
+            con = duckdb_connect(str(path), read_only=True)
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
             if not _retryable(exc):
                 raise PipelineError(f"cannot read lineage database {path}: {exc}") from exc
@@ -100,7 +101,7 @@ def _snapshot(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
             if wal.exists():
                 shutil.copyfile(wal, copy.with_name(copy.name + ".wal"))
             # a copy taken mid-checkpoint can be torn: DuckDB's block checksums reject it, and we copy again
-            con = duckdb.connect(str(copy), read_only=True)
+            con = duckdb_connect(str(copy), read_only=True)
         except (OSError, duckdb.Error) as exc:
             last = exc
             shutil.rmtree(tmp, ignore_errors=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import duckdb
+from pipeline_lib.io import duckdb_connect
 
 __all__ = ["Histogram", "length_histogram", "cluster_size_distribution", "plddt_histogram", "msa_depth_histogram",
            "MSA_DEPTH_COLUMNS"]
@@ -62,7 +62,7 @@ def _nice_width(span: float, bins: int) -> float:
 def _column_histogram(files: tuple[str, ...], hashes: tuple[str, ...], column: str, bins: int,
                       lo: float | None, hi: float | None) -> tuple[list[float], list[int], float, int]:
     """Histogram of a numeric Parquet column; ``hashes`` only key the cache (artifacts never change)."""
-    con = duckdb.connect()
+    con = duckdb_connect()
     try:
         src = f"(SELECT CAST({column} AS DOUBLE) AS v FROM read_parquet(?) WHERE {column} IS NOT NULL)"
         n, vmin, vmax = con.execute(f"SELECT count(*), min(v), max(v) FROM {src}", [list(files)]).fetchone()
@@ -109,7 +109,7 @@ def cluster_size_distribution(artifacts: list[dict[str, Any]]) -> dict[str, dict
 
 @functools.lru_cache(maxsize=16)
 def _cluster_sizes(files: tuple[str, ...], content_hash: str) -> dict[str, dict[str, list[int]]]:
-    con = duckdb.connect()
+    con = duckdb_connect()
     try:
         got = con.execute("SELECT level, size, count(*) FROM read_parquet(?) GROUP BY ALL ORDER BY level, size",
                           [list(files)]).fetchall()
@@ -159,7 +159,7 @@ def _msa_depths(path: str, content_hash: str, meta_json: str) -> list[int]:
     p = Path(path)
     parquet = _parquet_files([path])
     if parquet:
-        con = duckdb.connect()
+        con = duckdb_connect()
         try:
             cols = {r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [parquet]).fetchall()}
             col = next((c for c in MSA_DEPTH_COLUMNS if c in cols), None)

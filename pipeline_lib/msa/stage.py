@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow.parquet as pq
 
+from pipeline_lib.io import duckdb_connect
 from pipeline_lib.msa.a3m import Msa
 from pipeline_lib.msa.build import BatchResult, Query
 from pipeline_lib.msa.config import MsaConfig
@@ -26,7 +26,7 @@ def select_queries(sequences: Path, clusters: Path, splits: Path, *, level: str,
                    limit: int | None) -> list[Query]:
     """Cluster representatives at ``level`` whose split is wanted, in a stable pseudo-random order."""
     wanted = ", ".join(f"'{s}'" for s in splits_wanted)
-    con = duckdb.connect()
+    con = duckdb_connect()
     try:
         rows = con.execute(f"""SELECT s.id, s.sequence FROM read_parquet('{sequences}') s
             JOIN read_parquet('{clusters}') c USING (id) JOIN read_parquet('{splits}') p USING (id)

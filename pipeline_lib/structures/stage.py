@@ -31,13 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline_lib import schemas
 from pipeline_lib.config import ShardsConfig
-from pipeline_lib.io import atomic_path, sha256_file, write_json_atomic
+from pipeline_lib.io import atomic_path, duckdb_connect, sha256_file, write_json_atomic
 from pipeline_lib.structures.batches import BatchResult, FileTally, merge_batches, plan_batches, run_batch, \
     with_plddt_policy
 from pipeline_lib.structures.config import StructuresConfig
@@ -94,7 +93,7 @@ def ingested_accessions(sequences: Path) -> list[str]:
 
 def _split_batches(sequences: Path, clusters: Path, splits: Path, split: str, levels: list[str]):
     cl = ", ".join(f"c.cluster_{lv}" for lv in levels)
-    con = duckdb.connect()
+    con = duckdb_connect()
     try:
         reader = con.sql(f"""SELECT s.id, s.accession, s.seq_hash, s.sequence, {cl}
             FROM read_parquet('{sequences}') s JOIN read_parquet('{clusters}') c USING (id)
