@@ -22,12 +22,14 @@ import shutil
 import socket
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prefect import task
+from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 from pipeline_lib import __version__
@@ -127,24 +129,47 @@ class WithLineage:
 
 
 _ERROR_RECORDS = "plm_lineage_records"
+# Records of failed attempts, by Prefect task run id, for the retry (same id, same worker process) to send back
+# with its own: Prefect retries a task inside the worker, and only the last attempt's result or error reaches
+# the flow. Bounded: the attempts of a task run that ended failed are never asked for again.
+_earlier_attempts: OrderedDict[str, list[tuple[str, Any]]] = OrderedDict()
+_earlier_lock = threading.Lock()
+_EARLIER_MAX = 1024
+
+
+def _task_run_id() -> str | None:
+    run = TaskRunContext.get()
+    return str(run.task_run.id) if run is not None else None
+
+
+def _worker_records(ctx: RunContext, run_id: str | None, *, failed: bool) -> list[tuple[str, Any]]:
+    """This attempt's records, after those of the task run's earlier (failed) attempts; kept for a retry on failure."""
+    with _earlier_lock:
+        records = (_earlier_attempts.pop(run_id, []) if run_id else []) + _pending(ctx.lineage_path).drain()
+        if failed and run_id and records:
+            _earlier_attempts[run_id] = records
+            while len(_earlier_attempts) > _EARLIER_MAX:
+                _earlier_attempts.popitem(last=False)
+    return records
 
 
 def lineage_task(**task_kwargs: Any) -> Callable[[Callable[..., Any]], Any]:
     """``@task(...)`` for a stage task whose first argument is the :class:`RunContext`: in a process
     other than the lineage writer, the records the task kept come back with its result (``WithLineage``)
-    or on its exception, for :func:`resolve` to write."""
+    or on its exception, for :func:`resolve` to write; those of attempts that Prefect retried come with them."""
     def decorate(fn: Callable[..., Any]) -> Any:
         @functools.wraps(fn)
         def run(ctx: RunContext, *args: Any, **kwargs: Any) -> Any:
+            run_id = None if ctx.is_writer else _task_run_id()
             try:
                 value = fn(ctx, *args, **kwargs)
             except BaseException as exc:
-                if not ctx.is_writer and (records := _pending(ctx.lineage_path).drain()):
-                    setattr(exc, _ERROR_RECORDS, getattr(exc, _ERROR_RECORDS, []) + records)
+                if not ctx.is_writer and (records := _worker_records(ctx, run_id, failed=True)):
+                    setattr(exc, _ERROR_RECORDS, records)
                 raise
             if ctx.is_writer:
                 return value
-            records = _pending(ctx.lineage_path).drain()
+            records = _worker_records(ctx, run_id, failed=False)
             return WithLineage(value, records) if records else value
 
         return task(**task_kwargs)(run)

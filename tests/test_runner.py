@@ -24,10 +24,10 @@ from flows.data_refresh import data_refresh
 from flows.runner import run_configured, task_runner
 from http_server import Fault
 from pipeline_lib.config import RunnerConfig, load_config
-from pipeline_lib.errors import ConfigError, DataValidationError
+from pipeline_lib.errors import ConfigError, DataValidationError, TransientError
 from pipeline_lib.lineage import LineageStore, StepRecord, utcnow
 from tasks.artifacts import flow_run_artifacts
-from tasks.common import RunContext, code_version, lineage_task, resolve
+from tasks.common import RunContext, code_version, lineage_task, resolve, retry_transient
 from tests.conftest import ROOT
 from tests.helpers import family_fasta
 
@@ -282,6 +282,47 @@ def test_workers_hand_their_lineage_to_the_flow_process(prefect_harness, tmp_pat
     here = RunContext("run-2", str(tmp_path), str(db))
     assert isinstance(here.store, LineageStore) and resolve(here, 7) == 7
 
+
+
+@lineage_task(name="flaky_probe", retries=2, retry_condition_fn=retry_transient)
+def _flaky_probe(ctx: RunContext, fail_times: int) -> int:
+    """Records one step per attempt; its first ``fail_times`` attempts fail with a transient error."""
+    from prefect.context import TaskRunContext
+
+    attempt = TaskRunContext.get().task_run.run_count
+    t = utcnow()
+    failing = attempt <= fail_times
+    ctx.store.record_step(StepRecord(ctx.run_id, "flaky", {"attempt": attempt}, "key",
+                                     "failed" if failing else "completed", t, t, step_id=f"{ctx.run_id}-{attempt}"))
+    if failing:
+        raise TransientError(f"attempt {attempt}: connection reset")
+    return os.getpid()
+
+
+def test_a_retried_task_on_a_worker_records_every_attempt(prefect_harness, tmp_path):
+    """Prefect retries a task inside the worker and returns only the last attempt: the failed attempts'
+    records come back with it, once each, whether the last attempt succeeds or fails too."""
+    from prefect import flow
+    from prefect.task_runners import ProcessPoolTaskRunner
+
+    db = tmp_path / "lineage.duckdb"
+    LineageStore(db)
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    def probe_flow() -> tuple:
+        ok = resolve(ctx := RunContext("run-ok", str(tmp_path), str(db)), _flaky_probe.submit(ctx, 1))
+        try:
+            resolve(ctx := RunContext("run-bad", str(tmp_path), str(db)), _flaky_probe.submit(ctx, 5))
+        except TransientError as exc:
+            return ok, exc
+        return ok, None
+
+    worker_pid, error = probe_flow()
+    assert worker_pid != os.getpid() and isinstance(error, TransientError) and "attempt 3" in str(error)
+    steps = LineageStore(db).query("SELECT run_id, step_id, status FROM steps ORDER BY run_id DESC, step_id")
+    assert steps == [{"run_id": "run-ok", "step_id": "run-ok-1", "status": "failed"},
+                     {"run_id": "run-ok", "step_id": "run-ok-2", "status": "completed"},
+                     *[{"run_id": "run-bad", "step_id": f"run-bad-{i}", "status": "failed"} for i in (1, 2, 3)]]
 
 def test_pipeline_errors_survive_the_trip_back_from_a_worker(tmp_path):
     """Dask pickles a failed task's exception back to the flow: the type and message must survive (an error
