@@ -36,6 +36,10 @@ from pipeline_lib.train.metrics import device_peak_tflops  # noqa: E402
 from pipeline_lib.train.synthetic import uniref_like_lengths  # noqa: E402
 
 
+IMPLS = {"ours-packed": ("ours", "packed"), "ours-padded": ("ours", "padded"),
+         "hf": ("transformers EsmForMaskedLM", "padded")}
+
+
 def make_steps(n_steps: int, *, max_len: int, batch_tokens: int, seed: int = 0) -> list[tuple[Batch, Batch]]:
     """(packed, padded) batches holding the same sequences, ``n_steps`` of them."""
     rng = np.random.default_rng(seed)
@@ -121,6 +125,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile our blocks (as train.compile does)")
     ap.add_argument("--activation-checkpointing", action="store_true", help="checkpoint our blocks")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON lines here")
+    ap.add_argument("--impls", nargs="+", choices=list(IMPLS), default=list(IMPLS),
+                    help="which rows to run (e.g. only ours-packed for a --compile run after the full table)")
     args = ap.parse_args()
     import transformers
 
@@ -142,7 +148,7 @@ def main() -> None:
     print("|---|---|---|---:|---:|---:|---:|---:|", flush=True)
     out = args.json.open("a") if args.json else None
     for size in args.sizes:
-        for impl, layout in [("ours", "packed"), ("ours", "padded"), ("transformers EsmForMaskedLM", "padded")]:
+        for impl, layout in (IMPLS[i] for i in args.impls):
             row = {"size": size, "implementation": impl, "layout": layout, "device": name,
                    "batch_tokens": args.batch_tokens, "compile": args.compile and impl == "ours"}
             try:
