@@ -147,20 +147,14 @@ def damaged(draw, data: bytes, cif: bool) -> bytes:
     return data
 
 
+@pytest.mark.parametrize(("name", "cif"), [pytest.param("model.pdb", False, id="pdb"),
+                                           pytest.param("model.cif", True, id="mmcif")])
 @PROPS
 @given(st.data())
-def test_damaged_pdb_gives_valid_chains_or_a_validation_error(data):
-    bad = data.draw(damaged(real_bytes("model.pdb"), cif=False))
-    check_contract("model.pdb", bad)
-    check_size_limits("model.pdb", bad)
-
-
-@PROPS
-@given(st.data())
-def test_damaged_mmcif_gives_valid_chains_or_a_validation_error(data):
-    bad = data.draw(damaged(real_bytes("model.cif"), cif=True))
-    check_contract("model.cif", bad)
-    check_size_limits("model.cif", bad)
+def test_damaged_pdb_or_mmcif_gives_valid_chains_or_a_validation_error(name, cif, data):
+    bad = data.draw(damaged(real_bytes(name), cif=cif))
+    check_contract(name, bad)
+    check_size_limits(name, bad)
 
 
 @settings(PROPS, max_examples=30)

@@ -3,7 +3,7 @@ all the while.
 
     .venv/bin/pytest -q tests/test_reliability_concurrency.py
 
-The runs go through the fault runner of ``test_reliability_crash.py`` in ``race`` mode, which makes the
+The runs go through the fault runner of ``reliability_harness.py`` in ``race`` mode, which makes the
 interleaving that breaks today happen every time: the second run enters the ingest stage while the first
 is inside it. Without a lock, the second run's clean-up of temporaries deletes the first run's half-built
 stage directory. With ``tasks/common.py`` holding a :class:`pipeline_lib.locks.FileLock` per stage key
@@ -26,7 +26,7 @@ import pytest
 from pipeline_lib.dashboard import data
 from pipeline_lib.errors import PipelineError
 from pipeline_lib.lineage import LineageStore
-from tests.test_reliability_crash import (
+from tests.reliability_harness import (
     artifact_hashes, assert_nothing_partial, finish, lineage_runs, plm_env, prefect_api, reference_hashes,
     shared_inputs, start_plm, tail,
 )

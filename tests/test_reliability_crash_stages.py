@@ -5,7 +5,7 @@ MSA and training stages, re-run it, and compare with an uninterrupted run.
 
 One small config enables every stage (structures from the embedded demo corpus, 4 MSA queries in 2
 batches, a tiny model trained 6 steps with a checkpoint every 3). The same workdir is killed six times,
-each run getting further, then a seventh run finishes. The harness is ``test_reliability_crash.py``'s:
+each run getting further, then a seventh run finishes. The harness is ``reliability_harness.py``'s:
 the structures and MSA kills use its fault runner; training runs in torchrun workers (other processes,
 other sessions), so there a ``sitecustomize`` module on ``PYTHONPATH`` pauses the worker before step 5,
 or inside the Hugging Face export after the last step.
@@ -26,7 +26,7 @@ from pipeline_lib.io import sha256_file
 from pipeline_lib.lineage import LineageStore
 from pipeline_lib.sources.embedded import write_structure_chains_fasta
 from tests.helpers import family_fasta
-from tests.test_reliability_crash import (
+from tests.reliability_harness import (
     FAULT_RUNNER, MARKER, artifact_hashes, assert_nothing_partial, finish, kill_when_paused, lineage_runs, plm_env,
     prefect_api, start_plm, tail, temporaries,
 )
