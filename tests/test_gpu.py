@@ -51,7 +51,7 @@ def _loss(model, b: Batch, *, backend: str = "auto") -> torch.Tensor:
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and not varlen_available(),
-                    reason="flash varlen attention needs sm80+ and a torch whose varlen_attn takes scale")
+                    reason="flash varlen attention needs sm80+ and torch >= 2.9")
 def test_varlen_equals_block_diagonal_sdpa_forward_and_backward():
     torch.manual_seed(0)
     model = ESM2(model_config("8M")).to(CUDA).train()

@@ -59,14 +59,18 @@ def _half_precision(device: torch.device, weight_dtype: torch.dtype) -> bool:
     return torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) in half
 
 
+def _varlen_usable(tokens: torch.Tensor, weight_dtype: torch.dtype) -> bool:
+    """The flash kernel runs on CUDA sm80+ in half precision (bf16/fp16 weights or autocast)."""
+    return tokens.is_cuda and varlen_available() and _half_precision(tokens.device, weight_dtype)
+
+
 def build_attn_inputs(tokens: torch.Tensor, pad_id: int, *, doc_ids: torch.Tensor | None = None,
                       cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
                       backend: str = "auto", weight_dtype: torch.dtype = torch.float32) -> AttnInputs:
     """Choose the kernel once per forward and build what it needs (mask or cu_seqlens)."""
     if backend not in BACKENDS:
         raise ValueError(f"attention backend {backend!r}: expected one of {BACKENDS}")
-    use_varlen = (backend != "sdpa" and cu_seqlens is not None and tokens.is_cuda and varlen_available()
-                  and _half_precision(tokens.device, weight_dtype))
+    use_varlen = backend != "sdpa" and cu_seqlens is not None and _varlen_usable(tokens, weight_dtype)
     if backend == "varlen" and not use_varlen:
         raise ValueError("varlen attention needs packed batches (cu_seqlens), CUDA (sm80+) and bf16/fp16")
     if use_varlen:
