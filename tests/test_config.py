@@ -100,3 +100,16 @@ def test_url_workdir_or_lineage_path_is_refused_pointing_at_storage_url(tmp_path
     cfg = load_config(ROOT / "configs" / "demo.yaml", [f"workdir={tmp_path}/s3-cache", "storage.url=s3://bucket/plm"])
     assert cfg.workdir_path == tmp_path / "s3-cache" and cfg.storage.url == "s3://bucket/plm"
     assert not (tmp_path / "s3:").exists()
+
+
+def test_an_unknown_model_size_is_a_config_error_before_any_stage_runs(tmp_path):
+    """A typo in train.model used to surface when training started, after the whole data path had run."""
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "train:\n  model: 650m\n"))
+    assert "train" in str(err.value) and "'650m'" in str(err.value) and "650M" in str(err.value)
+    with pytest.raises(ConfigError, match="not a size of msa_transformer .*tiny, 100M"):
+        load_config(write(tmp_path, "train:\n  architecture: msa_transformer\n  model: 650M\n"))
+    assert load_config(write(tmp_path, "train:\n  architecture: msa_transformer\n  model: 100M\n")).train.model == "100M"
+    shaped = load_config(write(tmp_path, "train:\n  model: custom\n  shape: {num_layers: 2, hidden_size: 64, "
+                                         "num_heads: 4}\n"))
+    assert shaped.train.shape.num_layers == 2  # an explicit shape needs no size name

@@ -3,25 +3,15 @@
     cfg = model_config("8M", vocab="saprot")        # ESM2Config with 6 layers, 320 wide, 446 tokens
     cfg = model_config(shape=(12, 480, 20))         # an explicit (layers, width, heads) shape
 
-Sizes are the ESM-2 paper's (layers / width / heads); "tiny" is for tests on CPU.
+Sizes are the ESM-2 paper's (layers / width / heads), in :mod:`pipeline_lib.model_sizes`; "tiny" is for tests on CPU.
 """
 from __future__ import annotations
 
+from pipeline_lib.model_sizes import FLAVORS
 from pipeline_lib.models.esm2 import ESM2Config
 from pipeline_lib.tokenizer import ESM_ALPHABET, SAPROT_ALPHABET, Alphabet
 
 __all__ = ["FLAVORS", "VOCABS", "alphabet_for", "model_config"]
-
-# name -> (num_layers, hidden_size, num_heads)
-FLAVORS: dict[str, tuple[int, int, int]] = {
-    "tiny": (2, 64, 4),
-    "8M": (6, 320, 20),
-    "35M": (12, 480, 20),
-    "150M": (30, 640, 20),
-    "650M": (33, 1280, 20),
-    "3B": (36, 2560, 40),
-    "15B": (48, 5120, 40),
-}
 
 VOCABS: dict[str, Alphabet] = {"esm2": ESM_ALPHABET, "saprot": SAPROT_ALPHABET}
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline_lib.model_sizes import MSA_FLAVORS
 from pipeline_lib.models.esm2 import LMHead, zero_row_
 
 __all__ = ["MSAConfig", "MSATransformer", "RowSelfAttention", "ColumnSelfAttention", "MSA_FLAVORS", "msa_config",
@@ -57,10 +58,6 @@ class MSAConfig:
     def from_dict(cls, d: dict[str, Any]) -> "MSAConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
-
-
-# name -> (num_layers, hidden_size, num_heads); 100M is ESM-MSA-1b
-MSA_FLAVORS: dict[str, tuple[int, int, int]] = {"tiny": (2, 64, 4), "100M": (12, 768, 12)}
 
 
 def msa_config(flavor: str | None = "100M", *, shape: tuple[int, int, int] | None = None,

@@ -22,6 +22,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipeline_lib.config import StrictModel
+from pipeline_lib.model_sizes import FLAVORS, MSA_FLAVORS
 
 __all__ = ["TrainConfig", "ModelShape"]
 
@@ -122,6 +123,10 @@ class TrainConfig(StrictModel):
             raise ValueError(f"batch_tokens ({self.batch_tokens}) must hold one sequence of max_len ({self.max_len})")
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port)")
+        sizes = MSA_FLAVORS if self.architecture == "msa_transformer" else FLAVORS
+        if self.shape is None and self.init_from is None and self.model not in sizes:
+            raise ValueError(f"model {self.model!r} is not a size of {self.architecture} ({', '.join(sizes)}); "
+                             f"name one or give an explicit shape")
         if self.architecture == "msa_transformer":
             if self.vocab != "esm2" or self.init_from:
                 raise ValueError("msa_transformer trains from scratch with the esm2 vocabulary (no init_from)")
