@@ -11,7 +11,8 @@ default attention. Every implementation uses the same AdamW (fused on GPU); a si
 memory prints a row saying so and the benchmark goes on. One step = forward, backward, AdamW. Reported:
 non-padding tokens/s, step time, padding share, peak GPU memory and MFU = 6 N tokens/s / peak, where peak is the vendor bf16 figure on GPUs and, on CPU, the measured
 fp32 matmul rate of this machine (so CPU MFU reads "share of what a large matmul reaches here").
-Prints a markdown table.
+Prints a markdown table, then a line per size: our packed tokens/s over the baseline's, and on a GPU whether the
+targets of #5 are met (>= 2.5x the baseline; >= 50 % MFU at 650M).
 """
 from __future__ import annotations
 
@@ -147,8 +148,10 @@ def main() -> None:
     print("| size | implementation | layout | tokens/s | step ms | padding | MFU | peak GPU GiB |")
     print("|---|---|---|---:|---:|---:|---:|---:|", flush=True)
     out = args.json.open("a") if args.json else None
+    verdicts = []
     for size in args.sizes:
-        for impl, layout in (IMPLS[i] for i in args.impls):
+        done: dict[str, dict] = {}
+        for key, (impl, layout) in ((i, IMPLS[i]) for i in args.impls):
             row = {"size": size, "implementation": impl, "layout": layout, "device": name,
                    "batch_tokens": args.batch_tokens, "compile": args.compile and impl == "ours"}
             try:
@@ -157,9 +160,27 @@ def main() -> None:
                 row["error"] = "out of memory"
             _free(device)
             _print_row(row, pad_share[layout])
+            done[key] = row
             if out:
                 out.write(json.dumps(row) + "\n")
                 out.flush()
+        verdicts.append(_verdict(size, done, on_gpu=device.type == "cuda"))
+    print("\n" + "\n".join(v for v in verdicts if v))
+
+
+def _verdict(size: str, rows: dict[str, dict], *, on_gpu: bool) -> str:
+    """One line per size: our packed rows against the baseline, and the #5 targets on a GPU."""
+    ours, hf = rows.get("ours-packed", {}), rows.get("hf", {})
+    if "tokens_per_s" not in ours:
+        return ""
+    parts = [f"{size}: ours packed {ours['tokens_per_s']:,.0f} tokens/s, MFU {100 * ours['mfu']:.1f}%"]
+    if "tokens_per_s" in hf:
+        ratio = ours["tokens_per_s"] / hf["tokens_per_s"]
+        parts.append(f"{ratio:.2f}x transformers" + (f" (target >= 2.5x: {'met' if ratio >= 2.5 else 'NOT met'})"
+                                                       if on_gpu else ""))
+    if on_gpu and size == "650M":
+        parts.append(f"MFU target >= 50%: {'met' if ours['mfu'] >= 0.5 else 'NOT met'}")
+    return "; ".join(parts)
 
 
 def _build(size: str, impl: str, device, args) -> torch.nn.Module:
