@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import uuid
@@ -26,6 +27,18 @@ def tool_versions(cfg: Config) -> dict[str, str]:
     return versions
 
 
+def library_logging() -> None:
+    """Show the library's log lines (progress of downloads and ingest, mmseqs heartbeats, counts) where Prefect's
+    own go: the console, and the run's logs in the Prefect UI. Without this they are dropped, as the root logger
+    passes only warnings. Prefect's ``PREFECT_LOGGING_EXTRA_LOGGERS`` would give the handler but not the level."""
+    lib = logging.getLogger("pipeline_lib")
+    if lib.level == logging.NOTSET:
+        lib.setLevel(logging.getLogger("prefect").getEffectiveLevel())  # PREFECT_LOGGING_LEVEL
+    for handler in logging.getLogger("prefect.extra").handlers:  # Prefect's API log handler
+        if handler not in lib.handlers:
+            lib.addHandler(handler)
+
+
 @dataclass
 class RunHandle(RunContext):
     """The run context plus the final status a flow may set (e.g. ``no_new_release``)."""
@@ -39,6 +52,7 @@ def pipeline_run(cfg: Config, flow: str) -> Iterator[RunContext]:
 
     The flow may set ``ctx.final_status`` (e.g. ``no_new_release``) before the block ends.
     """
+    library_logging()
     workdir = cfg.workdir_path
     workdir.mkdir(parents=True, exist_ok=True)
     store = LineageStore(cfg.lineage_path)
@@ -64,5 +78,7 @@ def env_defaults() -> None:
     """Offline-friendly Prefect defaults (the user's environment wins)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    # library lines logged outside a task's context (a pool process) print on the console, not in the UI
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     # the temporary API server can take over 20 s to start on a busy 2-core machine
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

@@ -174,3 +174,46 @@ def test_uniref_source_end_to_end_with_release_check(prefect_harness, tmp_path):
         again = data_refresh(str(ROOT / "configs" / "demo.yaml"), args, if_changed=True)
         assert again.status == "no_new_release" and again.release.previous_run == res.run_id
         assert LineageStore(again.lineage).show(again.run_id)["run"]["status"] == "no_new_release"
+
+
+def test_library_log_lines_reach_the_runs_logs_in_prefect(prefect_harness):
+    """Progress lines, mmseqs heartbeats and counts are logged by pipeline_lib, which Prefect's root config
+    drops below WARNING: every flow's run attaches the library logger to Prefect's API handler at its level."""
+    import logging
+    import time
+    from uuid import UUID
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.runtime import flow_run
+
+    from flows.runs import library_logging
+
+    lib, prefect_logger = logging.getLogger("pipeline_lib"), logging.getLogger("prefect")
+    saved = lib.level, list(lib.handlers), prefect_logger.level
+    lib.setLevel(logging.NOTSET)
+    prefect_logger.setLevel(logging.INFO)  # as PREFECT_LOGGING_LEVEL=INFO (the CLI's default) sets it
+
+    @flow
+    def probe() -> tuple[str, int]:
+        library_logging()
+        library_logging()  # idempotent: one handler, one copy of each line
+        logging.getLogger("pipeline_lib.progress").info("probe: %d records", 42)
+        logging.getLogger("pipeline_lib.progress").debug("probe: below the level")
+        return str(flow_run.id), lib.getEffectiveLevel()
+
+    try:
+        run_id, level = probe()
+    finally:
+        lib.setLevel(saved[0])
+        lib.handlers[:] = saved[1]
+        prefect_logger.setLevel(saved[2])
+    assert level == logging.INFO  # Prefect's level (it also reaches the console through the root handler)
+    deadline, found = time.monotonic() + 20, []
+    with get_client(sync_client=True) as client:
+        while not found and time.monotonic() < deadline:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(run_id)])))
+            found = [log for log in logs if log.name == "pipeline_lib.progress"]
+            time.sleep(0.5)
+    assert [log.message for log in found] == ["probe: 42 records"]  # once, in the run's logs in the UI
