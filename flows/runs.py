@@ -9,6 +9,8 @@ import uuid
 from dataclasses import dataclass
 from collections.abc import Iterator
 
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.logging.handlers import APILogHandler
 from prefect.runtime import flow_run
 
 from pipeline_lib.config import Config
@@ -34,9 +36,17 @@ def library_logging() -> None:
     lib = logging.getLogger("pipeline_lib")
     if lib.level == logging.NOTSET:
         lib.setLevel(logging.getLogger("prefect").getEffectiveLevel())  # PREFECT_LOGGING_LEVEL
-    for handler in logging.getLogger("prefect.extra").handlers:  # Prefect's API log handler
-        if handler not in lib.handlers:
-            lib.addHandler(handler)
+    if not any(isinstance(h, _RunLogHandler) for h in lib.handlers):  # the console is the root's, by propagation
+        lib.addHandler(_RunLogHandler())
+
+
+class _RunLogHandler(APILogHandler):
+    """Prefect's API log handler for the records logged inside a flow or task run; the others (library use
+    after a flow ran in this process, a pool process) only print, with no warning about a missing run."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "flow_run_id", None) or FlowRunContext.get() or TaskRunContext.get():
+            super().emit(record)
 
 
 @dataclass
@@ -78,7 +88,7 @@ def env_defaults() -> None:
     """Offline-friendly Prefect defaults (the user's environment wins)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
-    # library lines logged outside a task's context (a pool process) print on the console, not in the UI
-    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    # transformers draws a tqdm bar for every model it loads ("Loading weights"): noise between our log lines
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # the temporary API server can take over 20 s to start on a busy 2-core machine
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

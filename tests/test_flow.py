@@ -181,6 +181,7 @@ def test_library_log_lines_reach_the_runs_logs_in_prefect(prefect_harness):
     drops below WARNING: every flow's run attaches the library logger to Prefect's API handler at its level."""
     import logging
     import time
+    import warnings
     from uuid import UUID
 
     from prefect import flow
@@ -205,6 +206,9 @@ def test_library_log_lines_reach_the_runs_logs_in_prefect(prefect_harness):
 
     try:
         run_id, level = probe()
+        with warnings.catch_warnings():  # outside a run: printed, not sent, and no "missing flow run" warning
+            warnings.simplefilter("error")
+            logging.getLogger("pipeline_lib.progress").warning("probe: outside any run")
     finally:
         lib.setLevel(saved[0])
         lib.handlers[:] = saved[1]
