@@ -42,8 +42,8 @@ import pyarrow.parquet as pq
 from pipeline_lib import schemas
 from pipeline_lib.config import ShardsConfig
 from pipeline_lib.errors import DataValidationError
-from pipeline_lib.ingest_dedupe import DUCKDB_MEMORY_LIMIT
-from pipeline_lib.io import duckdb_connect, sha256_file, sql_str, write_json_atomic
+from pipeline_lib.ingest_dedupe import spilling_connection
+from pipeline_lib.io import sha256_file, sql_str, write_json_atomic
 from pipeline_lib.shard_writer import Budget, SplitWriter
 from pipeline_lib.tokenizer import ESM_ALPHABET, Alphabet
 
@@ -149,11 +149,10 @@ def _plan(sequences: Path, clusters: Path, splits: Path, levels: list[str], work
     the ``file_row_number`` range), joins and sorts only these narrow columns, and is closed before the wide
     rows stream: its memory and the shard writers' are never needed at the same time."""
     cl = ", ".join(f"c.cluster_{lv}" for lv in levels)
-    names = ", ".join(f"'{s}'" for s in SPLITS)
+    names = ", ".join(map(sql_str, SPLITS))
     path = work / "plan.parquet"
-    con = duckdb_connect()
+    con = spilling_connection(work)
     try:
-        con.execute(f"SET memory_limit='{DUCKDB_MEMORY_LIMIT}'; SET threads=2; SET temp_directory={sql_str(work)}")
         con.execute("SET preserve_insertion_order=true")  # the file keeps the ORDER BY
         con.execute(f"""COPY (
             SELECT s.ord, p.split, {cl}

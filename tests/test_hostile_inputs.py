@@ -363,3 +363,23 @@ def test_apostrophe_in_path_cluster(ingested, tmp_path):
     (d / "out").mkdir(parents=True)
     result = cluster_sequences(ingested, d / "out", ClusterConfig(), d / "mm")
     assert result.sequences == pq.read_metadata(ingested).num_rows
+
+
+def test_apostrophe_in_path_split_and_msa_queries(ingested, tmp_path):
+    """The split stage and the MSA stage's query selection read Parquet through DuckDB by path too."""
+    import shutil
+
+    from pipeline_lib.cluster import cluster_sequences
+    from pipeline_lib.config import SplitConfig
+    from pipeline_lib.msa.stage import select_queries
+    from pipeline_lib.split import assign_splits
+
+    d = tmp_path / "o'brien"
+    (d / "out").mkdir(parents=True)
+    shutil.copy(ingested, d / "sequences.parquet")
+    cluster_sequences(d / "sequences.parquet", d / "out", ClusterConfig(), d / "mm")
+    res = assign_splits(d / "out" / "clusters.parquet", d / "out", SplitConfig(), level="c50", seed=0)
+    queries = select_queries(d / "sequences.parquet", d / "out" / "clusters.parquet", d / "out" / "splits.parquet",
+                             level="c50", splits_wanted=["train", "valid", "test"], limit=None)
+    reps = pq.read_table(d / "out" / "clusters.parquet").column("cluster_c50").unique()
+    assert sum(res.sizes.values()) == pq.read_metadata(ingested).num_rows and len(queries) == len(reps)

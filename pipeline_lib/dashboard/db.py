@@ -26,8 +26,8 @@ from typing import Any
 
 import duckdb
 
-from pipeline_lib.io import duckdb_connect
 from pipeline_lib.errors import PipelineError
+from pipeline_lib.io import duckdb_connect
 from pipeline_lib.lineage import LineageStore
 
 __all__ = ["read_only", "ReadOnlyLineage", "db_version", "rows", "DatabaseBusy"]

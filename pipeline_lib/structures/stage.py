@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from pipeline_lib import schemas
 from pipeline_lib.config import ShardsConfig
-from pipeline_lib.io import atomic_path, duckdb_connect, sha256_file, write_json_atomic
+from pipeline_lib.io import atomic_path, duckdb_connect, sha256_file, sql_str, write_json_atomic
 from pipeline_lib.structures.batches import BatchResult, FileTally, merge_batches, plan_batches, run_batch, \
     with_plddt_policy
 from pipeline_lib.structures.config import StructuresConfig
@@ -96,8 +96,9 @@ def _split_batches(sequences: Path, clusters: Path, splits: Path, split: str, le
     con = duckdb_connect()
     try:
         reader = con.sql(f"""SELECT s.id, s.accession, s.seq_hash, s.sequence, {cl}
-            FROM read_parquet('{sequences}') s JOIN read_parquet('{clusters}') c USING (id)
-            JOIN read_parquet('{splits}') p USING (id) WHERE p.split = '{split}' ORDER BY s.seq_hash""").to_arrow_reader(8192)
+            FROM read_parquet({sql_str(sequences)}) s JOIN read_parquet({sql_str(clusters)}) c USING (id)
+            JOIN read_parquet({sql_str(splits)}) p USING (id) WHERE p.split = {sql_str(split)}
+            ORDER BY s.seq_hash""").to_arrow_reader(8192)
         for batch in reader:
             yield batch.to_pylist()
     finally:
