@@ -110,21 +110,26 @@ def test_cli_lineage_and_config_errors(first_run, capsys, tmp_path):
     assert "cluster.threads" in capsys.readouterr().err
 
 
-def test_library_layer_never_imports_prefect():
-    for path in (ROOT / "pipeline_lib").rglob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            assert not any(n == "prefect" or n.startswith("prefect.") for n in names), path
+def _syntax_nodes(*packages: str):
+    """(path, node) for every AST node of every module under the given top-level packages."""
+    for package in packages:
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                yield path, node
 
+
+def test_library_layer_never_imports_prefect():
+    for path, node in _syntax_nodes("pipeline_lib"):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        assert not any(n == "prefect" or n.startswith("prefect.") for n in names), path
 
 
 def test_duckdb_connections_print_no_progress_bar_to_stdout(capfd):
     """DuckDB draws its own progress bar on stdout for queries over 2 s; every connection we open turns it off."""
-    from pipeline_lib.io import duckdb_connect
-
     import duckdb
+
+    from pipeline_lib.io import duckdb_connect
 
     query = "SELECT count(*) FROM range(100000000) t(i) WHERE i % 7 = 3"
     plain = duckdb.connect()
@@ -135,13 +140,13 @@ def test_duckdb_connections_print_no_progress_bar_to_stdout(capfd):
     ours.execute("SET progress_bar_time=0")
     ours.sql(query).fetchall()
     assert capfd.readouterr().out == ""  # ... and none from our connections, which the code below always uses
-    for path in [*(ROOT / "pipeline_lib").rglob("*.py"), *(ROOT / "tasks").rglob("*.py"), *(ROOT / "flows").rglob("*.py")]:
-        if path.name == "io.py" and path.parent.name == "pipeline_lib":
+    for path, node in _syntax_nodes("pipeline_lib", "tasks", "flows"):
+        if path == ROOT / "pipeline_lib" / "io.py":
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            is_call = isinstance(node, ast.Attribute) and node.attr == "connect" and \
-                isinstance(node.value, ast.Name) and node.value.id == "duckdb"
-            assert not is_call, f"{path}:{node.lineno}: use pipeline_lib.io.duckdb_connect"
+        is_call = isinstance(node, ast.Attribute) and node.attr == "connect" and \
+            isinstance(node.value, ast.Name) and node.value.id == "duckdb"
+        assert not is_call, f"{path}:{node.lineno}: use pipeline_lib.io.duckdb_connect"
+
 
 def test_uniref_source_end_to_end_with_release_check(prefect_harness, tmp_path):
     """A UniProt-like FTP tree on 127.0.0.1: download, verify, ingest ... shards; then 'no new release'."""
