@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check in one call of a lent GPU machine (about 6-8 minutes on one H100/H200):
+# Every GPU check on a lent GPU machine (about 7-10 minutes on one H100/H200, in two parts; see below):
 #   1. tests/test_gpu.py: flash varlen == SDPA, bf16 learns, compile == eager, packed == padded, MSA step;
 #   2. bench/gpu_train_check.py: the real Trainer in bf16 (8M, then 150M with compile), resume gap;
 #   3. bench/train_throughput.py: tokens/s and MFU of ours vs transformers for 8M/35M/150M/650M, then ours

@@ -151,7 +151,8 @@ def main() -> None:
     verdicts = []
     for size in args.sizes:
         done: dict[str, dict] = {}
-        for key, (impl, layout) in ((i, IMPLS[i]) for i in args.impls):
+        for key in args.impls:
+            impl, layout = IMPLS[key]
             row = {"size": size, "implementation": impl, "layout": layout, "device": name,
                    "batch_tokens": args.batch_tokens, "compile": args.compile and impl == "ours"}
             try:
