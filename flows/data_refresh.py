@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,7 @@ from flows.runner import on_configured_runner, with_runner
 from flows.runs import pipeline_run
 from pipeline_lib.config import Config, load_config
 from tasks import data
-from tasks.artifacts import results_with_progress
-from tasks.common import StageOutput, resolve
+from tasks.common import StageOutput, resolve, resolve_all
 from tasks.retention import retention
 
 
@@ -52,8 +50,7 @@ def run_data_stages(ctx, cfg: Config, release: data.ReleaseCheck | None = None) 
     splitted = resolve(ctx, data.split.submit(ctx, cfg, ingested, clustered))
     futures = [data.shards_partition.submit(ctx, cfg, ingested, clustered, splitted, i, rows)
                for i, rows in enumerate(data.shard_partitions(cfg, ingested))]
-    partitions = results_with_progress(futures, "shard-partitions", "partitions",  # partitions done, in the UI
-                                       resolve=functools.partial(resolve, ctx))
+    partitions = resolve_all(ctx, futures, "shard-partitions", "partitions")  # partitions done, in the UI
     sharded = resolve(ctx, data.shards.submit(ctx, cfg, ingested, clustered, splitted, partitions))
     return {"fetch": source, "ingest": ingested, "cluster": clustered, "split": splitted, "shards": sharded}
 

@@ -11,7 +11,6 @@ flows/runner.py); training and evaluation run in the flow process, which they pa
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 from prefect import flow
@@ -23,8 +22,8 @@ from pipeline_lib.config import Config, load_config
 from pipeline_lib.errors import ConfigError
 from pipeline_lib.lineage import artifact_for
 from tasks import data
-from tasks.artifacts import results_with_progress, run_summary
-from tasks.common import resolve
+from tasks.artifacts import run_summary
+from tasks.common import resolve, resolve_all
 from tasks.evaluate import evaluate
 from tasks.msa import msa_batch, msa_queries, msa_shards, msa_target
 from tasks.report import report
@@ -67,8 +66,7 @@ def run_structures_stage(ctx, cfg: Config, stages: dict):
     # a process of the threads runner may start encoding processes; processes / Dask / Ray parallelize batches
     workers = cfg.structures.workers if cfg.runner.kind == "threads" else 1
     futures = [structures_batch.submit(ctx, cfg, batch, workers) for batch in batches]
-    results = results_with_progress(futures, "structures-batches", "batches",  # batches done, in the Prefect UI
-                                    resolve=functools.partial(resolve, ctx))
+    results = resolve_all(ctx, futures, "structures-batches", "batches")  # batches done, in the Prefect UI
     return resolve(ctx, structures.submit(ctx, cfg, stages["ingest"], stages["cluster"], stages["split"], results))
 
 
@@ -77,8 +75,7 @@ def run_msa_stage(ctx, cfg: Config, stages: dict):
     target = resolve(ctx, msa_target.submit(ctx, cfg, stages["ingest"]))
     batches = msa_queries(cfg, stages["ingest"], stages["cluster"], stages["split"])
     futures = [msa_batch.submit(ctx, cfg, batch, target, i) for i, batch in enumerate(batches)]
-    results = results_with_progress(futures, "msa-batches", "batches",  # batches done, in the Prefect UI
-                                    resolve=functools.partial(resolve, ctx))
+    results = resolve_all(ctx, futures, "msa-batches", "batches")  # batches done, in the Prefect UI
     return resolve(ctx, msa_shards.submit(ctx, cfg, results, stages["split"]))
 
 

@@ -38,7 +38,7 @@ from pipeline_lib.io import atomic_dir, stable_hash, write_json_atomic
 from pipeline_lib.lineage import ArtifactRecord, LineageStore, PendingLineage, StepRecord, artifact_for, utcnow
 from pipeline_lib.locks import FileLock
 from pipeline_lib.storage import ObjectStore, stage_dir_of
-from tasks.artifacts import progress_artifacts, stage_table
+from tasks.artifacts import progress_artifacts, results_with_progress, stage_table
 
 __all__ = ["RunContext", "StageOutput", "Produced", "run_stage", "code_version", "retry_transient", "logger",
            "lineage_task", "resolve", "WithLineage"]
@@ -195,6 +195,12 @@ def resolve(ctx: RunContext, future: Any) -> Any:
         return value.value
     return value
 
+
+
+def resolve_all(ctx: RunContext, futures: list[Any], key: str, unit: str) -> list[Any]:
+    """:func:`resolve` for each future of a batch fan-out, in order, with a progress artifact ``key`` counting
+    the ``unit`` finished (the first failure raises, after its lineage is written)."""
+    return results_with_progress(futures, key, unit, resolve=functools.partial(resolve, ctx))
 
 @dataclass
 class Produced:
