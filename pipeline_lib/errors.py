@@ -13,6 +13,7 @@ __all__ = [
     "TransientError",
     "DownloadError",
     "ChecksumError",
+    "RunLookupError",
 ]
 
 
@@ -68,3 +69,11 @@ class DownloadError(TransientError):
 
 class ChecksumError(PipelineError):
     """A downloaded file does not match its published size or checksum."""
+
+
+class RunLookupError(PipelineError):
+    """A run id or id prefix names no run, or several; ``candidates`` holds the runs it matched (newest first)."""
+
+    def __init__(self, message: str, candidates: list[dict] | None = None):
+        self.candidates = candidates or []
+        super().__init__(message)

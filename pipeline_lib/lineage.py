@@ -3,6 +3,7 @@
     store = LineageStore("work/lineage.duckdb")
     store.start_run(RunRecord(...)); store.record_step(StepRecord(...)); store.end_run(run_id, "completed")
     store.trace("work/shards/train/part-00000.parquet")   # what produced this shard, from what
+    store.resolve_run("01a24b59e3")                       # a run by exact id or unique prefix, else an error
 
 DuckDB allows one writing process: every write opens the file, writes in one transaction and closes it
 at once, retrying while another process holds the lock, so readers (CLI, dashboard) and several runs
@@ -19,7 +20,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,11 +29,11 @@ from typing import Any
 
 import duckdb
 
-from pipeline_lib.errors import PipelineError
+from pipeline_lib.errors import PipelineError, RunLookupError
 from pipeline_lib.io import duckdb_connect, sha256_file, stable_hash
 
 __all__ = ["ArtifactRecord", "StepRecord", "RunRecord", "LineageStore", "PendingLineage", "artifact_for", "utcnow",
-           "redact_secrets", "to_json"]
+           "redact_secrets", "to_json", "unique_prefixes"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -156,6 +157,27 @@ def to_json(obj: Any) -> str:
 _json = to_json
 
 
+def unique_prefixes(run_ids: Iterable[str], min_len: int = 8) -> dict[str, str]:
+    """Each id's shortest prefix, ``min_len`` characters at least, that starts no other id: a label that
+    :meth:`LineageStore.resolve_run` resolves back. An id that another id extends is its own label in full."""
+    ids = sorted(set(run_ids))
+    out = {}
+    for i, rid in enumerate(ids):   # in sorted order the longest prefix shared with any id is a neighbour's
+        shared = max((len(os.path.commonprefix([rid, ids[j]])) for j in (i - 1, i + 1) if 0 <= j < len(ids)),
+                     default=0)
+        out[rid] = rid[:max(min_len, shared + 1)]
+    return out
+
+
+def _when(t: datetime | None) -> str:
+    return f"{t:%Y-%m-%d %H:%M:%S}" if t else "-"
+
+
+def _run_lines(runs: list[dict[str, Any]], limit: int = 20) -> str:
+    lines = [f"  {r['run_id']}  {r['flow']}  {r['status']}  started {_when(r['started_at'])}" for r in runs[:limit]]
+    return "\n".join(lines + ([f"  ... and {len(runs) - limit} more"] if len(runs) > limit else []))
+
+
 class LineageStore:
     """The lineage database. Safe to share between threads; writes retry while another process writes."""
 
@@ -272,6 +294,29 @@ class LineageStore:
         return self.query("SELECT run_id, flow, name, status, started_at, ended_at, config_hash, code_version "
                           "FROM runs ORDER BY started_at DESC LIMIT ?", [limit])
 
+    def run_prefixes(self, min_len: int = 8) -> dict[str, str]:
+        """``{run_id: shortest unique prefix}`` over every run in the database (:func:`unique_prefixes`)."""
+        return unique_prefixes((r["run_id"] for r in self.query("SELECT run_id FROM runs")), min_len)
+
+    def resolve_run(self, id_or_prefix: str) -> dict[str, Any]:
+        """The run (its ``runs`` row) that ``id_or_prefix`` names: an exact id, else the one run whose id starts
+        with it. ``%`` and ``_`` are literal characters.
+
+        A prefix of several runs raises :class:`RunLookupError` listing them: ids that Prefect's scheduler makes
+        are time-ordered and share their first 8-12 characters, so no match is a safe guess. No match raises too.
+        """
+        if not id_or_prefix:
+            raise RunLookupError("an empty run id names no run")
+        found = self.query("SELECT * FROM runs WHERE starts_with(run_id, ?) ORDER BY started_at DESC, run_id",
+                           [id_or_prefix])
+        exact = [r for r in found if r["run_id"] == id_or_prefix]
+        if exact or len(found) == 1:
+            return (exact or found)[0]
+        if not found:
+            raise RunLookupError(f"no run {id_or_prefix!r} in the lineage database (plm lineage runs lists them)")
+        raise RunLookupError(f"run id prefix {id_or_prefix!r} matches {len(found)} runs; give more of the id:\n"
+                             + _run_lines(found), found)
+
     def find_artifacts(self, path_or_id: str) -> list[dict[str, Any]]:
         local = not path_or_id.startswith("/") and "://" not in path_or_id  # URLs (s3://...) are kept as given
         p = str(Path(path_or_id).resolve()) if local else path_or_id
@@ -294,12 +339,15 @@ class LineageStore:
             return {"step": steps[0], "edges": self.query(
                 "SELECT e.direction, a.* FROM edges e JOIN artifacts a USING (artifact_id) WHERE e.step_id=?",
                 [path_or_id])}
-        runs = self.query("SELECT * FROM runs WHERE run_id=? OR run_id LIKE ?", [path_or_id, path_or_id + "%"])
-        if runs:
-            return {"run": runs[0], "steps": self.query(
-                "SELECT stage, status, duration_s, cache_key, step_id FROM steps WHERE run_id=? ORDER BY started_at",
-                [runs[0]["run_id"]])}
-        raise PipelineError(f"nothing in lineage matches {path_or_id!r}")
+        try:
+            run = self.resolve_run(path_or_id)
+        except RunLookupError as exc:
+            if exc.candidates:   # an ambiguous run prefix: the error lists the runs
+                raise
+            raise PipelineError(f"nothing in lineage matches {path_or_id!r}") from None
+        return {"run": run, "steps": self.query(
+            "SELECT stage, status, duration_s, cache_key, step_id FROM steps WHERE run_id=? ORDER BY started_at",
+            [run["run_id"]])}
 
     def trace(self, path_or_id: str, max_depth: int = 32) -> list[dict[str, Any]]:
         """Walk back from an artifact: each producing step with its params, tool versions and inputs."""

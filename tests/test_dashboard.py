@@ -20,10 +20,11 @@ import pytest
 from pipeline_lib.dashboard import data, figures
 from pipeline_lib.dashboard.db import read_only
 from pipeline_lib.dashboard.report import write_report
-from pipeline_lib.errors import PipelineError
+from pipeline_lib.errors import PipelineError, RunLookupError
 from pipeline_lib.lineage import LineageStore, RunRecord, StepRecord, utcnow
 from tests.conftest import FIXTURES, ROOT
 from tests.dashboard_helpers import STRUCT_RUN, demo
+from tests.test_lineage import scheduled_runs
 
 __all__ = ["demo"]  # the fixture, re-exported so pytest finds it here
 
@@ -53,7 +54,9 @@ def test_running_run_failed_step_and_missing_database(demo, tmp_path):
     run = data.list_runs(db)[0]
     assert run["status"] == "running" and run["ended_at"] is None and run["duration_s"] >= 30 and run["failed"] == 1
     assert data.run_steps(db, "still-running")[0]["error"] == "ToolError: mmseqs died"
-    assert data.match_runs(db, "still") == ["still-running"] and data.match_runs(db, "nope") == []
+    assert data.resolve_run(db, "still") == "still-running"
+    with pytest.raises(RunLookupError, match="no run 'nope'"):
+        data.resolve_run(db, "nope")
     with pytest.raises(PipelineError, match="no lineage database"):
         data.list_runs(tmp_path / "missing.duckdb")
 
@@ -135,6 +138,118 @@ def test_report_is_one_self_contained_html_file(demo, tmp_path):
     tags = re.findall(r"<script\b[^>]*>", text)
     assert tags and not [tag for tag in tags if "src=" in tag]      # plotly.js inlined: the file works offline
     assert len(text) > 3_000_000
+
+
+# --- which run: labels, the first page, no_new_release runs ---------------------------------------------
+
+def _texts(component) -> list[str]:
+    """Every string and link target in a Dash component tree, in document order."""
+    if isinstance(component, str):
+        return [component]
+    if isinstance(component, (list, tuple)):
+        return [t for c in component for t in _texts(c)]
+    out = [component.href] if getattr(component, "href", None) else []
+    return out + _texts(getattr(component, "children", None) or [])
+
+
+def scheduled_refreshes(db, statuses=("completed", "no_new_release", "no_new_release")) -> list[str]:
+    """Scheduler-made runs (ids sharing 12 characters, oldest first) with these statuses; the completed ones
+    ran a stage, the others none."""
+    ids = scheduled_runs(db, n=len(statuses))
+    store = LineageStore(db)
+    for rid, status in zip(ids, statuses):
+        if status == "completed":
+            t = utcnow()
+            store.record_step(StepRecord(rid, "fetch", {}, "k", "completed", t, t + timedelta(seconds=1)))
+        store.end_run(rid, status)
+    return ids
+
+
+def test_run_picker_labels_tell_scheduled_runs_apart(tmp_path):
+    db = tmp_path / "l.duckdb"
+    ids = scheduled_refreshes(db, ["completed"] * 3 + ["no_new_release"] * 11)
+    runs = data.list_runs(db)
+    options = data.run_options(runs)
+    labels = [o["label"] for o in options]
+    assert len(set(labels)) == len(labels) == 14 and {o["value"] for o in options} == set(ids)
+    for o in options:   # the label's first word is the unique prefix, which names the run back
+        assert len(o["label"].split()[0]) >= 8 and data.resolve_run(db, o["label"].split()[0]) == o["value"]
+        assert o["label"].split()[1:2] == ["data_refresh"]
+    assert [r["prefix"] for r in runs] == [lab.split()[0] for lab in labels]
+
+
+def test_the_first_page_is_the_newest_run_that_ran_stages(tmp_path):
+    db = tmp_path / "l.duckdb"
+    worked, idle1, idle2 = scheduled_refreshes(db)
+    runs = data.list_runs(db)
+    prefix = {r["run_id"]: r["prefix"] for r in runs}
+    assert runs[0]["run_id"] == idle2 and data.default_run(runs) == worked
+    note = data.run_note(runs, worked)   # the default page names the newer runs it passed over
+    assert note.text == (f"Showing run {prefix[worked]}, the newest that ran stages; the 2 newer runs found no new "
+                         "release (upstream unchanged):") and not note.empty
+    assert [r["run_id"] for r in note.links] == [idle2, idle1]
+    note = data.run_note(runs, idle2)    # a no_new_release run says so, and which run to look at instead
+    assert note.empty and [r["run_id"] for r in note.links] == [worked]
+    assert note.text.startswith(f"Run {prefix[idle2]} found no new release (upstream unchanged), so it ran no stages")
+    assert data.run_note(runs[1:], worked).links == [runs[1]] and data.run_note(runs[2:], worked) is None
+    only_idle = [r for r in runs if r["run_id"] != worked]
+    assert data.default_run(only_idle) == idle2 and data.run_note(only_idle, idle1).links == []
+    assert data.default_run([]) is None
+
+
+def test_stage_and_dataset_pages_of_a_no_new_release_run_say_so(tmp_path):
+    from pipeline_lib.dashboard import app
+
+    db = tmp_path / "l.duckdb"
+    worked, _, idle = scheduled_refreshes(db)
+    for render, path in ((app.stages_page, "/stages"), (app.dataset_page, "/dataset")):
+        page = app.run_page(render, db, idle, path)
+        texts = " ".join(_texts(page))
+        assert "found no new release (upstream unchanged), so it ran no stages" in texts
+        assert f"{path}?run={worked}" in texts and not [c for c in page if type(c).__name__ == "Graph"]
+    page = app.run_page(app.stages_page, db, worked, "/stages")
+    assert "the 2 newer runs found no new release" in " ".join(_texts(page[0]))
+    assert any(getattr(c, "id", None) == "steps-table" for c in page)
+
+
+def test_dashboard_url_takes_a_unique_prefix_and_lists_an_ambiguous_one(tmp_path):
+    from pipeline_lib.dashboard import app
+
+    db = tmp_path / "l.duckdb"
+    ids = scheduled_refreshes(db)
+    prefixes = {r["run_id"]: r["prefix"] for r in data.list_runs(db)}
+    with read_only(db) as con:
+        assert app._url_run(con, f"?run={prefixes[ids[1]]}", "/stages") == (ids[1], [])
+        assert app._url_run(con, "", "/stages") == (None, [])
+        run, message = app._url_run(con, f"?run={ids[0][:12]}", "/dataset")
+    texts = _texts(message)
+    assert run is None and texts[0] == f"run id prefix '{ids[0][:12]}' matches 3 runs; give more of the id:"
+    assert [t for t in texts if t.startswith("/dataset?run=")] == [f"/dataset?run={i}" for i in ids[::-1]]
+
+
+def test_plm_report_and_dashboard_take_the_lineage_file_from_config_and_overrides(tmp_path, capsys):
+    from flows.cli import _db_path, _parser, main as plm
+
+    db = tmp_path / "l.duckdb"
+    ids = scheduled_refreshes(db)
+    assert plm(["report", ids[0][:8], "--out", str(tmp_path / "r.html"), "--set", f"lineage.path={db}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"plm: error: run id prefix '{ids[0][:8]}' matches 3 runs") and all(i in err for i in ids)
+    for cmd in (["dashboard"], ["report", "x"], ["lineage", "runs"]):
+        args = _parser().parse_args(cmd + ["--config", str(ROOT / "configs/demo.yaml"), "--set", f"workdir={tmp_path}"])
+        assert _db_path(args) == tmp_path.resolve() / "lineage.duckdb"
+        assert _db_path(_parser().parse_args(cmd + ["--set", f"lineage.path={db}"])) == db.resolve()
+    assert plm(["dashboard", "--set", "lineage.nope=1"]) == 2
+    assert "lineage.nope" in capsys.readouterr().err
+
+
+def test_report_of_a_no_new_release_run_names_the_last_run_that_ran_stages(tmp_path):
+    db = tmp_path / "l.duckdb"
+    worked, _, idle = scheduled_refreshes(db)
+    prefixes = {r["run_id"]: r["prefix"] for r in data.list_runs(db)}
+    text = write_report(db, idle, tmp_path / "idle.html").read_text()
+    assert f"<title>PLM run {prefixes[idle]}</title>" in text
+    assert "found no new release (upstream unchanged), so it ran no stages" in text and prefixes[worked] in text
 
 
 # --- concurrency: the pipeline keeps writing while the dashboard reads -------------------------------------

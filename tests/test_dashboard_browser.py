@@ -1,6 +1,7 @@
 """The served monitoring dashboard in headless Chromium, over a real lineage DB (one real demo data_refresh
 run, tests/dashboard_helpers.py): every page renders with data and no console errors, the run link and the
-optional structure/MSA artifacts page, and the auto-refresh while a run writes.
+optional structure/MSA artifacts page, the auto-refresh while a run writes, and the first page when the newest
+run is a scheduled refresh that found no new release.
 
     .venv/bin/python -m pytest -q tests/test_dashboard_browser.py
 
@@ -186,3 +187,55 @@ def test_dashboard_refreshes_while_a_run_writes(served, browser):
     after = _wait_for(browser, lambda d: _points_if(d, lambda p: len(p) > len(before)),
                       "the new grad_norm curve after auto-refresh")
     assert 50 in after.values() and _severe(browser) == []
+
+
+# --- the first page when the newest run is a scheduled refresh that found no new release ------------------
+
+@pytest.fixture(scope="module")
+def refreshed(demo, tmp_path_factory):
+    """A copy of the demo lineage DB whose newest run is a real ``data_refresh --if-changed`` that found the
+    source unchanged (status no_new_release, no steps), served; yields (url, that run's id)."""
+    from flows.data_refresh import data_refresh
+    from pipeline_lib.dashboard.app import make_server
+
+    tmp, res = demo
+    db = tmp_path_factory.mktemp("refreshed") / "lineage.duckdb"
+    for suffix in ("", ".wal"):
+        if Path(f"{res.lineage}{suffix}").exists():
+            shutil.copyfile(f"{res.lineage}{suffix}", f"{db}{suffix}")
+    idle = data_refresh(str(ROOT / "configs" / "demo.yaml"), [f"workdir={tmp / 'work'}", f"lineage.path={db}"],
+                        if_changed=True)
+    assert idle.status == "no_new_release" and idle.release.previous_run == res.run_id
+    server = make_server(db, port=0, refresh_s=1.0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", idle.run_id
+    server.shutdown()
+    server.server_close()
+
+
+def test_first_page_shows_the_newest_run_that_ran_stages(refreshed, browser):
+    from selenium.webdriver.common.by import By
+
+    url, idle = refreshed
+    shots = screenshot_dir()
+    shots.mkdir(parents=True, exist_ok=True)
+    browser.get(f"{url}/stages")                          # no ?run=: the page picks
+    _wait_for(browser, lambda d: d.find_elements(By.ID, "steps-table"), "the steps table")
+    note = _wait_for(browser, lambda d: d.find_elements(By.ID, "run-note"), "the note about the newer run")[0].text
+    assert browser.find_element(By.TAG_NAME, "h3").text == f"Run {STRUCT_RUN}"   # the newest run with steps
+    assert STRUCT_RUN[:8] in browser.find_element(By.ID, "run").text          # ... is the one picked
+    assert _graph_points(browser, 1)["fig-timeline"] == 2
+    assert note.startswith(f"Showing run {STRUCT_RUN[:8]}, the newest that ran stages; the newer run found no new "
+                           f"release (upstream unchanged): {idle[:8]}")
+    _save_screenshot(browser, shots / "first-page.png")
+    assert _severe(browser) == []
+
+    browser.find_element(By.CSS_SELECTOR, "#run-note a").click()      # the no_new_release run, picked by hand
+    _wait_for(browser, lambda d: "found no new release" in d.find_element(By.ID, "run-note").text
+              and d.find_element(By.TAG_NAME, "h3").text == f"Run {idle}", "the no_new_release run's page")
+    note = browser.find_element(By.ID, "run-note")
+    assert "so it ran no stages. The last run before it that ran stages:" in note.text
+    assert note.find_element(By.TAG_NAME, "a").get_attribute("href") == f"{url}/stages?run={STRUCT_RUN}"
+    assert not browser.find_elements(By.ID, "fig-timeline") and not browser.find_elements(By.ID, "steps-table")
+    _save_screenshot(browser, shots / "no-new-release.png")
+    assert _severe(browser) == []

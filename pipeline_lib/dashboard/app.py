@@ -5,7 +5,9 @@
 
 Pages: runs, stages of a run (counts, timeline, steps with stats), dataset (lengths, cluster sizes, splits,
 pLDDT and MSA depth when those artifacts exist), training curves, evaluation across checkpoints, and the
-lineage graph of an artifact. Every few seconds the browser asks whether the database file changed (two
+lineage graph of an artifact. The run picker opens on the newest run that ran stages (scheduled refreshes
+mostly end ``no_new_release`` without one) and says which newer runs it passed over; ``?run=`` takes an id or
+a unique prefix. Every few seconds the browser asks whether the database file changed (two
 ``stat`` calls) and re-reads only then; each read opens DuckDB read-only for one request (see :mod:`.db`),
 so a running pipeline keeps writing. There is no authentication: the server binds 127.0.0.1 unless told
 otherwise; expose it through an SSH tunnel or an authenticating proxy.
@@ -26,7 +28,7 @@ from pipeline_lib.dashboard import data, figures
 from pipeline_lib.dashboard.db import db_version, read_only
 from pipeline_lib.dashboard.tables import (CSS, Table, eval_rows_table, runs_table, splits_table, steps_table,
                                            summary_table)
-from pipeline_lib.errors import PipelineError
+from pipeline_lib.errors import PipelineError, RunLookupError
 
 __all__ = ["create_app", "make_server", "serve", "PAGES"]
 
@@ -63,17 +65,21 @@ def runs_page(db: Path, run_id: str | None) -> list[Any]:
     return [html.H3("Runs"), _table(runs_table(runs), "runs-table")]
 
 
+def _run_head(run_id: str, run: dict[str, Any] | None) -> list[Any]:
+    head = [html.H3(f"Run {run_id}")]
+    if run:
+        head.append(html.P(f"{run['flow']} · {run['name']} · status {run['status']} · config {run['config_hash'][:12]}"
+                           f" · code {run['code_version']} · host {run['host']}", className="note"))
+    return head
+
+
 def stages_page(db: Path, run_id: str) -> list[Any]:
     with read_only(db) as con:
         found, steps = data.list_runs(con, run_id=run_id), data.run_steps(con, run_id)
-    head = [html.H3(f"Run {run_id}")]
-    if found:
-        run = found[0]
-        head.append(html.P(f"{run['flow']} · {run['name']} · status {run['status']} · config {run['config_hash'][:12]}"
-                           f" · code {run['code_version']} · host {run['host']}", className="note"))
-    return head + [_table(summary_table(data.stage_summary(steps)), "summary-table"),
-                   _graph("fig-timeline", figures.stage_timeline_figure(steps)),
-                   html.H4("Steps"), _table(steps_table(steps), "steps-table")]
+    return _run_head(run_id, found[0] if found else None) + [
+        _table(summary_table(data.stage_summary(steps)), "summary-table"),
+        _graph("fig-timeline", figures.stage_timeline_figure(steps)),
+        html.H4("Steps"), _table(steps_table(steps), "steps-table")]
 
 
 def dataset_page(db: Path, run_id: str) -> list[Any]:
@@ -124,6 +130,43 @@ def lineage_view(db: Path, target: str) -> list[Any]:
     return [_graph("fig-lineage", figures.lineage_figure(graph)), _table(t, "trace-table")]
 
 
+def _note(note: data.RunNote, pathname: str) -> html.P:
+    """The note as a paragraph whose runs link to the same page for them."""
+    parts: list[Any] = [note.text]
+    for i, r in enumerate(note.links):
+        parts += [" · " if i else " ", dcc.Link(data.run_label(r), href=f"{pathname}?run={r['run_id']}")]
+    if note.more:
+        parts.append(f" and {note.more} more (Runs page)")
+    return html.P(parts, className="run-note", id="run-note")
+
+
+def run_page(render: Any, db: Path, run_id: str, pathname: str) -> list[Any]:
+    """A run's page with the note about it (:func:`data.run_note`) on top; for a run that ran no stages the
+    stage and dataset pages are the note alone, with a link to the last run that ran some, not empty charts."""
+    with read_only(db) as con:
+        runs = data.list_runs(con, limit=200)
+    note = data.run_note(runs, run_id)
+    if note is None:
+        return render(db, run_id)
+    if note.empty and render in (stages_page, dataset_page):
+        return _run_head(run_id, next(r for r in runs if r["run_id"] == run_id)) + [_note(note, pathname)]
+    return [_note(note, pathname)] + render(db, run_id)
+
+
+def _url_run(con: Any, search: str | None, pathname: str) -> tuple[str | None, list[Any]]:
+    """The run that ``?run=<id or unique prefix>`` names (None when absent), or None and the error to show."""
+    wanted = parse_qs((search or "").lstrip("?")).get("run", [None])[0]   # /stages?run=<id> (runs table links)
+    if not wanted:
+        return None, []
+    try:
+        return data.resolve_run(con, wanted), []
+    except RunLookupError as exc:
+        links = [html.Li(dcc.Link(f"{r['run_id']}  {r['flow']}  {r['status']}  {r['started_at']:%Y-%m-%d %H:%M:%S}",
+                                  href=f"{pathname}?run={r['run_id']}")) for r in exc.candidates[:20]]
+        return None, [html.Div([str(exc).splitlines()[0]] + ([html.Ul(links)] if links else []), className="error",
+                               id="run-error")]
+
+
 RENDER = {"/": runs_page, "/stages": stages_page, "/dataset": dataset_page, "/training": training_page,
           "/evaluation": evaluation_page, "/lineage": lineage_page}
 
@@ -155,6 +198,7 @@ def create_app(db_path: str | os.PathLike[str], *, refresh_s: float = 5.0) -> Da
         html.Header([html.H2("PLM pipeline"), html.Nav(nav),
                      html.Div(dcc.Dropdown(id="run", clearable=False, placeholder="no runs yet"), className="run-picker"),
                      html.Span(str(db), className="db")]),
+        html.Div(id="run-message", style={"padding": "0 20px"}),
         html.Main(id="page"),
     ])
 
@@ -163,28 +207,31 @@ def create_app(db_path: str | os.PathLike[str], *, refresh_s: float = 5.0) -> Da
         version = db_version(db)
         return no_update if version == seen else version
 
-    @app.callback(Output("run", "options"), Output("run", "value"), Input("version", "data"),
-                  Input("url", "search"), State("run", "value"))
-    def _runs(_: str | None, search: str | None, current: str | None) -> Any:
+    @app.callback(Output("run", "options"), Output("run", "value"), Output("run-message", "children"),
+                  Input("version", "data"), Input("url", "search"), State("url", "pathname"), State("run", "value"))
+    def _runs(_: str | None, search: str | None, pathname: str | None, current: str | None) -> Any:
+        from_url = ctx.triggered_id == "url" or current is None   # a later refresh keeps the user's pick
         try:
-            runs = data.list_runs(db, limit=200)
+            with read_only(db) as con:
+                runs = data.list_runs(con, limit=200)
+                wanted, message = _url_run(con, search, pathname or "/") if from_url else (None, no_update)
+                if wanted and wanted not in {r["run_id"] for r in runs}:   # older than the picker's 200
+                    runs += data.list_runs(con, run_id=wanted)
         except PipelineError:
-            return [], None
-        options = [{"label": f"{r['run_id'][:8]}  {r['flow']}  {r['status']}  {r['started_at']:%Y-%m-%d %H:%M}",
-                    "value": r["run_id"]} for r in runs]
+            return [], None, no_update
         ids = {r["run_id"] for r in runs}
-        wanted = parse_qs((search or "").lstrip("?")).get("run", [None])[0]   # /stages?run=<id> (runs table links)
-        if wanted in ids and (ctx.triggered_id == "url" or current is None):
-            return options, wanted
-        return options, current if current in ids else (runs[0]["run_id"] if runs else None)
+        value = wanted or (current if current in ids else data.default_run(runs))
+        return data.run_options(runs), value, message
 
     @app.callback(Output("page", "children"), Input("url", "pathname"), Input("run", "value"),
                   Input("version", "data"))
     def _page(pathname: str | None, run_id: str | None, _: str | None) -> Any:
         render = RENDER.get(pathname or "/", runs_page)
-        if run_id is None and render is not runs_page:
+        if render is runs_page:
+            return _guarded(runs_page, db, run_id)
+        if run_id is None:
             return [html.P("No run selected: the lineage database has no runs yet.", className="note")]
-        return _guarded(render, db, run_id)
+        return _guarded(run_page, render, db, run_id, pathname)
 
     @app.callback(Output("lineage-view", "children"), Input("artifact", "value"), Input("version", "data"))
     def _lineage(target: str | None, _: str | None) -> Any:

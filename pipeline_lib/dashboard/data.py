@@ -1,7 +1,7 @@
 """What the dashboard and the static report show, as plain data read from the lineage DuckDB.
 
     from pipeline_lib.dashboard import data
-    data.list_runs("work/lineage.duckdb")                      # newest first, with step counts
+    data.list_runs("work/lineage.duckdb")                      # newest first, with step counts and unique prefixes
     data.dataset("work/lineage.duckdb", run_id).lengths        # from the run's ingest sequences.parquet
 
 Functions that read lineage take a database path, opened read-only for the duration of the call (see
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,15 +29,16 @@ from pipeline_lib.dashboard.stats import (Histogram, cluster_size_distribution, 
                                           msa_depth_histogram, plddt_histogram)
 from pipeline_lib.errors import PipelineError
 
-__all__ = ["Source", "Histogram", "LineageGraph", "Dataset", "list_runs", "latest_run_id", "match_runs", "run_steps",
-           "stage_summary", "run_artifacts", "dataset", "length_histogram", "cluster_size_distribution",
-           "split_sizes", "plddt_histogram", "msa_depth_histogram", "training_curves", "eval_table",
-           "default_trace_target", "lineage_graph"]
+__all__ = ["Source", "Histogram", "LineageGraph", "Dataset", "RunNote", "list_runs", "latest_run_id", "resolve_run",
+           "run_label", "run_options", "default_run", "run_note", "run_steps", "stage_summary", "run_artifacts",
+           "dataset", "length_histogram", "cluster_size_distribution", "split_sizes", "plddt_histogram",
+           "msa_depth_histogram", "training_curves", "eval_table", "default_trace_target", "lineage_graph"]
 
 PathLike = str | os.PathLike[str]
 Source = PathLike | duckdb.DuckDBPyConnection   # a database file, or a connection already open on one
 # older names of training metrics -> the names the dashboard shows (training logged "ppl" before "perplexity")
 METRIC_ALIASES = {"ppl": "perplexity"}
+NO_NEW_RELEASE = "no_new_release"   # a scheduled refresh that found upstream unchanged: it ran no stages
 
 
 @dataclass
@@ -61,9 +63,10 @@ def _open(db: Source) -> Iterator[duckdb.DuckDBPyConnection]:
 # --- runs and steps ----------------------------------------------------------------------------------
 
 def list_runs(db: Source, limit: int = 50, run_id: str | None = None) -> list[dict[str, Any]]:
-    """Runs newest first (or just ``run_id``) with status, duration (so far, for running ones) and step
-    counts by status."""
+    """Runs newest first (or just ``run_id``) with status, duration (so far, for running ones), step
+    counts by status and ``prefix``, the shortest id prefix that tells the run apart from every other."""
     with _open(db) as con:
+        prefixes = ReadOnlyLineage(con).run_prefixes()
         out = rows(con, """
             SELECT r.run_id, r.flow, r.name, r.status, r.started_at, r.ended_at, r.config_hash, r.code_version,
                    r.host, r.error, count(s.step_id) AS steps,
@@ -76,6 +79,7 @@ def list_runs(db: Source, limit: int = 50, run_id: str | None = None) -> list[di
     for r in out:
         end = r["ended_at"] or (now if r["status"] == "running" else None)
         r["duration_s"] = (end - r["started_at"]).total_seconds() if end and r["started_at"] else None
+        r["prefix"] = prefixes[r["run_id"]]
     return out
 
 
@@ -85,11 +89,78 @@ def latest_run_id(db: Source) -> str | None:
     return row[0] if row else None
 
 
-def match_runs(db: Source, prefix: str) -> list[str]:
-    """Ids of the runs whose id starts with ``prefix`` (an exact id matches itself)."""
+def resolve_run(db: Source, id_or_prefix: str) -> str:
+    """The full id of the run that ``id_or_prefix`` names (:meth:`LineageStore.resolve_run`: an exact id or a
+    unique prefix; :class:`RunLookupError` listing the candidates otherwise)."""
     with _open(db) as con:
-        return [r[0] for r in con.execute("SELECT run_id FROM runs WHERE starts_with(run_id, ?) ORDER BY run_id",
-                                          [prefix]).fetchall()]
+        return ReadOnlyLineage(con).resolve_run(id_or_prefix)["run_id"]
+
+
+def run_label(run: dict[str, Any]) -> str:
+    """``prefix  flow  start  status``: the unique prefix keeps two runs' labels apart."""
+    started = f"{run['started_at']:%Y-%m-%d %H:%M}" if run["started_at"] else "-"
+    return f"{run['prefix']}  {run['flow']}  {started}  {run['status']}"
+
+
+def run_options(runs: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The run picker's options (``label``, ``value``) for :func:`list_runs` rows."""
+    return [{"label": run_label(r), "value": r["run_id"]} for r in runs]
+
+
+def _ran_stages(run: dict[str, Any]) -> bool:
+    return run["steps"] > 0
+
+
+def default_run(runs: list[dict[str, Any]]) -> str | None:
+    """The run the dashboard opens on (``runs`` newest first): the newest that ran stages, else the newest.
+
+    Scheduled refreshes mostly end ``no_new_release`` without running a stage; opening on one would show
+    empty stage and dataset pages.
+    """
+    chosen = next((r for r in runs if _ran_stages(r)), runs[0] if runs else None)
+    return chosen["run_id"] if chosen else None
+
+
+@dataclass
+class RunNote:
+    """A line the run pages show above a run: ``text``, then links to the runs ``links`` and ``more`` unlinked.
+
+    ``empty`` is true when the run itself ran no stages: its stage and dataset pages have nothing to plot.
+    """
+
+    text: str
+    links: list[dict[str, Any]]
+    more: int = 0
+    empty: bool = False
+
+
+def run_note(runs: list[dict[str, Any]], run_id: str, max_links: int = 3) -> RunNote | None:
+    """What to say about ``run_id`` among ``runs`` (:func:`list_runs` rows, newest first), or None.
+
+    A finished run that ran no stages (``no_new_release``, or a failure before the first stage) says so and
+    links to the last run before it that ran stages. The newest run that ran stages names the newer ones
+    that did not, so a page opened on it by default never hides them.
+    """
+    at = next((i for i, r in enumerate(runs) if r["run_id"] == run_id), None)
+    if at is None:
+        return None
+    run = runs[at]
+    if not _ran_stages(run) and run["status"] != "running":
+        why = ("found no new release (upstream unchanged), so it ran no stages" if run["status"] == NO_NEW_RELEASE
+               else f"ran no stages (status {run['status']}{': ' + run['error'][:200] if run['error'] else ''})")
+        before = next((r for r in runs[at + 1:] if _ran_stages(r)), None)
+        return RunNote(f"Run {run['prefix']} {why}. " + ("The last run before it that ran stages:" if before else
+                                                        "No earlier run ran stages."), [before] if before else [],
+                       empty=True)
+    newer = runs[:at]
+    if not newer or any(_ran_stages(r) for r in newer):
+        return None
+    statuses = Counter(r["status"] for r in newer)
+    what = ("found no new release (upstream unchanged)" if set(statuses) == {NO_NEW_RELEASE} else
+            "ran no stages (" + ", ".join(f"{n} {status}" for status, n in statuses.most_common()) + ")")
+    runs_text = f"the {len(newer)} newer runs" if len(newer) > 1 else "the newer run"
+    return RunNote(f"Showing run {run['prefix']}, the newest that ran stages; {runs_text} {what}:",
+                   newer[:max_links], max(0, len(newer) - max_links))
 
 
 def run_steps(db: Source, run_id: str) -> list[dict[str, Any]]:
@@ -188,7 +259,8 @@ def training_curves(db: Source, run_id: str, max_points: int = 2000) -> dict[str
 
 
 def eval_table(db: Source, run_id: str | None = None) -> tuple[list[str], list[dict[str, Any]]]:
-    """``eval/*`` metrics pivoted to one row per (run, checkpoint step): ``(metric names, rows)``.
+    """``eval/*`` metrics pivoted to one row per (run, checkpoint step): ``(metric names, rows)``; a row's
+    ``prefix`` is its run's unique id prefix.
 
     ``run_id=None`` compares checkpoints across every run.
     """
@@ -196,10 +268,12 @@ def eval_table(db: Source, run_id: str | None = None) -> tuple[list[str], list[d
     with _open(db) as con:
         got = con.execute(f"SELECT run_id, step, name, arg_max(value, ts) FROM metrics WHERE name LIKE 'eval/%' "
                           f"{where} GROUP BY ALL ORDER BY run_id, step, name", params).fetchall()
+        prefixes = ReadOnlyLineage(con).run_prefixes() if got else {}
     names = sorted({n for _, _, n, _ in got})
     table: dict[tuple[str, int], dict[str, Any]] = {}
     for rid, step, name, value in got:
-        table.setdefault((rid, step), {"run_id": rid, "step": step})[name] = value
+        row = {"run_id": rid, "prefix": prefixes.get(rid, rid), "step": step}
+        table.setdefault((rid, step), row)[name] = value
     return names, list(table.values())
 
 

@@ -3,7 +3,8 @@
     plm report 6ddee171 --out report.html --db work/lineage.duckdb
     python -m pipeline_lib.dashboard.report work/lineage.duckdb 6ddee171 report.html
 
-The run id may be abbreviated to any unique prefix. The file is written under a temporary name and renamed.
+The run id may be abbreviated to any unique prefix (a prefix of several runs is an error that lists them,
+:meth:`LineageStore.resolve_run`). The file is written under a temporary name and renamed.
 """
 from __future__ import annotations
 
@@ -19,22 +20,9 @@ from pipeline_lib.dashboard import data, figures
 from pipeline_lib.dashboard.db import read_only
 from pipeline_lib.dashboard.tables import (CSS, Table, eval_rows_table, runs_table, splits_table, steps_table,
                                            summary_table, table_html)
-from pipeline_lib.errors import PipelineError
 from pipeline_lib.io import atomic_path
 
-__all__ = ["write_report", "render_report", "resolve_run_id"]
-
-
-def resolve_run_id(db: data.Source, run_id: str) -> str:
-    """The full id of the run that ``run_id`` names exactly or as a unique prefix."""
-    hits = data.match_runs(db, run_id)
-    if run_id in hits:
-        return run_id
-    if len(hits) == 1:
-        return hits[0]
-    if not hits:
-        raise PipelineError(f"no run {run_id!r} in the lineage database (plm lineage runs lists them)")
-    raise PipelineError(f"run id prefix {run_id!r} is ambiguous: {', '.join(h[:12] for h in hits[:5])}")
+__all__ = ["write_report", "render_report"]
 
 
 class _Doc:
@@ -63,8 +51,9 @@ def render_report(db_path: str | os.PathLike[str], run_id: str) -> str:
     """The report's HTML text."""
     db = Path(db_path)
     with read_only(db) as con:   # one short read of lineage; Parquet statistics come after it is closed
-        run_id = resolve_run_id(con, run_id)
+        run_id = data.resolve_run(con, run_id)
         run = data.list_runs(con, run_id=run_id)[0]
+        note = data.run_note(data.list_runs(con, limit=1000), run_id)
         steps = data.run_steps(con, run_id)
         curves = data.training_curves(con, run_id)
         names, table = data.eval_table(con, run_id)
@@ -77,6 +66,9 @@ def render_report(db_path: str | os.PathLike[str], run_id: str) -> str:
           f"host {run['host']} · lineage {db.resolve()} · report written "
           f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
     doc.table(runs_table([run]))
+    if note is not None and note.empty:   # no_new_release: say so, and which run to open instead
+        doc.p(note.text + "".join(f" {r['prefix']} ({r['flow']}, {r['started_at']:%Y-%m-%d %H:%M}, {r['status']})"
+                                  for r in note.links))
 
     doc.h(2, "Stages")
     doc.table(summary_table(data.stage_summary(steps)))
@@ -116,7 +108,7 @@ def render_report(db_path: str | os.PathLike[str], run_id: str) -> str:
         doc.fig(figures.lineage_figure(graph))
         chain = sorted((n for n in graph.nodes if n["type"] == "step"), key=lambda n: n["depth"])
         doc.table(Table(["depth", "step"], [[str(n["depth"]), n["detail"]] for n in chain]))
-    return _page(f"PLM run {run_id[:8]}", doc.parts)
+    return _page(f"PLM run {run['prefix']}", doc.parts)
 
 
 def _page(title: str, parts: list[str]) -> str:

@@ -26,7 +26,9 @@ table.plm{border-collapse:collapse;margin:8px 0 18px;font-size:13px;background:#
 table.plm th,table.plm td{border:1px solid #e4e7eb;padding:4px 8px;text-align:left;vertical-align:top}
 table.plm th{background:#f0f4f8} td{max-width:560px;overflow-wrap:anywhere}
 .error{background:#fde8e8;border:1px solid #f5a3a3;padding:10px;white-space:pre-wrap;font-family:monospace}
-.note{color:#666;font-size:13px} .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:12px}
+.note{color:#666;font-size:13px}
+.run-note{background:#fff8e1;border:1px solid #f0d58c;padding:8px 12px;font-size:14px}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:12px}
 """
 
 
@@ -66,7 +68,7 @@ def _duration(seconds: float | None) -> str:
 def runs_table(runs: list[dict[str, Any]]) -> Table:
     cols = ["run", "flow", "name", "status", "started (UTC)", "duration", "steps", "completed", "cached",
             "failed", "error"]
-    body = [[r["run_id"][:8], r["flow"], r["name"], r["status"], fmt(r["started_at"]), _duration(r["duration_s"]),
+    body = [[r["prefix"], r["flow"], r["name"], r["status"], fmt(r["started_at"]), _duration(r["duration_s"]),
              fmt(r["steps"]), fmt(r["completed"]), fmt(r["cached"]), fmt(r["failed"]), (r["error"] or "")[:160]]
             for r in runs]
     return Table(cols, body, status_column=3, links=[f"/stages?run={r['run_id']}" for r in runs])
@@ -98,7 +100,7 @@ def splits_table(splits: list[dict[str, Any]]) -> Table:
 
 def eval_rows_table(names: list[str], rows: list[dict[str, Any]]) -> Table:
     cols = ["run", "checkpoint step"] + names
-    return Table(cols, [[r["run_id"][:8], fmt(r["step"])] + [fmt(r.get(n)) for n in names] for r in rows])
+    return Table(cols, [[r["prefix"], fmt(r["step"])] + [fmt(r.get(n)) for n in names] for r in rows])
 
 
 def table_html(t: Table, colors: dict[str, str] | None = None) -> str:
