@@ -3,16 +3,22 @@
     plm data configs/demo.yaml [--set cluster.threads=8]   run the data_refresh flow
     plm run configs/demo.yaml                               end to end (data, then later stages when enabled)
     plm config configs/demo.yaml                            print the validated config
-    plm lineage runs | show PATH_OR_ID | trace PATH_OR_ID   query lineage (--db or --config picks the file)
+    plm lineage runs | show PATH_OR_ID | trace PATH_OR_ID   query lineage (--db F, or --config C --set K=V)
     plm msa import FILE... --out msas.parquet               import existing A3M / A2M / Stockholm MSAs
-    plm dashboard [--db F | --config C] [--port 8050]       read-only monitoring dashboard on 127.0.0.1
+    plm dashboard [--db F | --config C --set K=V]           read-only monitoring dashboard on 127.0.0.1
     plm report RUN_ID --out report.html [--db F]            one run as a self-contained HTML file
     plm deploy configs/uniref50.yaml --cron "0 3 * * 1"     schedule a flow on a Prefect work pool
+    plm worker [--pool plm-process]                         run the scheduled runs (a Prefect process worker)
+    plm doctor                                              server, scheduler, deployments, pools, workers
+
+Output piped into a reader that stops early (``plm lineage runs | head -1``) ends the command quietly, exit 141.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import select
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,12 +35,16 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 def _add_db(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help="lineage DuckDB file")
     p.add_argument("--config", default=None, help="config whose lineage file to read (default configs/demo.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of --config, e.g. --set workdir=/data/plm or --set lineage.path=F")
 
 
 def _db_path(args: argparse.Namespace) -> Path:
     from pipeline_lib.config import load_config
 
-    return Path(args.db) if args.db else load_config(args.config or "configs/demo.yaml").lineage_path
+    if args.db and (args.config or args.overrides):
+        raise PipelineError("give either --db or --config/--set, not both: --db names the lineage file itself")
+    return Path(args.db) if args.db else load_config(args.config or "configs/demo.yaml", args.overrides).lineage_path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,9 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("run_id", help="run id or a unique prefix of one (plm lineage runs)")
     rep.add_argument("--out", default="report.html", help="output HTML file (default report.html)")
     _add_db(rep)
-    from flows.deploy import add_deploy_parser
+    from flows.deploy import add_deploy_parser, add_worker_parser
+    from flows.doctor import add_doctor_parser
 
     add_deploy_parser(sub)
+    add_worker_parser(sub)
+    add_doctor_parser(sub)
     return ap
 
 
@@ -184,6 +197,33 @@ def _msa_import(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``plm`` command and return its exit code. Output cut short by its reader (``| head``) ends
+    quietly with 141, the code of a process that SIGPIPE ends, as ``git log | head`` does."""
+    try:
+        try:
+            return _command(argv)
+        finally:
+            sys.stdout.flush()   # buffered output meets a closed pipe here, not at the interpreter's exit
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise   # from a socket (a webhook, a worker): a failure, not a reader that stopped
+        # the recipe of Python's docs (signal, "Note on SIGPIPE"): what is still buffered goes to devnull, so
+        # the interpreter's last flush does not print the error again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe or socket whose reader has gone."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):   # no poll() here, or stdout is no file (captured, closed)
+        return False
+
+
+def _command(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:2] == ["msa", "import"]:
         try:
@@ -212,6 +252,14 @@ def main(argv: list[str] | None = None) -> int:
             from flows.deploy import deploy_command
 
             return deploy_command(args)
+        if args.cmd == "worker":
+            from flows.deploy import worker_command
+
+            return worker_command(args)
+        if args.cmd == "doctor":
+            from flows.doctor import doctor_command
+
+            return doctor_command(args)
         from pipeline_lib.config import load_config
 
         cfg = load_config(args.config, args.overrides)  # fail fast on config errors, before Prefect starts

@@ -12,8 +12,8 @@ from pathlib import Path
 from prefect import flow
 
 from flows.runner import on_configured_runner, with_runner
-from flows.runs import pipeline_run
-from pipeline_lib.config import Config, load_config
+from flows.runs import load_run_config, pipeline_run
+from pipeline_lib.config import Config
 from tasks import data
 from tasks.common import StageOutput, resolve, resolve_all
 from tasks.retention import retention
@@ -60,7 +60,7 @@ def data_refresh(config_path: str | None = None, overrides: list[str] | None = N
                  if_changed: bool = False) -> DataRefreshResult:
     """Refresh the data. With ``if_changed`` (scheduled refreshes), stop early as ``no_new_release``
     when the upstream source is the same as in the last completed run."""
-    cfg = load_config(config_path, overrides)
+    cfg = load_run_config(config_path, overrides, "data_refresh")
     if not on_configured_runner(cfg):  # started by a deployment on the default runner: move to the configured one
         return with_runner(data_refresh, cfg)(config_path, overrides, if_changed)
     with pipeline_run(cfg, "data_refresh") as ctx:

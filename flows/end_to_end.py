@@ -17,8 +17,8 @@ from prefect import flow
 
 from flows.data_refresh import DataRefreshResult, run_data_stages
 from flows.runner import on_configured_runner, with_runner
-from flows.runs import pipeline_run
-from pipeline_lib.config import Config, load_config
+from flows.runs import load_run_config, pipeline_run
+from pipeline_lib.config import Config
 from pipeline_lib.errors import ConfigError
 from pipeline_lib.lineage import artifact_for
 from tasks import data
@@ -81,7 +81,7 @@ def run_msa_stage(ctx, cfg: Config, stages: dict):
 
 @flow(name="end_to_end", log_prints=True)
 def end_to_end(config_path: str | None = None, overrides: list[str] | None = None) -> DataRefreshResult:
-    cfg = load_config(config_path, overrides)
+    cfg = load_run_config(config_path, overrides, "end_to_end")
     if not on_configured_runner(cfg):  # started by a deployment on the default runner: move to the configured one
         return with_runner(end_to_end, cfg)(config_path, overrides)
     with pipeline_run(cfg, "end_to_end") as ctx:
@@ -94,7 +94,7 @@ def end_to_end(config_path: str | None = None, overrides: list[str] | None = Non
 
 def _up_to(config_path: str | None, overrides: list[str] | None, stage: str) -> DataRefreshResult:
     """The data stages (cached when unchanged) and ``stage``, enabled whatever the config says."""
-    cfg = load_config(config_path, _with(overrides, f"{stage}.enabled=true"))
+    cfg = load_run_config(config_path, _with(overrides, f"{stage}.enabled=true"), stage)
     with pipeline_run(cfg, stage) as ctx:
         stages = _stages(ctx, cfg, train_stage=stage == "train", evaluate_stage=False)
     return DataRefreshResult(ctx.run_id, stages, ctx.lineage_path)
@@ -122,7 +122,7 @@ def train_flow(config_path: str | None = None, overrides: list[str] | None = Non
 def evaluate_flow(config_path: str | None = None, overrides: list[str] | None = None,
                   checkpoints: list[str] | None = None) -> DataRefreshResult:
     """Evaluate the given checkpoints (ours or Hugging Face ESM-2 directories) on this config's data."""
-    cfg = load_config(config_path, _with(overrides, "evaluate.enabled=true"))
+    cfg = load_run_config(config_path, _with(overrides, "evaluate.enabled=true"), "evaluate")
     with pipeline_run(cfg, "evaluate") as ctx:
         stages = _stages(ctx, cfg, train_stage=False, evaluate_stage=False)
         shards = stages.get("structures") if cfg.train.vocab == "saprot" else stages["shards"]

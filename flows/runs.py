@@ -1,4 +1,9 @@
-"""Opening and closing a pipeline run in lineage (shared by every flow)."""
+"""Opening and closing a pipeline run in lineage (shared by every flow).
+
+Every way a run can fail is reported the same way: a failed run in lineage with its error, and the config's
+webhook. That includes a config or override that fails to load when the run starts (a scheduled run whose YAML was
+edited after deploying): :func:`load_run_config` records it under the best config it can still load.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +18,8 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
 from prefect.runtime import flow_run
 
-from pipeline_lib.config import Config
+from pipeline_lib.config import Config, load_config
+from pipeline_lib.errors import ConfigError
 from pipeline_lib.lineage import LineageStore, RunRecord
 from pipeline_lib.notify import notify_failure
 from pipeline_lib.tools.mmseqs import MMseqs
@@ -74,14 +80,64 @@ def pipeline_run(cfg: Config, flow: str) -> Iterator[RunContext]:
     try:
         yield ctx
     except BaseException as exc:
-        try:
-            store.end_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
-        except Exception as lineage_exc:  # e.g. a full disk: report it, but keep the run's own error
-            print(f"plm: could not record the failed run in lineage: {lineage_exc}", file=sys.stderr)
-        notify_failure(cfg.notify, flow=flow, run_id=run_id, config_name=cfg.name, exc=exc,
-                       lineage_path=cfg.lineage_path, extra={"ui_url": flow_run.ui_url})
+        _report_failure(store, cfg, flow, run_id, exc)
         raise
     store.end_run(run_id, ctx.final_status)
+
+
+def _report_failure(store: LineageStore | None, cfg: Config, flow: str, run_id: str, exc: BaseException) -> None:
+    """The failed run in lineage (a lineage problem, e.g. a full disk, is printed, not raised) and the webhook."""
+    try:
+        if store is not None:
+            store.end_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000])
+    except Exception as lineage_exc:
+        print(f"plm: could not record the failed run in lineage: {lineage_exc}", file=sys.stderr)
+    notify_failure(cfg.notify, flow=flow, run_id=run_id, config_name=cfg.name, exc=exc,
+                   lineage_path=cfg.lineage_path, extra={"ui_url": flow_run.ui_url})
+
+
+def load_run_config(config_path: str | None, overrides: list[str] | None, flow: str) -> Config:
+    """The run's config. One that fails to load fails the run like any stage would: the error is recorded as a
+    failed run in the lineage of the best config that still loads (the file with every override that applies on
+    its own) and sent to that config's webhook, then raised. When the file itself does not load, there is no
+    lineage file to write to: only the Prefect run (and a ``notify.automation``) shows the failure."""
+    try:
+        return load_config(config_path, overrides)
+    except ConfigError as exc:
+        fallback = _loadable_part(config_path, overrides or [])
+        if fallback is None:
+            print(f"plm: the failed run is not in lineage: {config_path} does not load on its own", file=sys.stderr)
+            raise
+        library_logging()
+        run_id = str(flow_run.id or uuid.uuid4())
+        store: LineageStore | None = None
+        try:
+            fallback.workdir_path.mkdir(parents=True, exist_ok=True)
+            store = LineageStore(fallback.lineage_path)
+            store.start_run(RunRecord(run_id, flow, fallback.name, {"config_path": config_path,
+                                                                    "overrides": list(overrides or [])},
+                                      "", code_version(), str(fallback.workdir_path)))
+        except Exception as lineage_exc:
+            print(f"plm: could not record the failed run in lineage: {lineage_exc}", file=sys.stderr)
+            store = None
+        _report_failure(store, fallback, flow, run_id, exc)
+        raise
+
+
+def _loadable_part(config_path: str | None, overrides: list[str]) -> Config | None:
+    """The config file with each override that loads on top of the ones kept so far; None if the file does not."""
+    try:
+        kept: list[str] = []
+        cfg = load_config(config_path, kept)
+    except ConfigError:
+        return None
+    for override in overrides:
+        try:
+            cfg = load_config(config_path, [*kept, override])
+            kept.append(override)
+        except ConfigError:
+            continue
+    return cfg
 
 
 def env_defaults() -> None:

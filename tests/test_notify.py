@@ -57,6 +57,31 @@ def test_failed_flow_posts_payload_and_succeeding_flow_does_not(prefect_harness,
     assert len(_posts(hook)) == 1  # success: no second POST
 
 
+@pytest.mark.parametrize("flow_fn", ["data_refresh", "end_to_end"])
+def test_config_that_fails_at_run_time_is_a_failed_run_with_a_webhook(prefect_harness, tmp_path, hook, flow_fn):
+    # the override naming an unknown key fails the run; the others still say where its lineage and webhook are
+    from flows.end_to_end import end_to_end
+
+    work = tmp_path / "work"
+    good = [f"workdir={work}", f"notify.webhook_url={hook.url('/hook')}"]
+    fn = {"data_refresh": data_refresh, "end_to_end": end_to_end}[flow_fn]
+    with pytest.raises(ConfigError, match="clusterr"):
+        fn(DEMO, [good[0], "clusterr.threads=4", good[1]])
+    runs = LineageStore(work / "lineage.duckdb").query("SELECT run_id, flow, status, error FROM runs")
+    assert [(r["flow"], r["status"]) for r in runs] == [(flow_fn, "failed")]
+    assert "clusterr" in runs[0]["error"] and "ConfigError" in runs[0]["error"]
+    posts = _posts(hook)
+    assert len(posts) == 1
+    body = json.loads(posts[0].body)
+    assert body["run_id"] == runs[0]["run_id"] and body["flow"] == flow_fn and "clusterr" in body["error"]
+
+    # a config file that does not load at all has no lineage file to name: the error still reaches the caller
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("workdir: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        fn(str(broken), [])
+
+
 def test_payload_redacts_credentials_and_delivery_problems_do_not_raise(tmp_path, hook):
     exc = RuntimeError("GET https://user:hunter2@mirror.example/u50.fa.gz?token=abc123 failed")
     payload = failure_payload(flow="data_refresh", run_id="r1", config_name="c", exc=exc,
