@@ -92,11 +92,11 @@ def _print_summary(result) -> None:
     if result.status == "no_new_release":
         print(f"\nno new release: upstream unchanged since run {result.release.previous_run}")
         return
-    print("\nstage      status     key               details")
+    print("\nstage        status     key               details")
     for name, out in result.stages.items():
         status = "cached" if out.cached else ("checked" if name == "fetch" else "ran")
         brief = {k: v for k, v in out.stats.items() if k not in ("commands", "packages", "identity")}
-        print(f"{name:<10} {status:<10} {out.cache_key[:16]}  {json.dumps(brief, default=str)[:110]}")
+        print(f"{name:<12} {status:<10} {out.cache_key[:16]}  {json.dumps(brief, default=str)[:108]}")
     if "train" in result.stages:
         t = result.stages["train"]
         print(f"\ncheckpoint: {next((a.path for a in t.outputs.values() if a.kind == 'checkpoint'), '-')}")

@@ -46,13 +46,17 @@ def run_data_stages(ctx, cfg: Config, release: data.ReleaseCheck | None = None) 
         resolve(ctx, download)
     source = resolve(ctx, data.fetch.submit(ctx, cfg, release))
     ingested = resolve(ctx, data.ingest.submit(ctx, cfg, source))
-    clustered = resolve(ctx, data.cluster.submit(ctx, cfg, ingested))
+    levels: list[StageOutput] = []
+    for i in range(len(cfg.cluster.levels)):  # each level clusters the previous level's representatives
+        levels.append(resolve(ctx, data.cluster_level.submit(ctx, cfg, ingested, i, levels[-1] if levels else None)))
+    clustered = resolve(ctx, data.cluster.submit(ctx, cfg, ingested, levels))
     splitted = resolve(ctx, data.split.submit(ctx, cfg, ingested, clustered))
     futures = [data.shards_partition.submit(ctx, cfg, ingested, clustered, splitted, i, rows)
                for i, rows in enumerate(data.shard_partitions(cfg, ingested))]
     partitions = resolve_all(ctx, futures, "shard-partitions", "partitions")  # partitions done, in the UI
     sharded = resolve(ctx, data.shards.submit(ctx, cfg, ingested, clustered, splitted, partitions))
-    return {"fetch": source, "ingest": ingested, "cluster": clustered, "split": splitted, "shards": sharded}
+    return {"fetch": source, "ingest": ingested, **{f"cluster_{lv.name}": out for lv, out in zip(cfg.cluster.levels, levels)},
+            "cluster": clustered, "split": splitted, "shards": sharded}
 
 
 @flow(name="data_refresh", log_prints=True)

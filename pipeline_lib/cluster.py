@@ -2,9 +2,14 @@
 representatives at the next cutoff, and so on.
 
     result = cluster_sequences(Path("ingest/sequences.parquet"), out_dir, ClusterConfig(), tmp_dir)
+    # or level by level (the pipeline caches each level on its own):
+    cluster_level(seqs, cfg.levels[0], d0, tmp0, mm)                               # d0/members.parquet
+    cluster_level(seqs, cfg.levels[1], d1, tmp1, mm, previous=d0 / "members.parquet")
+    assemble_clusters(seqs, {"c90": d0 / "members.parquet", "c50": d1 / "members.parquet"}, out_dir, tmp)
 
-Output: ``clusters.parquet`` (``id`` -> ``cluster_<level>`` representative at every level) and
-``cluster_sizes.parquet`` (level, representative, number of sequences).
+Output of a level: ``members.parquet`` (``rep``, ``member``: row ordinals of the sequences table). Of the whole:
+``clusters.parquet`` (``id`` -> ``cluster_<level>`` representative at every level) and ``cluster_sizes.parquet``
+(level, representative, number of sequences).
 """
 from __future__ import annotations
 
@@ -15,17 +20,16 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pipeline_lib.config import ClusterConfig
+from pipeline_lib.config import ClusterConfig, ClusterLevel
 from pipeline_lib.errors import DataValidationError, ToolError
 from pipeline_lib.io import duckdb_connect, sql_str
 from pipeline_lib.progress import Progress
 from pipeline_lib.tools.mmseqs import MMseqs
 
-__all__ = ["ClusterResult", "cluster_sequences", "write_fasta_from_parquet"]
+__all__ = ["ClusterResult", "LevelResult", "cluster_sequences", "cluster_level", "assemble_clusters",
+           "write_fasta_from_parquet"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,14 @@ class ClusterResult:
     clusters_per_level: dict[str, int]
     commands: list[list[str]] = field(default_factory=list)
     mmseqs_version: str = ""
+
+
+@dataclass
+class LevelResult:
+    members: int        # sequences this level clustered (the previous level's representatives)
+    clusters: int
+    command: list[str]
+    mmseqs_version: str
 
 
 def write_fasta_from_parquet(parquet: Path, fasta: Path, keep: np.ndarray | None = None) -> int:
@@ -53,79 +65,105 @@ def write_fasta_from_parquet(parquet: Path, fasta: Path, keep: np.ndarray | None
     return written
 
 
-def _representatives(tsv: Path, n: int) -> np.ndarray:
-    """Mask of the rows that represent a cluster in mmseqs' ``<rep>\t<member>`` file (streamed)."""
+def _representatives(members: Path, n: int) -> np.ndarray:
+    """Mask of the rows that represent a cluster in a level's ``members.parquet`` (streamed)."""
     mask = np.zeros(n, dtype=bool)
-    opts = pacsv.ReadOptions(column_names=["rep", "member"], block_size=64 << 20)
-    convert = pacsv.ConvertOptions(column_types={"rep": pa.int64(), "member": pa.int64()}, include_columns=["rep"])
-    try:
-        with pacsv.open_csv(tsv, read_options=opts, parse_options=pacsv.ParseOptions(delimiter="\t"),
-                            convert_options=convert) as reader:
-            for batch in reader:
-                mask[batch.column(0).to_numpy()] = True
-    except (pa.ArrowInvalid, IndexError) as exc:  # not "<rep>\t<member>" ordinals of this input
-        first = str(exc).splitlines()[0]
-        raise DataValidationError(f"mmseqs cluster table is not two integer columns: {first}", path=str(tsv)) from exc
+    for batch in pq.ParquetFile(members).iter_batches(columns=["rep"], batch_size=1 << 20):
+        reps = batch.column(0).to_numpy()
+        if len(reps) and (reps.min() < 0 or reps.max() >= n):
+            raise DataValidationError(f"representatives outside the {n} sequence rows", path=str(members))
+        mask[reps] = True
     return mask
 
 
-def cluster_sequences(sequences: Path, out_dir: Path, cfg: ClusterConfig, tmp_dir: Path) -> ClusterResult:
-    mm = MMseqs(binary=cfg.binary, threads=cfg.threads)
-    version = mm.version()
+def _tsv_to_parquet(tsv: Path, out: Path) -> int:
+    """mmseqs' ``<rep>\t<member>`` ordinals as ``members.parquet``, sorted by member; returns the clusters."""
+    con = duckdb_connect()
+    try:
+        try:
+            con.execute(f"""CREATE TEMP TABLE m AS SELECT * FROM read_csv({sql_str(tsv)}, delim='\t',
+                header=false, columns={{'rep': 'BIGINT', 'member': 'BIGINT'}})""")
+        except duckdb.Error as exc:  # mmseqs wrote something, but not "<rep>\t<member>" ordinals
+            first = str(exc).splitlines()[0]
+            raise DataValidationError(f"mmseqs cluster table is not two integer columns: {first}",
+                                      path=str(tsv)) from exc
+        con.execute(f"COPY (SELECT rep, member FROM m ORDER BY member) TO {sql_str(out)} "
+                    "(FORMAT parquet, COMPRESSION zstd)")
+        return con.execute("SELECT count(DISTINCT rep) FROM m").fetchone()[0]
+    finally:
+        con.close()
+
+
+def _rows(sequences: Path) -> int:
+    return pq.ParquetFile(sequences).metadata.num_rows
+
+
+def cluster_level(sequences: Path, level: ClusterLevel, out_dir: Path, tmp_dir: Path, mm: MMseqs,
+                  previous: Path | None = None) -> LevelResult:
+    """Cluster the rows of ``sequences`` that represent a cluster in the ``previous`` level's ``members.parquet``
+    (every row, for the first level) at ``level``'s identity; write ``out_dir/members.parquet``.
+
+    The input is written in row order, not in the order of mmseqs' rep_seq.fasta: with several threads that
+    order changes from run to run, and mmseqs' choice between equally good representatives follows input order.
+    """
     tmp_dir.mkdir(parents=True, exist_ok=True)
+    n = _rows(sequences)
     fasta = tmp_dir / "level_input.fasta"
-    n = write_fasta_from_parquet(sequences, fasta)
-    if n == 0:
+    written = write_fasta_from_parquet(sequences, fasta, keep=_representatives(previous, n) if previous else None)
+    if written == 0:
         raise DataValidationError("no sequences to cluster", path=str(sequences))
-    result = ClusterResult(sequences=n, clusters_per_level={}, mmseqs_version=version)
-    tsvs: dict[str, Path] = {}
+    prefix = tmp_dir / level.name
+    args = mm.easy_cluster(fasta, prefix, tmp_dir / f"{level.name}_tmp", method=level.method,
+                           min_seq_id=level.min_seq_id, coverage=level.coverage, cov_mode=level.cov_mode,
+                           cluster_mode=level.cluster_mode, log_file=tmp_dir / "mmseqs.log")
+    tsv = Path(f"{prefix}_cluster.tsv")
+    missing = [p.name for p in (tsv, Path(f"{prefix}_rep_seq.fasta")) if not p.is_file()]
+    if missing:  # exit code 0 is not enough: a wrapper or a killed child can "succeed" with nothing written
+        raise ToolError(f"mmseqs exited 0 but did not write {', '.join(missing)}", argv=[mm.binary, *args])
+    shutil.rmtree(tmp_dir / f"{level.name}_tmp", ignore_errors=True)
+    clusters = _tsv_to_parquet(tsv, out_dir / "members.parquet")
+    log.info("cluster %s (min_seq_id %.2f): %d sequences in %d clusters", level.name, level.min_seq_id, written,
+             clusters)
+    return LevelResult(written, clusters, ["mmseqs", *args], mm.version())
+
+
+def cluster_sequences(sequences: Path, out_dir: Path, cfg: ClusterConfig, tmp_dir: Path) -> ClusterResult:
+    """Every level of ``cfg`` in turn, then :func:`assemble_clusters` (the levels' files under ``tmp_dir``)."""
+    mm = MMseqs(binary=cfg.binary, threads=cfg.threads)
+    result = ClusterResult(sequences=_rows(sequences), clusters_per_level={}, mmseqs_version=mm.version())
+    if result.sequences == 0:
+        raise DataValidationError("no sequences to cluster", path=str(sequences))
+    members: dict[str, Path] = {}
+    previous = None
     # one line (and a Prefect progress bar, through pipeline_lib.progress listeners) per finished level
     with Progress("mmseqs cluster", total=len(cfg.levels), unit="levels", every_s=0) as prog:
         for level in cfg.levels:
-            prefix = tmp_dir / f"{level.name}"
-            args = mm.easy_cluster(fasta, prefix, tmp_dir / f"{level.name}_tmp", method=level.method,
-                                   min_seq_id=level.min_seq_id, coverage=level.coverage, cov_mode=level.cov_mode,
-                                   cluster_mode=level.cluster_mode, log_file=tmp_dir / "mmseqs.log")
-            result.commands.append(["mmseqs", *args])
-            tsvs[level.name] = Path(f"{prefix}_cluster.tsv")
-            missing = [p.name for p in (tsvs[level.name], Path(f"{prefix}_rep_seq.fasta")) if not p.is_file()]
-            if missing:  # exit code 0 is not enough: a wrapper or a killed child can "succeed" with nothing written
-                raise ToolError(f"mmseqs exited 0 but did not write {', '.join(missing)}", argv=[mm.binary, *args])
-            shutil.rmtree(tmp_dir / f"{level.name}_tmp", ignore_errors=True)
-            # The next level clusters this level's representatives in row order, not in the order of mmseqs'
-            # rep_seq.fasta: with several threads that order changes from run to run, and the next level's
-            # choice between equally good representatives follows the input order (same input, other clusters).
-            if level is not cfg.levels[-1]:
-                fasta = tmp_dir / f"{level.name}_next_input.fasta"
-                write_fasta_from_parquet(sequences, fasta, keep=_representatives(tsvs[level.name], n))
+            level_dir = tmp_dir / f"level_{level.name}"
+            level_dir.mkdir(parents=True, exist_ok=True)
+            res = cluster_level(sequences, level, level_dir, level_dir / "mmseqs", mm, previous=previous)
+            result.commands.append(res.command)
+            previous = members[level.name] = level_dir / "members.parquet"
             prog.update()
-    result.clusters_per_level = _write_outputs(sequences, tsvs, out_dir, tmp_dir)
-    for level in cfg.levels:
-        log.info("cluster %s (min_seq_id %.2f): %d clusters", level.name, level.min_seq_id,
-                 result.clusters_per_level[level.name])
+    result.clusters_per_level = assemble_clusters(sequences, members, out_dir, tmp_dir)
     return result
 
 
-def _write_outputs(sequences: Path, tsvs: dict[str, Path], out_dir: Path, tmp_dir: Path) -> dict[str, int]:
-    """Compose the per-level (representative, member) tables into id -> representative at every level.
+def assemble_clusters(sequences: Path, levels: dict[str, Path], out_dir: Path, tmp_dir: Path) -> dict[str, int]:
+    """Compose the levels' ``members.parquet`` (highest identity first) into id -> representative at every
+    level (``clusters.parquet``) and ``cluster_sizes.parquet``; returns the clusters per level.
 
     Level k clusters the representatives of level k-1, so a sequence's level-k representative is the
     level-k representative of its level-(k-1) representative. DuckDB does the joins out of core.
     """
     from pipeline_lib.ingest import DUCKDB_MEMORY_LIMIT  # shared memory cap for DuckDB work
 
-    names = list(tsvs)
+    names = list(levels)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
     con = duckdb_connect()
     try:
         con.execute(f"SET memory_limit='{DUCKDB_MEMORY_LIMIT}'; SET temp_directory={sql_str(tmp_dir)}")
-        for lv, tsv in tsvs.items():
-            try:
-                con.execute(f"""CREATE TEMP TABLE l_{lv} AS SELECT * FROM read_csv({sql_str(tsv)}, delim='\t',
-                    header=false, columns={{'rep': 'BIGINT', 'member': 'BIGINT'}})""")
-            except duckdb.Error as exc:  # mmseqs wrote something, but not "<rep>\t<member>" ordinals
-                first = str(exc).splitlines()[0]
-                raise DataValidationError(f"mmseqs cluster table is not two integer columns: {first}",
-                                          path=str(tsv)) from exc
+        for lv, members in levels.items():
+            con.execute(f"CREATE TEMP TABLE l_{lv} AS SELECT rep, member FROM read_parquet({sql_str(members)})")
         select = [f"r_{names[0]}.id AS cluster_{names[0]}"]
         joins = []
         for prev, lv in zip(names, names[1:]):

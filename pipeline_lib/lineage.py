@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS artifacts (
 CREATE TABLE IF NOT EXISTS edges (step_id VARCHAR, artifact_id VARCHAR, direction VARCHAR);
 CREATE TABLE IF NOT EXISTS metrics (
     run_id VARCHAR, step_id VARCHAR, name VARCHAR, step BIGINT, value DOUBLE, ts TIMESTAMPTZ);
+ALTER TABLE steps ADD COLUMN IF NOT EXISTS key_parts JSON;
 """
 
 
@@ -86,6 +87,7 @@ class StepRecord:
     stats: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     step_id: str = ""
+    key_parts: dict[str, Any] = field(default_factory=dict)  # what the cache key hashes: params, inputs, code
 
     def __post_init__(self) -> None:
         if not self.step_id:
@@ -255,11 +257,13 @@ class LineageStore:
     def record_step(self, step: StepRecord) -> None:
         with self._connect() as con:
             con.execute("BEGIN")
-            con.execute("INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", [
+            con.execute("INSERT OR REPLACE INTO steps (step_id, run_id, stage, params, cache_key, status, started_at, "
+                        "ended_at, duration_s, error, tool_versions, stats, key_parts) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", [
                 step.step_id, step.run_id, step.stage, _json(step.params), step.cache_key, step.status,
                 step.started_at, step.ended_at, (step.ended_at - step.started_at).total_seconds(),
                 redact_secrets(step.error),
-                _json(step.tool_versions), _json(step.stats)])
+                _json(step.tool_versions), _json(step.stats), _json(step.key_parts) if step.key_parts else None])
             for direction, arts in (("input", step.inputs), ("output", step.outputs)):
                 for a in arts:
                     con.execute("INSERT OR IGNORE INTO artifacts VALUES (?,?,?,?,?,?,?,?)", [
@@ -345,9 +349,26 @@ class LineageStore:
             if exc.candidates:   # an ambiguous run prefix: the error lists the runs
                 raise
             raise PipelineError(f"nothing in lineage matches {path_or_id!r}") from None
-        return {"run": run, "steps": self.query(
-            "SELECT stage, status, duration_s, cache_key, step_id FROM steps WHERE run_id=? ORDER BY started_at",
-            [run["run_id"]])}
+        steps = self.query("SELECT stage, status, duration_s, cache_key, step_id, started_at, key_parts FROM steps "
+                           "WHERE run_id=? ORDER BY started_at", [run["run_id"]])
+        for s in steps:
+            parts = s.pop("key_parts")
+            if s["status"] == "completed" and parts:
+                s["why"] = self.rerun_reasons(s["stage"], json.loads(parts), s.pop("started_at"))
+            else:
+                s.pop("started_at")
+        return {"run": run, "steps": steps}
+
+    def rerun_reasons(self, stage: str, key_parts: dict[str, Any], before: datetime | None = None) -> list[str]:
+        """Why a step of ``stage`` with these key parts ran: what differs from the closest earlier step of the
+        stage (the one with the fewest differences, among the last 50), in words."""
+        from pipeline_lib.stage_code import explain_rerun
+
+        rows = self.query("SELECT key_parts FROM steps WHERE stage=? AND key_parts IS NOT NULL"
+                          + (" AND started_at < ?" if before else "") + " ORDER BY started_at DESC LIMIT 50",
+                          [stage, before] if before else [stage])
+        return min((explain_rerun(json.loads(r["key_parts"]), key_parts) for r in rows), key=len,
+                   default=explain_rerun(None, key_parts))
 
     def trace(self, path_or_id: str, max_depth: int = 32) -> list[dict[str, Any]]:
         """Walk back from an artifact: each producing step with its params, tool versions and inputs."""

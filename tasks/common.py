@@ -1,6 +1,9 @@
 """What every stage task shares: the run context, the content-addressed stage cache, lineage records.
 
-A stage's cache key hashes its parameters, the content hashes of its inputs and the code version.
+A stage's cache key hashes its parameters, the content hashes of its inputs and the code that stage runs
+(pipeline_lib/stage_code.py: the syntax trees of its task function and of the library modules it imports,
+docstrings and comments left out, plus a per-stage version number). The key's parts are kept in lineage, so a
+stage that runs says why ("code of pipeline_lib/cluster.py changed", "parameter levels[1].min_seq_id changed").
 Its outputs live in ``<workdir>/stages/<stage>/<key16>/`` with a ``_SUCCESS.json`` marker written
 last (the datatrove "completions" idea), and the directory is built under a temporary name and renamed:
 a killed stage leaves no partial output under the final name, a re-run with nothing changed skips the
@@ -37,6 +40,7 @@ from pipeline_lib.errors import PipelineError, TransientError
 from pipeline_lib.io import atomic_dir, stable_hash, write_json_atomic
 from pipeline_lib.lineage import ArtifactRecord, LineageStore, PendingLineage, StepRecord, artifact_for, utcnow
 from pipeline_lib.locks import FileLock
+from pipeline_lib.stage_code import stage_code
 from pipeline_lib.storage import ObjectStore, stage_dir_of
 from tasks.artifacts import progress_artifacts, results_with_progress, stage_table
 
@@ -44,14 +48,15 @@ __all__ = ["RunContext", "StageOutput", "Produced", "run_stage", "code_version",
            "lineage_task", "resolve", "WithLineage"]
 
 MARKER = "_SUCCESS.json"
-# packages whose code cannot change any stage's output: editing them must not invalidate caches
+# packages whose code cannot change any stage's output: left out of the run's code version
 NOT_DATA_CODE = {"dashboard"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """Package version + hash of the library and task sources (any code change invalidates caches)."""
+    """Package version + hash of the library and task sources: which code a run ran, in its lineage record.
+    Cache keys do not use it: each stage's key covers the code of that stage (pipeline_lib/stage_code.py)."""
     h = hashlib.sha256()
     for pkg in ("pipeline_lib", "tasks"):
         for f in sorted((ROOT / pkg).rglob("*.py")):
@@ -303,6 +308,26 @@ def _record_failure(ctx: RunContext, step: StepRecord) -> None:
                        str(exc))
 
 
+def _input_names(inputs: list[ArtifactRecord]) -> dict[str, str]:
+    """``{kind:file name: content hash}``: what a stage read, named without the workdir (for explanations)."""
+    out: dict[str, str] = {}
+    for a in inputs:
+        name = f"{a.kind}:{Path(a.path).name}"
+        n = 2
+        while name in out:
+            name, n = f"{a.kind}:{Path(a.path).name}#{n}", n + 1
+        out[name] = a.content_hash
+    return out
+
+
+def _rerun_reasons(ctx: RunContext, stage: str, key_parts: dict[str, Any]) -> list[str]:
+    """Why this stage runs, from its key parts against the closest earlier step of the stage in lineage."""
+    try:
+        return LineageStore(ctx.lineage_path, create=False).rerun_reasons(stage, key_parts)
+    except Exception as exc:  # an explanation never fails a stage (no lineage file yet, a busy one)
+        return [f"no earlier step to compare with ({type(exc).__name__})"]
+
+
 def run_stage(ctx: RunContext, stage: str, params: dict[str, Any], inputs: list[ArtifactRecord],
               compute: Callable[[Path], tuple[list[Produced], dict[str, Any], dict[str, str]]],
               *, cache: bool = True, resumable: bool = False) -> StageOutput:
@@ -313,8 +338,10 @@ def run_stage(ctx: RunContext, stage: str, params: dict[str, Any], inputs: list[
     Records one lineage step (completed / cached / failed) with inputs, outputs and edges.
     """
     log = logger()
+    code = stage_code(compute, stage)
     key = stable_hash({"stage": stage, "params": params, "inputs": sorted(a.content_hash for a in inputs),
-                       "code": code_version()})
+                       "code": code.digest})
+    key_parts = {"params": params, "inputs": _input_names(inputs), "code": code.parts()}
     final = Path(ctx.workdir) / "stages" / stage / key[:16]
     store, rel = ObjectStore.from_settings(ctx.storage), f"stages/{stage}/{key[:16]}"
     named = (lambda arts: [store.published(a, ctx.workdir) for a in arts]) if store else list  # lineage names
@@ -331,7 +358,8 @@ def run_stage(ctx: RunContext, stage: str, params: dict[str, Any], inputs: list[
                 data = _sync_remote(store, final, rel, data)
             if data is None:
                 status = "completed"
-                log.info("%s: running (cache key %s)", stage, key[:16])
+                log.info("%s: running (cache key %s): %s", stage, key[:16],
+                         "; ".join(_rerun_reasons(ctx, stage, key_parts)[:6]))
                 if store:
                     _materialise_inputs(store, ctx.workdir, inputs)
                 with progress_artifacts():  # long work inside shows as progress bars in the Prefect UI
@@ -342,12 +370,13 @@ def run_stage(ctx: RunContext, stage: str, params: dict[str, Any], inputs: list[
                 log.info("%s: cached, skipping (cache key %s)", stage, key[:16])
     except BaseException as exc:
         _record_failure(ctx, StepRecord(ctx.run_id, stage, params, key, "failed", started, utcnow(),
-                                        inputs=named(inputs), error=f"{type(exc).__name__}: {exc}"[:4000]))
+                                        inputs=named(inputs), error=f"{type(exc).__name__}: {exc}"[:4000],
+                                        key_parts=key_parts))
         raise
     outputs = {k: ArtifactRecord(**v) for k, v in data["outputs"].items()}
     ctx.store.record_step(StepRecord(ctx.run_id, stage, params, key, status, started, utcnow(),
                                      inputs=named(inputs), outputs=named(list(outputs.values())),
-                                     tool_versions=data["tool_versions"], stats=data["stats"]))
+                                     tool_versions=data["tool_versions"], stats=data["stats"], key_parts=key_parts))
     out = StageOutput(stage, key, str(final), status == "cached", outputs, data["stats"], data["tool_versions"],
                       url=store.url_of(rel) if store and cache else None)
     stage_table(out)  # the stage's counts as a table artifact in the Prefect UI (no-op outside a run)

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline_lib import schemas
-from pipeline_lib.cluster import cluster_sequences
+from pipeline_lib.cluster import assemble_clusters
+from pipeline_lib.cluster import cluster_level as cluster_level_members
 from pipeline_lib.config import Config
 from pipeline_lib.errors import DataValidationError
 from pipeline_lib.ingest import ingest_fasta
@@ -134,24 +135,48 @@ def ingest(ctx: RunContext, cfg: Config, source: StageOutput) -> StageOutput:
     return run_stage(ctx, "ingest", cfg.ingest.model_dump(mode="json"), inputs, compute)
 
 
-@lineage_task(name="cluster")
-def cluster(ctx: RunContext, cfg: Config, ingested: StageOutput) -> StageOutput:
-    """Stage 3: multi-level MMseqs2 clustering."""
+@lineage_task(name="cluster_level")
+def cluster_level(ctx: RunContext, cfg: Config, ingested: StageOutput, index: int,
+                  previous: StageOutput | None = None) -> StageOutput:
+    """Stage 3a: one MMseqs2 level, cached on its own: its key holds this level's parameters and the previous
+    level's result, so changing a coarser level re-runs that level and the ones after it only."""
+    level = cfg.cluster.levels[index]
     seqs = ingested.outputs["sequences.parquet"]
     mm = MMseqs(binary=cfg.cluster.binary, threads=cfg.cluster.threads)
     # threads change speed, not results: keep them out of the cache key
-    params = cfg.cluster.model_dump(mode="json", exclude={"threads"}) | {"mmseqs_version": mm.version()}
+    params = {"level": level.model_dump(mode="json"), "binary": cfg.cluster.binary, "mmseqs_version": mm.version()}
+    inputs = [seqs, *([previous.outputs["members.parquet"]] if previous else [])]
 
     def compute(tmp: Path):
-        res = cluster_sequences(Path(seqs.path), tmp, cfg.cluster, tmp / "_mmseqs")
+        res = cluster_level_members(Path(seqs.path), level, tmp, tmp / "_mmseqs", mm,
+                                    previous=Path(previous.outputs["members.parquet"].path) if previous else None)
         _rm(tmp / "_mmseqs")
-        produced = [Produced("clusters.parquet", "clusters", res.sequences,
-                             meta={"levels": [lv.name for lv in cfg.cluster.levels]}),
-                    Produced("cluster_sizes.parquet", "cluster_sizes")]
-        stats = {"sequences": res.sequences, "clusters_per_level": res.clusters_per_level, "commands": res.commands}
+        produced = [Produced("members.parquet", "cluster_members", res.members, meta={"level": level.name})]
+        stats = {"level": level.name, "sequences": res.members, "clusters": res.clusters, "commands": [res.command]}
         return produced, stats, {"mmseqs": res.mmseqs_version}
 
-    return run_stage(ctx, "cluster", params, [seqs], compute)
+    return run_stage(ctx, "cluster_level", params, inputs, compute)
+
+
+@lineage_task(name="cluster")
+def cluster(ctx: RunContext, cfg: Config, ingested: StageOutput, levels: list[StageOutput]) -> StageOutput:
+    """Stage 3b: the levels composed into each sequence's representative at every level."""
+    seqs = ingested.outputs["sequences.parquet"]
+    names = [lv.name for lv in cfg.cluster.levels]
+    members = [out.outputs["members.parquet"] for out in levels]
+
+    def compute(tmp: Path):
+        per_level = assemble_clusters(Path(seqs.path), {n: Path(m.path) for n, m in zip(names, members)}, tmp,
+                                      tmp / "_duckdb")
+        _rm(tmp / "_duckdb")
+        rows = pq.ParquetFile(tmp / "clusters.parquet").metadata.num_rows
+        produced = [Produced("clusters.parquet", "clusters", rows, meta={"levels": names}),
+                    Produced("cluster_sizes.parquet", "cluster_sizes")]
+        stats = {"sequences": rows, "clusters_per_level": per_level,
+                 "commands": [c for out in levels for c in out.stats.get("commands", [])]}
+        return produced, stats, {k: v for out in levels for k, v in out.tool_versions.items()}
+
+    return run_stage(ctx, "cluster", {"levels": names}, [seqs, *members], compute)
 
 
 @lineage_task(name="split")

@@ -64,8 +64,8 @@ def test_progress_and_summary_artifacts(data_run):
     res, arts, _ = data_run
     bars = [a for a in arts if a.type == "progress"]
     assert any(a.key.startswith("ingest-in-fa") and float(a.data) == 100.0 for a in bars)
-    mmseqs = next(a for a in bars if a.key == "mmseqs-cluster")  # updated after each of the 2 levels
-    assert float(mmseqs.data) == 100.0 and "2 levels / 2 levels" in mmseqs.description
+    levels = [a for a in arts if a.key == "cluster-level-counts" and a.type == "table"]  # a task per level
+    assert len(levels) == 2 and all("clusters" in {r["count"] for r in json.loads(a.data)} for a in levels)
     summary = next(a for a in arts if a.type == "markdown" and a.key == "demo-summary")
     assert res.run_id in summary.data
     for stage in ("ingest", "cluster", "split", "shards"):

@@ -58,7 +58,7 @@ def test_next_level_input_is_in_row_order_so_reruns_give_the_same_clusters(clust
     """mmseqs writes a level's representatives in an order that changes with thread timing, and the next level
     breaks ties by input order: the next level must read the representatives in row order instead."""
     _, _, rows, d = clustered
-    text = (d / "tmp" / "c90_next_input.fasta").read_text()
+    text = (d / "tmp" / "level_c50" / "mmseqs" / "level_input.fasta").read_text()   # c50 reads c90's reps
     ids = [int(line[1:]) for line in text.splitlines() if line.startswith(">")]
     reps = sorted({r["cluster_c90"] for r in rows})
     assert ids == sorted(ids) and len(ids) == len(reps)
@@ -72,7 +72,7 @@ def test_next_level_input_is_in_row_order_so_reruns_give_the_same_clusters(clust
 def test_mmseqs_workflow_steps_are_read_from_its_own_output(clustered):
     """At verbosity 3 an mmseqs workflow names each module it starts; the adapter reads them off the real log."""
     _, _, _, d = clustered
-    lines = (d / "tmp" / "mmseqs.log").read_text().splitlines()
+    lines = (d / "tmp" / "level_c90" / "mmseqs" / "mmseqs.log").read_text().splitlines()
     steps = [s for s in map(MMseqs(binary="mmseqs").step_of, lines) if s]
     assert steps[:3] == ["createdb", "linclust", "kmermatcher"]
     assert {"clust", "createtsv", "result2repseq"} <= set(steps)

@@ -35,9 +35,10 @@ def test_runs_steps_and_stage_summary(demo):
     _, res = demo
     runs = {r["run_id"]: r for r in data.list_runs(res.lineage)}
     run = runs[res.run_id]
-    assert run["status"] == "completed" and run["steps"] == 6 and run["failed"] == 0 and run["duration_s"] > 0
+    assert run["status"] == "completed" and run["steps"] == 8 and run["failed"] == 0 and run["duration_s"] > 0
     steps = data.run_steps(res.lineage, res.run_id)
-    assert [s["stage"] for s in steps] == ["fetch", "ingest", "cluster", "split", "shards_partition", "shards"]
+    assert [s["stage"] for s in steps] == ["fetch", "ingest", "cluster_level", "cluster_level", "cluster", "split",
+                                           "shards_partition", "shards"]
     assert steps[1]["stats"]["kept"] == res.stages["ingest"].stats["kept"]
     summary = {r["stage"]: r for r in data.stage_summary(steps)}
     assert summary["cluster"]["completed"] == 1 and summary["cluster"]["duration_s"] > 0
@@ -121,7 +122,7 @@ def test_lineage_graph_of_the_manifest(demo):
     g = data.lineage_graph(res.lineage, target)
     assert g.target.endswith("manifest.json")
     stages = {n["label"] for n in g.nodes if n["type"] == "step"}
-    assert stages == {"fetch", "ingest", "cluster", "split", "shards_partition", "shards"}
+    assert stages == {"fetch", "ingest", "cluster_level", "cluster", "split", "shards_partition", "shards"}
     x = figures._layers(g)
     assert all(x[a] < x[b] for a, b in g.edges)            # every edge points from source towards the target
     assert max(x.values()) == x[target] == 0

@@ -39,10 +39,11 @@ def test_trace_reaches_source_files_with_mmseqs_version(first_run):
     shard = next(p for p in res.stages["shards"].outputs.values() if p.kind == "shard")
     chain = LineageStore(res.lineage).trace(shard.path)
     stages = [s["stage"] for s in chain]
-    assert stages[0] == "shards" and {"ingest", "cluster", "split", "fetch"} <= set(stages)
+    assert stages[0] == "shards" and {"ingest", "cluster", "cluster_level", "split", "fetch"} <= set(stages)
     cluster = next(s for s in chain if s["stage"] == "cluster")
     assert json.loads(cluster["tool_versions"])["mmseqs"]
-    assert "min_seq_id" in cluster["params"]
+    levels = [json.loads(s["params"])["level"] for s in chain if s["stage"] == "cluster_level"]
+    assert sorted(lv["min_seq_id"] for lv in levels) == [0.5, 0.9]         # one step per level, each traced
     ingest = next(s for s in chain if s["stage"] == "ingest")
     assert any(i["kind"] == "source_fasta" and "pyswrd" in i["path"] for i in ingest["inputs"])
 
@@ -58,7 +59,8 @@ def test_rerun_is_cached_and_param_change_recomputes_only_downstream(first_run):
     statuses = LineageStore(res3.lineage).query(
         "SELECT stage, status FROM steps WHERE run_id=? ORDER BY started_at", [res3.run_id])
     assert [(r["stage"], r["status"]) for r in statuses][1:] == [
-        ("ingest", "cached"), ("cluster", "cached"), ("split", "completed"), ("shards_partition", "completed"),
+        ("ingest", "cached"), ("cluster_level", "cached"), ("cluster_level", "cached"), ("cluster", "cached"),
+        ("split", "completed"), ("shards_partition", "completed"),
         ("shards", "completed")]
 
 

@@ -336,10 +336,10 @@ def test_crashing_mmseqs_fails_the_cluster_stage_cleanly(ingested, tmp_path):
     workdir = tmp_path / "work"
     cfg = load_config(None, [f"workdir={workdir}", f"cluster.binary={binary}"])
     with pytest.raises(ToolError, match="exit code: 3"):
-        data.cluster.fn(stage_context(workdir), cfg, stage_output("ingest", {"sequences.parquet": ingested},
-                                                                  {"sequences.parquet": "sequences"}))
-    assert final_stage_dirs(workdir, "cluster") == []
-    step = failed_steps(workdir / "lineage.duckdb", "cluster")
+        data.cluster_level.fn(stage_context(workdir), cfg, stage_output("ingest", {"sequences.parquet": ingested},
+                                                                        {"sequences.parquet": "sequences"}), 0)
+    assert final_stage_dirs(workdir, "cluster_level") == []
+    step = failed_steps(workdir / "lineage.duckdb", "cluster_level")
     assert step[0]["status"] == "failed" and "exit code: 3" in step[0]["error"] and "boom" in step[0]["error"]
 
 

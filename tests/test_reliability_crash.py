@@ -42,20 +42,20 @@ exec "{real}" "$@"
 # (name, how to stop the run there, what must be finished by then, the stage whose temporary directory the
 # kill leaves: the only temporary in the workdir, since each earlier one was removed by the run that redid
 # its stage; None: killed after the stage's rename, so no temporary at all)
-DATA = ("fetch", "ingest", "cluster", "split", "shards")
+DATA = ("fetch", "ingest", "cluster_level", "cluster", "split", "shards")
 KILL_POINTS = [
     ("ingest: mid-parse, between two Parquet row groups", "pause:ingest:pyarrow.parquet:ParquetWriter.write_table@2",
      set(DATA[:1]), "ingest"),
     ("ingest: parsed, DuckDB dedupe starting", "pause:ingest:pipeline_lib.ingest_dedupe:_find_duplicates@1",
      set(DATA[:1]), "ingest"),
-    ("cluster: mmseqs running the first level (c90)", "mmseqs:c90", set(DATA[:2]), "cluster"),
-    ("cluster: between levels, mmseqs running c50", "mmseqs:c50", set(DATA[:2]), "cluster"),
+    ("cluster: mmseqs running the first level (c90)", "mmseqs:c90", set(DATA[:2]), "cluster_level"),
+    ("cluster: c90 cached as its own step, mmseqs running c50", "mmseqs:c50", set(DATA[:3]), "cluster_level"),
     ("split: splits.parquet written, quarantine.parquet not yet", "pause:split:pyarrow.parquet:write_table@1",
-     set(DATA[:3]), "split"),
+     set(DATA[:4]), "split"),
     ("split: renamed, lineage step not yet recorded", "pause:split:pipeline_lib.lineage:LineageStore.record_step@1",
-     set(DATA[:4]), None),
+     set(DATA[:5]), None),
     ("shards: between two shard writes (of a partition)",
-     "pause:shards_partition:pyarrow.parquet:ParquetWriter.write_table@3", set(DATA[:4]), "shards_partition"),
+     "pause:shards_partition:pyarrow.parquet:ParquetWriter.write_table@3", set(DATA[:5]), "shards_partition"),
     ("shards: renamed, lineage step not yet recorded", "pause:shards:pipeline_lib.lineage:LineageStore.record_step@1",
      set(DATA) | {"shards_partition"}, None),
 ]
@@ -96,7 +96,7 @@ def crashed_then_resumed(prefect_api, tmp_path_factory):
 
 def test_every_data_stage_is_killed_at_two_points_at_least():
     killed_in = [name.split(":")[0] for name, *_ in KILL_POINTS]
-    assert all(killed_in.count(stage) >= 2 for stage in DATA[1:]), killed_in
+    assert all(killed_in.count(stage) >= 2 for stage in ("ingest", "cluster", "split", "shards")), killed_in
     assert len({fault for _, fault, *_ in KILL_POINTS}) == len(KILL_POINTS)
 
 
@@ -117,7 +117,7 @@ def test_resume_reproduces_an_uninterrupted_run(crashed_then_resumed, prefect_ap
     assert_nothing_partial(workdir)
     assert artifact_hashes(workdir) == expected
     assert temporaries(workdir) == [], "the resumed run should have removed the killed runs' temporaries"
-    assert "shards     cached" in log.read_text()  # finished before the last kill: not redone
+    assert "shards       cached" in log.read_text()  # finished before the last kill: not redone
 
 
 def test_lineage_marks_every_killed_run_crashed(crashed_then_resumed):
@@ -129,7 +129,8 @@ def test_lineage_marks_every_killed_run_crashed(crashed_then_resumed):
     last = store.query("SELECT run_id FROM runs WHERE status='completed'")[0]["run_id"]
     steps = store.query("SELECT stage, status FROM steps WHERE run_id=? ORDER BY started_at", [last])
     assert [(s["stage"], s["status"]) for s in steps] == [
-        ("fetch", "completed"), ("ingest", "cached"), ("cluster", "cached"), ("split", "cached"),
+        ("fetch", "completed"), ("ingest", "cached"), ("cluster_level", "cached"), ("cluster_level", "cached"),
+        ("cluster", "cached"), ("split", "cached"),
         ("shards_partition", "cached"), ("shards", "cached")]
     # the shard files trace back to the source FASTA even though the run that wrote them was killed
     shard = next((workdir / "stages" / "shards").glob("*/train/part-00000.parquet"))

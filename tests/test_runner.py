@@ -128,12 +128,12 @@ def test_dask_local_cluster_gives_the_thread_runners_artifacts(thread_run, tmp_p
     rows = res.stages["ingest"].outputs["sequences.parquet"].rows
     partitions = -(-rows // PARTITION_ROWS)
     assert partitions >= 2
-    # fetch, ingest, cluster, split, each shard partition and the shards manifest each ran as a task on one of
-    # the two worker processes; the partitions' rows and tokens add up to the manifest's
-    assert len(done) == 5 + partitions and {t["worker"] for t in done} <= set(cluster.worker_pids)
+    # fetch, ingest, each cluster level, cluster, split, each shard partition and the shards manifest each ran as
+    # a task on one of the two worker processes; the partitions' rows and tokens add up to the manifest's
+    assert len(done) == 5 + 2 + partitions and {t["worker"] for t in done} <= set(cluster.worker_pids)
     steps = LineageStore(res.lineage).query("SELECT stage, status, stats FROM steps WHERE run_id=?", [res.run_id])
     assert sorted(s["stage"] for s in steps) == \
-        sorted(["fetch", *DATA_STAGES, *["shards_partition"] * partitions])  # kept by the workers, written here
+        sorted(["fetch", *DATA_STAGES, "cluster_level", "cluster_level", *["shards_partition"] * partitions])  # kept by the workers, written here
     assert {s["status"] for s in steps} == {"completed"}
     parts = [json.loads(s["stats"]) for s in steps if s["stage"] == "shards_partition"]
     assert sorted(p["partition"] for p in parts) == list(range(partitions))
