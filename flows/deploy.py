@@ -20,7 +20,6 @@ config's webhook when a run of the deployment fails or crashes (docs/operations.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import signal
 import sys
@@ -261,18 +260,25 @@ def add_worker_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def worker_command(args: argparse.Namespace) -> int:
-    """``prefect worker start --pool POOL --limit N`` in place of this process, with SIGINT handled.
+    """``prefect worker start --pool POOL --limit N``, run in this process with SIGINT handled.
 
     A process started in the background of a shell script (``cmd &``, ``nohup``) inherits an *ignored* SIGINT.
-    Prefect's worker answers SIGTERM by sending itself SIGINT, so such a worker ignores both and a service
-    manager's stop hangs until it kills. Restoring the default disposition here survives ``exec``, and Python
-    then installs its KeyboardInterrupt handler, which Prefect's graceful shutdown relies on.
+    Prefect's worker answers SIGTERM by sending itself SIGINT, and that signal's previous handler runs, so such a
+    worker ignores both and a service manager's stop hangs until it kills. With Python's own handler back in
+    place, SIGINT and SIGTERM stop the worker as they do in a terminal. (In this process rather than a child: a
+    child in the same process group would get a terminal's Ctrl-C twice, which Prefect takes as "kill now".)
     """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", args.pool, "--limit", str(args.limit)]
-    print("plm worker: " + " ".join(argv[1:]), flush=True)
-    os.execv(sys.executable, argv)
-    return 0  # not reached
+    from prefect.cli import app
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    argv = ["worker", "start", "--pool", args.pool, "--limit", str(args.limit)]
+    print("plm worker: prefect " + " ".join(argv), flush=True)
+    sys.argv = ["prefect", *argv]  # Prefect's CLI entry point reads its arguments there
+    try:
+        app()
+    except SystemExit as exc:  # the CLI ends by exiting; its code is the command's
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
 
 
 if __name__ == "__main__":
