@@ -242,7 +242,7 @@ def deploy_command(args: argparse.Namespace) -> int:
     print(f"deployment {dep_id}: {args.flow} on {when} ({args.timezone}) in work pool {args.pool}, "
           f"one run at a time")
     if args.paused:
-        print(f"the schedule is paused: prefect deployment schedule resume ... (docs/operations.md)")
+        print("the schedule is paused: prefect deployment schedule resume ... (docs/operations.md)")
     for run in upcoming_runs(dep_id) if not args.paused else []:
         print(f"  next run {run.name}: {run.expected_start_time:%Y-%m-%d %H:%M:%S %Z}")
     print(f"start a worker to run it:  plm worker --pool {args.pool}   (or: prefect worker start --pool {args.pool})")

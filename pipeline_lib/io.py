@@ -25,9 +25,10 @@ __all__ = [
     "stable_hash",
     "clean_temporaries",
     "sql_str",
+    "TMP_MARK",
 ]
 
-_TMP_MARK = ".tmp-"
+TMP_MARK = _TMP_MARK = ".tmp-"  # in the name of everything written before its rename
 
 
 def _tmp_name(final: Path) -> Path:

@@ -29,13 +29,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline_lib.errors import DataValidationError, PipelineError, TransientError
-from pipeline_lib.io import atomic_dir, duckdb_connect, sha256_bytes, write_json_atomic
+from pipeline_lib.io import atomic_dir, duckdb_connect, sha256_bytes
 from pipeline_lib.lineage import ArtifactRecord, artifact_for
+from pipeline_lib.stage_cache import MARKER, write_marker
 
 __all__ = ["ObjectStore", "StorageError", "open_url", "stage_dir_of", "read_manifest", "shard_table",
            "verify_manifest", "duckdb_connection", "MARKER"]
 
-MARKER = "_SUCCESS.json"
 
 
 class StorageError(TransientError):
@@ -175,7 +175,7 @@ class ObjectStore:
                     if not got.exists() or artifact_for(got, art["kind"]).content_hash != art["content_hash"]:
                         raise DataValidationError(f"output {name!r} is missing or differs from its marker's "
                                                   "content hash", path=f"{url}/{path.relative_to(local_dir)}")
-            write_json_atomic(tmp / MARKER, local)
+            write_marker(tmp, local_dir, local)
         return local
 
     def published(self, art: ArtifactRecord, workdir: str | Path) -> ArtifactRecord:

@@ -5,7 +5,8 @@ A stage's cache key hashes its parameters, the content hashes of its inputs and 
 docstrings and comments left out, plus a per-stage version number). The key's parts are kept in lineage, so a
 stage that runs says why ("code of pipeline_lib/cluster.py changed", "parameter levels[1].min_seq_id changed").
 Its outputs live in ``<workdir>/stages/<stage>/<key16>/`` with a ``_SUCCESS.json`` marker written
-last (the datatrove "completions" idea), and the directory is built under a temporary name and renamed:
+last (the datatrove "completions" idea; the protocol is pipeline_lib/stage_cache.py, shared with the shard
+partitions, structure and MSA batches), and the directory is built under a temporary name and renamed:
 a killed stage leaves no partial output under the final name, a re-run with nothing changed skips the
 stage ("cached"), and changing one stage's parameters recomputes that stage and what depends on it.
 
@@ -18,10 +19,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import logging
 import os
-import shutil
 import socket
 import threading
 import uuid
@@ -37,9 +36,10 @@ from prefect.logging import get_run_logger
 
 from pipeline_lib import __version__
 from pipeline_lib.errors import PipelineError, TransientError
-from pipeline_lib.io import atomic_dir, stable_hash, write_json_atomic
+from pipeline_lib.io import atomic_dir, stable_hash
 from pipeline_lib.lineage import ArtifactRecord, LineageStore, PendingLineage, StepRecord, artifact_for, utcnow
 from pipeline_lib.locks import FileLock
+from pipeline_lib.stage_cache import claim, read_marker, write_marker
 from pipeline_lib.stage_code import stage_code
 from pipeline_lib.storage import ObjectStore, stage_dir_of
 from tasks.artifacts import progress_artifacts, results_with_progress, stage_table
@@ -47,7 +47,6 @@ from tasks.artifacts import progress_artifacts, results_with_progress, stage_tab
 __all__ = ["RunContext", "StageOutput", "Produced", "run_stage", "code_version", "retry_transient", "logger",
            "lineage_task", "resolve", "WithLineage"]
 
-MARKER = "_SUCCESS.json"
 # packages whose code cannot change any stage's output: left out of the run's code version
 NOT_DATA_CODE = {"dashboard"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,24 +239,6 @@ def _in_place(final: Path):
     yield final
 
 
-def _load_marker(directory: Path) -> dict[str, Any] | None:
-    marker = directory / MARKER
-    if not marker.is_file():
-        return None
-    data = json.loads(marker.read_text())
-    for art in data["outputs"].values():
-        p = Path(art["path"])
-        if not p.exists() or (p.is_file() and p.stat().st_size != art["bytes"]):
-            return None  # outputs deleted or changed since: recompute
-    return data
-
-
-def _remove_temporaries(final: Path) -> None:
-    """What killed runs left while building ``final`` (``<key16>.tmp-<pid>-<rand>``); call under its lock."""
-    for tmp in final.parent.glob(f"{final.name}.tmp-*"):
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-
-
 def _build(final: Path, stage: str, key: str, params: dict[str, Any],
            compute: Callable[[Path], tuple[list[Produced], dict[str, Any], dict[str, str]]],
            resumable: bool) -> dict[str, Any]:
@@ -266,13 +247,9 @@ def _build(final: Path, stage: str, key: str, params: dict[str, Any],
         produced, stats, tools = compute(tmp)
         outputs = {p.name: asdict(artifact_for(p.path or tmp / p.name, p.kind, rows=p.rows, meta=p.meta,
                                              content_hash=p.content_hash)) for p in produced}
-        for art in outputs.values():  # files made in the stage directory: point at its final name
-            if Path(art["path"]).is_relative_to(tmp.resolve()):
-                art["path"] = str(final / Path(art["path"]).relative_to(tmp.resolve()))
         data = {"stage": stage, "cache_key": key, "params": params, "outputs": outputs,
                 "stats": stats, "tool_versions": tools, "finished_at": utcnow().isoformat()}
-        write_json_atomic(tmp / MARKER, data)
-    return data
+        return write_marker(tmp, final, data)  # last: the directory counts as finished from here
 
 
 def _sync_remote(store: ObjectStore, final: Path, rel: str, data: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -294,7 +271,7 @@ def _materialise_inputs(store: ObjectStore, workdir: str, inputs: list[ArtifactR
     for rel in sorted({stage_dir_of(a.path, workdir) for a in inputs} - {None}):
         final = Path(workdir) / rel
         with FileLock(final.with_name(final.name + ".lock"), sink=logger().warning, note=f"download of {rel}"):
-            if _load_marker(final) is None and store.materialise(rel, final) is None:
+            if read_marker(final) is None and store.materialise(rel, final) is None:
                 raise PipelineError(f"input stage {rel} is neither in {final} nor finished in {store.url_of(rel)}")
 
 
@@ -349,11 +326,9 @@ def run_stage(ctx: RunContext, stage: str, params: dict[str, Any], inputs: list[
     status = "cached"
     try:
         # One process at a time per stage key: a concurrent run waits here (saying for whom), then finds the
-        # result cached. Only this key's temporaries are removed, and only under its lock, so a stage that
-        # another run is building is never touched. The kernel drops the lock when its holder dies.
-        with FileLock(final.with_name(final.name + ".lock"), sink=log.warning, note=f"{stage} of run {ctx.run_id}"):
-            _remove_temporaries(final)
-            data = _load_marker(final) if cache else None
+        # result cached; what killed runs left of this key is removed (pipeline_lib/stage_cache.py).
+        with claim(final, note=f"{stage} of run {ctx.run_id}", sink=log.warning):
+            data = read_marker(final) if cache else None
             if store and cache:
                 data = _sync_remote(store, final, rel, data)
             if data is None:

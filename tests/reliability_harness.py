@@ -227,7 +227,7 @@ def assert_nothing_partial(workdir: Path, skip: tuple[str, ...] = ()) -> None:
             marker = entry / MARKER
             assert marker.is_file(), f"stage directory without {MARKER}: {entry}"
             for name, art in json.loads(marker.read_text())["outputs"].items():
-                p = Path(art["path"])
+                p = entry / art["path"]   # outputs inside the directory are named relative to it
                 assert p.exists(), f"{entry}: output {name} missing"
                 if p.is_file():
                     assert p.stat().st_size == art["bytes"] and sha256_file(p) == art["content_hash"], \

@@ -97,7 +97,7 @@ def test_commands_recorded_for_lineage_and_marker_written(family_build):
     assert "--msa-format-mode" in r.commands[3] and r.mmseqs_version
     marker = json.loads((r.batch_dir / MARKER).read_text())
     assert marker == json.loads(json.dumps(r.record())) and marker["depths"] == r.depths
-    assert sorted(p.name for p in r.batch_dir.iterdir()) == ["DONE.json", "a3m", "mmseqs.log", "queries.fasta"]
+    assert sorted(p.name for p in r.batch_dir.iterdir()) == ["_SUCCESS.json", "a3m", "mmseqs.log", "queries.fasta"]
 
 
 def test_batch_outputs_feed_store_and_shards(family_build, tmp_path):

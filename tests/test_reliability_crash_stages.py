@@ -33,7 +33,7 @@ from tests.reliability_harness import (
 
 __all__ = ["prefect_api"]  # the fixture, re-exported so pytest finds it here
 
-BATCH_MARKER = "DONE.json"  # pipeline_lib.msa.build.MARKER
+BATCH_MARKER = "_SUCCESS.json"  # pipeline_lib.stage_cache.MARKER, as for every cached unit
 TRAIN_PAUSE_STEP = 5  # checkpoints at 3 and 6: killed in step 5, resumed from 3
 STAGES = ("structures", "msa")
 
@@ -155,7 +155,7 @@ def batch_hashes(workdir: Path) -> dict[str, dict[str, str]]:
 def final_weights(workdir: Path) -> dict[str, torch.Tensor]:
     (ckpt,) = [a for a in json.loads((train_dir(workdir) / MARKER).read_text())["outputs"].values()
                if a["kind"] == "checkpoint"]
-    return load_file(str(Path(ckpt["path"]) / "model.safetensors"))
+    return load_file(str(train_dir(workdir) / ckpt["path"] / "model.safetensors"))  # relative to the stage
 
 
 def assert_no_partial_batch_or_checkpoint(workdir: Path) -> None:
@@ -209,12 +209,15 @@ KILL_POINTS = [
     ("structures: batch done, between two SaProt shard writes", "pause:structures:pyarrow.parquet:write_table@2",
      DATA | {"structures_batch"}, "structures"),
     # marker writes in pipeline_lib.msa.build: the target DB's, then one per batch: pause before the 2nd batch's
-    ("msa: one batch finished, the other about to be marked done", "pause:*:pipeline_lib.msa.build:write_json_atomic@3",
-     STRUCTURES, "msa_batches"),
+    # (an MSA batch is finished under the same marker as a stage: from the first one on, msa_batches counts)
+    ("msa: one batch finished, the other about to be marked done", "pause:*:pipeline_lib.msa.build:write_marker@3",
+     STRUCTURES | {"msa_batches"}, "msa_batches"),
     ("msa: batches done, msas.parquet written, token shards not yet",
-     "pause:msa:pipeline_lib.msa.stage:write_msa_shards@1", STRUCTURES, "msa"),
-    ("train: in step 5, last checkpoint at step 3", f"train:{TRAIN_PAUSE_STEP}", STRUCTURES | {"msa"}, None),
-    ("train: last step checkpointed, Hugging Face export half written", "train:export", STRUCTURES | {"msa"}, None),
+     "pause:msa:pipeline_lib.msa.stage:write_msa_shards@1", STRUCTURES | {"msa_batches"}, "msa"),
+    ("train: in step 5, last checkpoint at step 3", f"train:{TRAIN_PAUSE_STEP}", STRUCTURES | {"msa_batches", "msa"},
+     None),
+    ("train: last step checkpointed, Hugging Face export half written", "train:export",
+     STRUCTURES | {"msa_batches", "msa"}, None),
 ]
 
 
@@ -314,7 +317,7 @@ def test_resume_reproduces_an_uninterrupted_run(crashed_then_resumed, reference)
     # the export the last kill interrupted was redone from the step-6 checkpoint, without training again
     assert sha256_file(train_dir(workdir) / "hf" / "model.safetensors") == \
         sha256_file(train_dir(reference) / "hf" / "model.safetensors")
-    assert "structures cached" in log.read_text() and "msa        cached" in log.read_text()
+    assert "structures   cached" in log.read_text() and "msa          cached" in log.read_text()
 
 
 def test_resumed_runs_leave_no_temporaries(crashed_then_resumed):

@@ -6,7 +6,7 @@
         for msa in res.read_msas(): ...
 
 A batch directory holds ``queries.fasta``, ``a3m/<query id>.a3m`` (query first, header = the query id,
-hits with mmseqs headers), ``mmseqs.log`` and the completion marker ``DONE.json`` (key, argv lists,
+hits with mmseqs headers), ``mmseqs.log`` and the completion marker ``_SUCCESS.json`` (key, argv lists,
 mmseqs version, depths). It is written under a temporary name and renamed (``atomic_dir``); a rerun
 with the same key (queries, target fingerprint, search parameters, mmseqs version) returns the
 recorded result without running mmseqs. The commands run with the work dir as CWD, so the recorded
@@ -15,7 +15,6 @@ argv lists name intermediates by relative paths and stay the same from run to ru
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -29,18 +28,17 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipeline_lib.errors import DataValidationError
-from pipeline_lib.io import atomic_dir, atomic_path, stable_hash, write_json_atomic
+from pipeline_lib.io import atomic_dir, atomic_path, stable_hash
 from pipeline_lib.msa.a3m import Msa, parse_a3m, read_a3m
 from pipeline_lib.msa.commands import A3M_DIR, TargetDb, is_mmseqs_db, msa_commands, target_commands
-from pipeline_lib.locks import FileLock
 from pipeline_lib.msa.config import MsaConfig
 from pipeline_lib.progress import Progress
+from pipeline_lib.stage_cache import MARKER, claim, read_marker, write_marker
 from pipeline_lib.tools.mmseqs import MMseqs
 
 __all__ = ["BatchResult", "build_msa_batch", "build_msas", "prepare_target", "iter_query_batches",
            "read_queries", "write_target_fasta", "MARKER"]
 
-MARKER = "DONE.json"
 Query = tuple[str, str]
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -132,15 +130,16 @@ def prepare_target(source: str | os.PathLike[str], out_dir: str | os.PathLike[st
               else TargetDb(out / "db", out / "db"))
     key = stable_hash({"fasta": _file_fingerprint(src), "mmseqs": tool.version(),
                        "expand": cfg.expand.model_dump(mode="json") if cfg.expand.enabled else None})
-    marker = out / MARKER
-    if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
-        return target
-    cmds = target_commands(src, Path("db"), Path("."), cfg, tool.threads)
-    with atomic_dir(out) as tmp:
-        for argv in cmds:
-            tool.run(*argv[1:], cwd=tmp, log_file=tmp / "mmseqs.log")
-        shutil.rmtree(tmp / "tmp_linclust", ignore_errors=True)
-        write_json_atomic(tmp / MARKER, {"key": key, "commands": cmds, "mmseqs_version": tool.version()})
+    with claim(out, note=f"msa target {out.name}"):
+        done = read_marker(out)
+        if done is not None and done.get("key") == key:
+            return target
+        cmds = target_commands(src, Path("db"), Path("."), cfg, tool.threads)
+        with atomic_dir(out) as tmp:
+            for argv in cmds:
+                tool.run(*argv[1:], cwd=tmp, log_file=tmp / "mmseqs.log")
+            shutil.rmtree(tmp / "tmp_linclust", ignore_errors=True)
+            write_marker(tmp, out, {"key": key, "commands": cmds, "mmseqs_version": tool.version()})
     return target
 
 
@@ -228,16 +227,12 @@ def build_msa_batch(batch_queries: Sequence[Query], target_db: TargetDb | str | 
     target = _resolve_target(target_db, cfg)
     version = tool.version()
     key = _batch_key(queries, target, cfg, version)
-    # One builder per batch directory: a concurrent run waits, then reuses the batch. Under the lock, what a
-    # killed run left (``batch-N.tmp-<pid>-<rand>``) can be removed: no live run is building it.
-    with FileLock(out.with_name(out.name + ".lock"), note=f"msa batch {out.name}"):
-        for tmp in out.parent.glob(f"{out.name}.tmp-*"):
-            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        marker = out / MARKER
-        if marker.is_file():
-            rec = json.loads(marker.read_text())
-            if rec.get("key") == key:
-                return BatchResult.from_record(rec, out, reused=True)
+    # One builder per batch directory: a concurrent run waits, then reuses the batch; what a killed run left
+    # (``batch-N.tmp-<pid>-<rand>``) is removed under the lock (pipeline_lib/stage_cache.py).
+    with claim(out, note=f"msa batch {out.name}"):
+        rec = read_marker(out)
+        if rec is not None and rec.get("key") == key:
+            return BatchResult.from_record(rec, out, reused=True)
         return _build_batch(queries, tool, target, out, key, version, cfg)
 
 
@@ -258,7 +253,7 @@ def _build_batch(queries: list[Query], tool: MMseqs, target: TargetDb | Path, ou
         shutil.rmtree(work)
         result = BatchResult(out, key, tuple(q for q, _ in queries), files, depths, cmds, version,
                              round(time.perf_counter() - start, 3))
-        write_json_atomic(tmp / MARKER, result.record())
+        write_marker(tmp, out, result.record())
     return result
 
 
