@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 CONFIG ?= configs/demo.yaml
 
-.PHONY: install browser demo data test bench clean
+.PHONY: install browser demo data lint test bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
 	  echo "chromium not installed: the dashboard browser tests will skip, or fail with CI=true (apt-get install chromium chromium-driver)"
+
+# ruff (pyflakes, pycodestyle, bugbear, import order, pyupgrade) on the whole tree, mypy on the library
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test: install browser
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q -p no:cacheprovider tests

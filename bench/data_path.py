@@ -61,7 +61,7 @@ def generate(path: Path, size_bytes: int, seed: int = 0) -> tuple[int, int]:
 class Timer:
     """Wall and process CPU seconds (all threads) of a block."""
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self.t, self.c = time.perf_counter(), time.process_time()
         return self
 

@@ -241,7 +241,7 @@ def _report(args: argparse.Namespace, first: dict, runs: dict[str, list[dict]]) 
     print("\nPython-side time per run (wall outside the mmseqs calls, same run, so machine load cancels):")
     for mode in ("build", "full"):
         own = [r["seconds"] - r["mmseqs_seconds"] for r in runs[mode]]
-        share = [100 * o / r["mmseqs_seconds"] for o, r in zip(own, runs[mode])]
+        share = [100 * o / r["mmseqs_seconds"] for o, r in zip(own, runs[mode], strict=False)]
         print(f"- {mode}: {statistics.median(own):.2f} s = {statistics.median(share):.1f}% of the mmseqs time")
 
 

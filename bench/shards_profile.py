@@ -56,7 +56,8 @@ def main() -> None:
     tokens = table.select(["tokens"])
     for level_ in (1, 3):
         timed(f"tokens column alone, binary, zstd {level_}",
-              lambda: pq.write_table(tokens, work / "t.parquet", compression="zstd", compression_level=level_,
+              lambda level_=level_: pq.write_table(tokens, work / "t.parquet", compression="zstd",
+                                                   compression_level=level_,
                                      row_group_size=8192, use_dictionary=False))
     as_lists = pa.table({"tokens": pa.chunked_array([tokenize_array(c) for c in
                                                      pq.read_table(seqs, columns=["sequence"]).slice(0, table.num_rows)

@@ -9,7 +9,8 @@ runs them packed (block-diagonal attention: SDPA mask on CPU, flash varlen on CU
 Hugging Face baseline runs them padded to the longest sequence of the step, full logits + labels, its
 default attention. Every implementation uses the same AdamW (fused on GPU); a size that runs out of
 memory prints a row saying so and the benchmark goes on. One step = forward, backward, AdamW. Reported:
-non-padding tokens/s, step time, padding share, peak GPU memory and MFU = 6 N tokens/s / peak, where peak is the vendor bf16 figure on GPUs and, on CPU, the measured
+non-padding tokens/s, step time, padding share, peak GPU memory and MFU = 6 N tokens/s / peak, where peak is
+the vendor bf16 figure on GPUs and, on CPU, the measured
 fp32 matmul rate of this machine (so CPU MFU reads "share of what a large matmul reaches here").
 Prints a markdown table, then a line per size: our packed tokens/s over the baseline's, and on a GPU whether the
 targets of #5 are met (>= 2.5x the baseline; >= 50 % MFU at 650M).
@@ -35,7 +36,6 @@ from pipeline_lib.tokenizer import ESM_ALPHABET  # noqa: E402
 from pipeline_lib.train.batching import IGNORE, Batch, Batcher, Masker, Sample  # noqa: E402
 from pipeline_lib.train.metrics import device_peak_tflops  # noqa: E402
 from pipeline_lib.train.synthetic import uniref_like_lengths  # noqa: E402
-
 
 IMPLS = {"ours-packed": ("ours", "packed"), "ours-padded": ("ours", "padded"),
          "hf": ("transformers EsmForMaskedLM", "padded")}

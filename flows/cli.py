@@ -111,7 +111,8 @@ def _print_summary(result) -> None:
         print(f"SaProt:     {Path(result.stages['structures'].directory) / 'shards'}")
     if "msa" in result.stages:
         print(f"MSAs:       {Path(result.stages['msa'].directory) / 'shards'}")
-    print(f"quarantine: {ing.path('quarantine.parquet')} (+ split stage: {result.stages['split'].path('quarantine.parquet')})")
+    split_quarantine = result.stages["split"].path("quarantine.parquet")
+    print(f"quarantine: {ing.path('quarantine.parquet')} (+ split stage: {split_quarantine})")
     print(f"lineage:    {result.lineage}   (plm lineage runs | show | trace)")
     if result.report:
         print(f"report:     {result.report}   (static HTML: plm report RUN_ID --out FILE writes the same)")

@@ -55,8 +55,9 @@ def run_data_stages(ctx, cfg: Config, release: data.ReleaseCheck | None = None) 
                for i, rows in enumerate(data.shard_partitions(cfg, ingested))]
     partitions = resolve_all(ctx, futures, "shard-partitions", "partitions")  # partitions done, in the UI
     sharded = resolve(ctx, data.shards.submit(ctx, cfg, ingested, clustered, splitted, partitions))
-    return {"fetch": source, "ingest": ingested, **{f"cluster_{lv.name}": out for lv, out in zip(cfg.cluster.levels, levels)},
-            "cluster": clustered, "split": splitted, "shards": sharded}
+    per_level = {f"cluster_{lv.name}": out for lv, out in zip(cfg.cluster.levels, levels, strict=True)}
+    return {"fetch": source, "ingest": ingested, **per_level, "cluster": clustered, "split": splitted,
+            "shards": sharded}
 
 
 @flow(name="data_refresh", log_prints=True)

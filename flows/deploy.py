@@ -142,8 +142,13 @@ def deploy(config_path: str, cron: str | None = None, name: str | None = None, w
 def upcoming_runs(deployment_id: UUID, limit: int = 3) -> list[Any]:
     """The deployment's next scheduled flow runs, soonest first (what the server's scheduler created)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
-                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
 

@@ -166,7 +166,7 @@ def assemble_clusters(sequences: Path, levels: dict[str, Path], out_dir: Path, t
             con.execute(f"CREATE TEMP TABLE l_{lv} AS SELECT rep, member FROM read_parquet({sql_str(members)})")
         select = [f"r_{names[0]}.id AS cluster_{names[0]}"]
         joins = []
-        for prev, lv in zip(names, names[1:]):
+        for prev, lv in zip(names, names[1:], strict=False):
             joins.append(f"JOIN l_{lv} ON l_{lv}.member = l_{prev}.rep")
             select.append(f"r_{lv}.id AS cluster_{lv}")
         con.execute(f"""CREATE TEMP TABLE seqs AS

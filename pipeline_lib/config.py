@@ -17,8 +17,15 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline_lib.config_ops import (LineageConfig, NotifyConfig, RetentionConfig, RunnerConfig, StorageConfig,
-                                     StrictModel, local_path)
+from pipeline_lib.config_ops import (
+    LineageConfig,
+    NotifyConfig,
+    RetentionConfig,
+    RunnerConfig,
+    StorageConfig,
+    StrictModel,
+    local_path,
+)
 from pipeline_lib.errors import ConfigError
 from pipeline_lib.io import stable_hash
 from pipeline_lib.lineage import redact_secrets
@@ -62,7 +69,7 @@ class UnirefSource(StrictModel):
                                                               "[ftp.uniprot.org].")
 
     @model_validator(mode="after")
-    def _hosts(self) -> "UnirefSource":
+    def _hosts(self) -> UnirefSource:
         _check_source_hosts("base_url", [self.base_url], self.allowed_hosts)
         return self
 
@@ -73,7 +80,7 @@ class FastaSource(StrictModel):
     allowed_hosts: list[str] | None = Field(None, description=_SOURCE_HOSTS_HELP)
 
     @model_validator(mode="after")
-    def _hosts(self) -> "FastaSource":
+    def _hosts(self) -> FastaSource:
         _check_source_hosts("paths", self.paths, self.allowed_hosts)
         return self
 
@@ -136,7 +143,7 @@ class SplitConfig(StrictModel):
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
 
     @model_validator(mode="after")
-    def _fractions(self) -> "SplitConfig":
+    def _fractions(self) -> SplitConfig:
         if self.valid_fraction + self.test_fraction >= 1:
             raise ValueError("valid_fraction + test_fraction must be < 1")
         return self
@@ -164,10 +171,10 @@ class ShardsConfig(StrictModel):
 
 def _section_types() -> dict[str, Any]:
     # Later stages own their config sections; imported lazily to avoid import cycles.
-    from pipeline_lib.structures.config import StructuresConfig
-    from pipeline_lib.msa.config import MsaConfig
-    from pipeline_lib.train.config import TrainConfig
     from pipeline_lib.evaluate.config import EvaluateConfig
+    from pipeline_lib.msa.config import MsaConfig
+    from pipeline_lib.structures.config import StructuresConfig
+    from pipeline_lib.train.config import TrainConfig
 
     return {"structures": StructuresConfig, "msa": MsaConfig, "train": TrainConfig, "evaluate": EvaluateConfig}
 
@@ -208,12 +215,13 @@ class Config(StrictModel):
     @field_validator("workdir")
     @classmethod
     def _workdir(cls, value: str) -> str:
-        return local_path(value, "the workdir is a local directory (stages compute there: mmseqs, DuckDB and "
-                                  f"training read local files). For object storage set storage.url: {value} and "
-                                  "keep workdir local (e.g. workdir: /scratch/plm): it becomes the store's local cache")
+        local_path(value, "the workdir is a local directory (stages compute there: mmseqs, DuckDB and "
+                          f"training read local files). For object storage set storage.url: {value} and "
+                          "keep workdir local (e.g. workdir: /scratch/plm): it becomes the store's local cache")
+        return value
 
     @model_validator(mode="after")
-    def _split_level(self) -> "Config":
+    def _split_level(self) -> Config:
         names = [lv.name for lv in self.cluster.levels]
         if self.split.level is not None and self.split.level not in names:
             raise ValueError(f"split.level {self.split.level!r} is not a cluster level; levels are {names}")
@@ -225,7 +233,9 @@ class Config(StrictModel):
 
     @property
     def lineage_path(self) -> Path:
-        return Path(self.lineage.path).expanduser().resolve() if self.lineage.path else self.workdir_path / "lineage.duckdb"
+        if self.lineage.path:
+            return Path(self.lineage.path).expanduser().resolve()
+        return self.workdir_path / "lineage.duckdb"
 
     @property
     def split_level(self) -> str:
@@ -276,14 +286,15 @@ def _format_errors(errors: list[tuple[tuple, dict[str, Any]]], origin: str) -> s
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         got = err.get("input")
         # a value is echoed without the credentials a URL may carry (user:password@, ?token=...)
-        shown = "" if err["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {_short(redact_secrets(got))})"
+        hide = err["type"] == "extra_forbidden" or isinstance(got, dict)
+        shown = "" if hide else f" (got {_short(redact_secrets(got))})"
         lines.append(f"  {loc or '<root>'}: {msg}{shown}")
     return "\n".join(lines)
 
 
 def _validate(raw: dict[str, Any], origin: str) -> Config:
     """Validate stage sections one by one (so their errors keep the section prefix), then the rest."""
-    errors: list[tuple[tuple, dict[str, Any]]] = []
+    errors: list[tuple[tuple[Any, ...], Any]] = []
     for key, typ in _section_types().items():
         value = raw.get(key)
         if value is not None and not isinstance(value, dict):

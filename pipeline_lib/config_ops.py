@@ -29,7 +29,8 @@ class DaskRunnerConfig(StrictModel):
     @field_validator("address")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"(tcp|tls|ucx|ws|wss)://(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+):\d{1,5}", value):
+        address = r"(tcp|tls|ucx|ws|wss)://(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+):\d{1,5}"
+        if value is not None and not re.fullmatch(address, value):
             raise ValueError("must look like tcp://host:port (a Dask scheduler address)")
         return value
 
@@ -138,7 +139,7 @@ class NotifyConfig(StrictModel):
                                                 "when the process died before it could report.")
 
     @model_validator(mode="after")
-    def _url(self) -> "NotifyConfig":
+    def _url(self) -> NotifyConfig:
         from urllib.parse import urlsplit
 
         if self.webhook_url is not None:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import typing
+from typing import cast
 
 from pydantic import BaseModel
 
@@ -36,12 +37,14 @@ def _models(model: type[BaseModel], prefix: str) -> list[tuple[str, type[BaseMod
 
 def config_reference() -> str:
     sections: list[tuple[str, type[BaseModel]]] = [("", Config)]
-    for kind, model in (("uniref", UnirefSource), ("fasta", FastaSource), ("embedded", EmbeddedSource)):
-        sections.append((f"source (kind: {kind})", model))
+    sources: tuple[tuple[str, type[BaseModel]], ...] = (("uniref", UnirefSource), ("fasta", FastaSource),
+                                                         ("embedded", EmbeddedSource))
+    for kind, source in sources:
+        sections.append((f"source (kind: {kind})", source))
     for name, model in _section_types().items():
         sections += _models(model, name)
     for name in ("ingest", "cluster", "split", "shards", "lineage", "storage", "runner", "retention", "notify"):
-        sections += _models(Config.model_fields[name].annotation, name)
+        sections += _models(cast(type[BaseModel], Config.model_fields[name].annotation), name)
     lines = ["# Configuration reference", "",
              "Generated from the typed schema (`plm config --reference`). Unknown keys are errors.", ""]
     seen = set()
@@ -51,7 +54,7 @@ def config_reference() -> str:
         seen.add((title, model))
         lines += [f"## `{title or 'top level'}`", "", "| key | type | default | description |", "|---|---|---|---|"]
         for name, field in model.model_fields.items():
-            value = field.default_factory() if field.default_factory else field.default
+            value = field.get_default(call_default_factory=True)
             if isinstance(value, BaseModel) or (title == "" and name in _section_types()):
                 default = "section below"
             else:

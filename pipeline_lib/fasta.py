@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import pyarrow as pa
@@ -32,11 +32,15 @@ import pyarrow as pa
 from pipeline_lib.errors import DataValidationError
 from pipeline_lib.fasta_headers import Header, parse_header  # noqa: F401  (re-exported: the header half)
 
+_igzip: Any = None
+_isal_error: Any = zlib.error
 try:  # optional: ISA-L decompresses gzip ~3x faster than zlib, byte for byte the same output
-    from isal import igzip as _igzip
-    from isal.isal_zlib import error as _isal_error
+    from isal import igzip as _isal_igzip
+    from isal.isal_zlib import error as _isal_zlib_error
+
+    _igzip, _isal_error = _isal_igzip, _isal_zlib_error
 except ImportError:  # pragma: no cover - depends on the environment
-    _igzip, _isal_error = None, zlib.error
+    pass
 
 __all__ = ["FastaRecord", "Header", "RecordLayout", "read_fasta", "read_chunks", "record_layout", "decode_header",
            "parse_header", "open_maybe_gzip", "DECOMPRESSOR", "named_record"]
@@ -61,7 +65,7 @@ def open_maybe_gzip(path: str | os.PathLike[str]) -> BinaryIO:
     with open(path, "rb") as fh:
         magic = fh.read(2)
     if magic == b"\x1f\x8b":  # opened by path, so closing the reader closes the file too
-        return _igzip.open(path, "rb") if _igzip is not None else gzip.open(path, "rb")
+        return cast(BinaryIO, _igzip.open(path, "rb") if _igzip is not None else gzip.open(path, "rb"))
     return open(path, "rb")
 
 
@@ -112,7 +116,7 @@ def read_chunks(path: str | os.PathLike[str], block: int | None = None) -> Itera
     Pieces are about ``block`` bytes (default :data:`BLOCK`); every piece but the first starts with ``>``; a
     record longer than a block makes a longer piece.
     """
-    pending: list[bytes] = []  # the unfinished piece, as blocks (joined once: no quadratic copying)
+    pending: list[bytes | memoryview] = []  # the unfinished piece, as blocks (joined once: no quadratic copying)
     size = 0
     for data in _blocks(Path(path), block or BLOCK):
         cut = data.rfind(b"\n>") + 1
@@ -144,7 +148,7 @@ def read_fasta(path: str | os.PathLike[str]) -> Iterator[FastaRecord]:
     """
     index = 0
     first = True
-    for chunk in named_record(read_chunks(path), lambda: index):
+    for chunk in named_record(read_chunks(path), lambda: index):  # noqa: B023 (the index when a read fails)
         pieces = chunk.split(b"\n>")
         if first and not chunk.startswith(b">"):  # text before the first header
             pre = pieces.pop(0).translate(None, WHITESPACE + b"\n")

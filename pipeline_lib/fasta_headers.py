@@ -53,7 +53,7 @@ def _fields(rest: str) -> tuple[str, dict[str, str]]:
         return rest.strip(), {}
     desc = rest[: matches[0].start()].strip()
     fields: dict[str, str] = {}
-    for m, nxt in zip(matches, [*matches[1:], None]):
+    for m, nxt in zip(matches, [*matches[1:], None], strict=False):
         fields.setdefault(m.group(1), rest[m.end(): nxt.start() if nxt else len(rest)].strip())
     return desc, fields
 

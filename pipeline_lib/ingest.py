@@ -209,7 +209,8 @@ class _Judge:
         data = seqs.buffers()[2]
         offsets = np.frombuffer(seqs.buffers()[1], dtype=np.int32)[seqs.offset: seqs.offset + len(seqs) + 1]
         mv, sha, bounds = memoryview(data), hashlib.sha256, offsets.tolist()
-        digests = b"".join([sha(mv[a:b]).digest() for a, b in zip(bounds, bounds[1:])])  # the one per-row loop
+        # the one per-row loop
+        digests = b"".join([sha(mv[a:b]).digest() for a, b in zip(bounds, bounds[1:], strict=False)])
         hexes = np.frombuffer(digests, dtype=np.uint8).reshape(-1, 32)[:, :16].tobytes().hex().encode()
         steps = np.arange(0, 32 * len(seqs) + 1, 32, dtype=np.int32)  # seq_hash: first 32 hex digits
         hashes = pa.Array.from_buffers(pa.string(), len(seqs), [None, pa.py_buffer(steps), pa.py_buffer(hexes)])
@@ -326,7 +327,7 @@ def _parse_files(files: list[Path], raw_path: Path, q_path: Path, cfg: IngestCon
     """Phase 1 over all files; returns the residues kept."""
     phase = _Phase1(raw_path, q_path, cfg)
     try:
-        for path, name in zip(files, source_names(files)):
+        for path, name in zip(files, source_names(files), strict=False):
             stats.bytes_in += path.stat().st_size
             stats.records_in += phase.file(path, name)
     finally:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ ALTER TABLE steps ADD COLUMN IF NOT EXISTS key_parts JSON;
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -292,7 +292,7 @@ class LineageStore:
         with self._connect(read_only=True) as con:
             cur = con.execute(sql, params or [])
             names = [d[0] for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+            return [dict(zip(names, row, strict=False)) for row in cur.fetchall()]
 
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
         return self.query("SELECT run_id, flow, name, status, started_at, ended_at, config_hash, code_version "

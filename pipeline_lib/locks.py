@@ -27,7 +27,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ class FileLock:
     def locked(self) -> bool:
         return self._fd is not None
 
-    def acquire(self) -> "FileLock":
+    def acquire(self) -> FileLock:
         if self._fd is not None:
             raise RuntimeError(f"lock {self.path} is already held by this FileLock (not reentrant)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ class FileLock:
     def _write_holder(self) -> None:
         assert self._fd is not None
         info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "since": datetime.now(timezone.utc).isoformat(timespec="seconds"), "note": self.note}
+                "since": datetime.now(UTC).isoformat(timespec="seconds"), "note": self.note}
         data = json.dumps(info).encode()
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
@@ -153,7 +153,7 @@ class FileLock:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
-    def __enter__(self) -> "FileLock":
+    def __enter__(self) -> FileLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

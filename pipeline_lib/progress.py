@@ -89,7 +89,7 @@ class Progress:
             self.sink(self.line())
             self._notify(False)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -180,7 +180,7 @@ def _doomed(store: LineageStore, work: Path, old_runs: set[str], remote: ObjectS
             continue
         if d.cache_key is not None:
             remote_bytes = remote.size(d.rel) if remote is not None else None
-            if remote_bytes is not None:
+            if remote is not None and remote_bytes is not None:
                 d.url, d.remote_bytes = remote.url_of(d.rel), remote_bytes
             elif not p.is_dir():
                 continue
@@ -230,7 +230,7 @@ def _delete_one(d: Doomed, store: LineageStore, old_runs: set[str], remote: Obje
             return "gone"
         if not _still_unused(store, d, old_runs):
             return "in use by a newer run"
-        if on_remote:  # first: a machine that looks the stage up now finds no marker and recomputes
+        if on_remote and remote is not None:  # first: a machine looking the stage up now finds no marker
             remote.delete(d.rel)
         if path.exists():
             _delete(path)

@@ -219,7 +219,7 @@ def write_shard_partition(sequences: Path, clusters: Path, splits: Path, out_dir
         for seqs, planned in _joined(sequences, plan.iter_batches(65536), rows):
             tokens = tokenize_binary(seqs.column("sequence"))
             cols = [seqs.column("id"), seqs.column("seq_hash"), *planned.columns[2:], seqs.column("length"), tokens]
-            table = pa.Table.from_arrays([c.cast(f.type) for c, f in zip(cols, schema)], schema=schema)
+            table = pa.Table.from_arrays([c.cast(f.type) for c, f in zip(cols, schema, strict=False)], schema=schema)
             split = planned.column(1)
             for name, writer in writers.items():
                 mask = _np(pc.equal(split, name))
@@ -263,7 +263,7 @@ def assemble_shards(partitions: list[tuple[Path, dict[str, dict[str, Any]]]], ou
     }
     for split in SPLITS:
         (out_dir / split).mkdir(parents=True, exist_ok=True)
-        files = []
+        files: list[dict[str, Any]] = []
         for part_dir, written in partitions:
             for f in written[split]["files"]:
                 name = f"{split}/part-{len(files):05d}.parquet"
@@ -302,7 +302,7 @@ def verify_manifest(shards_dir: Path) -> list[str]:
     """Check every file's sha256 and row count against the manifest; returns the problems found."""
     manifest = read_manifest(shards_dir)
     problems = []
-    for split, info in manifest["splits"].items():
+    for info in manifest["splits"].values():
         for f in info["files"]:
             p = Path(shards_dir) / f["path"]
             if not p.is_file():

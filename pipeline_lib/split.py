@@ -5,7 +5,8 @@
 A cluster's split is a pure function of the seed and its representative id (a hash mapped to [0, 1)),
 so no cluster spans two splits, the split is the same on any machine, and a cluster keeps its split
 when a refresh adds other clusters. Both steps stream their Parquet inputs in batches (DuckDB counts the
-distinct clusters out of core), so memory stays flat at UniRef scale. Decontamination drops training sequences that an MMseqs2 search
+distinct clusters out of core), so memory stays flat at UniRef scale. Decontamination drops training sequences that an
+MMseqs2 search
 finds at or above an identity threshold against evaluation FASTA files; they go to quarantine.
 """
 from __future__ import annotations
@@ -110,7 +111,8 @@ def _rows_at(path: Path, columns: list[str], rows: list[int]) -> dict[int, tuple
                                                   pc.less(wanted, offset + batch.num_rows))), offset)
         if len(local):
             picked = batch.take(local)
-            for i, values in zip(local.to_pylist(), zip(*(picked.column(c).to_pylist() for c in columns))):
+            tuples = zip(*(picked.column(c).to_pylist() for c in columns), strict=True)
+            for i, values in zip(local.to_pylist(), tuples, strict=False):
                 out[offset + i] = values
         offset += batch.num_rows
     return out

@@ -2,7 +2,7 @@
 
     from pipeline_lib.stage_code import stage_code, explain_rerun
     code = stage_code(compute)            # the stage's `compute` closure, defined inside its task function
-    code.modules                          # {"pipeline_lib/cluster.py": "3f2a...", "tasks/data.py:cluster": "9b1c...", ...}
+    code.modules                          # {"pipeline_lib/cluster.py": "3f2a...", "tasks/data.py:cluster": ...}
     explain_rerun(old_key_parts, new_key_parts)  # ["code of pipeline_lib/cluster.py changed", ...]
 
 What a stage runs is found from the source, not from a list kept by hand: the top-level function of the task
@@ -112,7 +112,7 @@ def _package_of(module: str, path: Path) -> str:
 
 def _imported(node: ast.AST, package: str, root: Path) -> set[str]:
     """The library modules that ``node`` imports from, anywhere inside it (relative imports resolved)."""
-    found = set()
+    found: set[str] = set()
     for n in ast.walk(node):
         if isinstance(n, ast.Import):
             names = [a.name for a in n.names]

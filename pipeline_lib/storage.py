@@ -94,7 +94,7 @@ class ObjectStore:
         self.root = root.rstrip("/")
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any] | None) -> "ObjectStore | None":
+    def from_settings(cls, settings: Mapping[str, Any] | None) -> ObjectStore | None:
         """From the ``storage`` config section as a dict (what a RunContext carries); None without a URL."""
         if not settings or not settings.get("url"):
             return None
@@ -224,7 +224,7 @@ def shard_table(url: str, split: str, fs: fsspec.AbstractFileSystem,
 def verify_manifest(url: str, fs: fsspec.AbstractFileSystem) -> list[str]:
     """Each shard object's sha256 and row count against the manifest; returns the problems found."""
     problems = []
-    for split, info in read_manifest(url, fs)["splits"].items():
+    for info in read_manifest(url, fs)["splits"].values():
         for f in info["files"]:
             key = f"{_strip(fs, url)}/{f['path']}"
             if not fs.exists(key):

@@ -77,7 +77,7 @@ class Alphabet:
         if len(aa_seq) != len(threedi_seq):
             raise DataValidationError(
                 f"amino-acid and 3Di strings differ in length ({len(aa_seq)} vs {len(threedi_seq)})")
-        ids = [self.index.get(a + d.lower(), self.unk_idx) for a, d in zip(aa_seq, threedi_seq)]
+        ids = [self.index.get(a + d.lower(), self.unk_idx) for a, d in zip(aa_seq, threedi_seq, strict=False)]
         return [self.cls_idx, *ids, self.eos_idx] if add_special else ids
 
     def decode(self, ids: Sequence[int] | np.ndarray, *, strip_special: bool = True) -> str:

@@ -57,15 +57,14 @@ def _fetch_sources(cfg: Config, ctx: RunContext) -> tuple[list[Produced], dict[s
     src = cfg.source
     downloads = Path(ctx.workdir) / "downloads"
     if src.kind == "embedded":
-        from pipeline_lib.sources.embedded import embedded_corpus
-
-        from pipeline_lib.sources.embedded import write_structure_chains_fasta
+        from pipeline_lib.sources.embedded import embedded_corpus, write_structure_chains_fasta
 
         files = embedded_corpus(src.corpus)
         produced = [Produced(f"source_{i}", "source_fasta", path=str(f.path),
                              meta={"package": f.package, "version": f.package_version, "about": f.description})
                     for i, f in enumerate(files)]
-        chains = write_structure_chains_fasta(downloads / "embedded" / f"{src.corpus}_structure_chains.fasta", src.corpus)
+        chains_fasta = downloads / "embedded" / f"{src.corpus}_structure_chains.fasta"
+        chains = write_structure_chains_fasta(chains_fasta, src.corpus)
         produced.append(Produced(f"source_{len(files)}", "source_fasta", path=str(chains),
                                  meta={"about": "chain sequences of the embedded demo structures (pyjess)"}))
         return produced, {"source": "embedded", "release": f"embedded-{src.corpus}",
@@ -166,8 +165,8 @@ def cluster(ctx: RunContext, cfg: Config, ingested: StageOutput, levels: list[St
     members = [out.outputs["members.parquet"] for out in levels]
 
     def compute(tmp: Path):
-        per_level = assemble_clusters(Path(seqs.path), {n: Path(m.path) for n, m in zip(names, members)}, tmp,
-                                      tmp / "_duckdb")
+        by_level = {n: Path(m.path) for n, m in zip(names, members, strict=True)}
+        per_level = assemble_clusters(Path(seqs.path), by_level, tmp, tmp / "_duckdb")
         _rm(tmp / "_duckdb")
         rows = pq.ParquetFile(tmp / "clusters.parquet").metadata.num_rows
         produced = [Produced("clusters.parquet", "clusters", rows, meta={"levels": names}),
@@ -183,7 +182,8 @@ def cluster(ctx: RunContext, cfg: Config, ingested: StageOutput, levels: list[St
 def split(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageOutput) -> StageOutput:
     """Stage 4: train/valid/test by cluster at the split level, with optional decontamination."""
     seqs, clusters = ingested.outputs["sequences.parquet"], clustered.outputs["clusters.parquet"]
-    inputs: list[ArtifactRecord] = [seqs, clusters] + [artifact_for(f, "eval_fasta") for f in cfg.split.decontaminate.fasta]
+    evals = [artifact_for(f, "eval_fasta") for f in cfg.split.decontaminate.fasta]
+    inputs: list[ArtifactRecord] = [seqs, clusters, *evals]
     params = {"split": cfg.split.model_dump(mode="json"), "level": cfg.split_level, "seed": cfg.seed}
 
     def compute(tmp: Path):

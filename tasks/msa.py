@@ -5,8 +5,14 @@ from pathlib import Path
 
 from pipeline_lib.config import Config
 from pipeline_lib.lineage import StepRecord, artifact_for, utcnow
-from pipeline_lib.msa.build import BatchResult, Query, build_msa_batch, iter_query_batches, prepare_target, \
-    write_target_fasta
+from pipeline_lib.msa.build import (
+    BatchResult,
+    Query,
+    build_msa_batch,
+    iter_query_batches,
+    prepare_target,
+    write_target_fasta,
+)
 from pipeline_lib.msa.stage import select_queries, write_msa_outputs
 from tasks.artifacts import progress_artifacts
 from tasks.common import Produced, RunContext, StageOutput, lineage_task, logger, retry_transient, run_stage

@@ -12,8 +12,14 @@ from pipeline_lib import schemas
 from pipeline_lib.config import Config
 from pipeline_lib.io import sha256_file, stable_hash
 from pipeline_lib.lineage import ArtifactRecord, artifact_for
-from pipeline_lib.structures.batches import StructureBatch, merge_batches, plan_batches, read_batch, run_batch, \
-    write_batch
+from pipeline_lib.structures.batches import (
+    StructureBatch,
+    merge_batches,
+    plan_batches,
+    read_batch,
+    run_batch,
+    write_batch,
+)
 from pipeline_lib.structures.stage import backend_version, ingested_accessions, write_structure_shards
 from tasks.common import Produced, RunContext, StageOutput, lineage_task, retry_transient, run_stage
 

@@ -35,8 +35,9 @@ class MetricsSink:
         if self.progress is not None:
             self.progress.set(step)
         if step % METRIC_FLUSH_EVERY == 0:
-            logger().info("train step %d: %s", step, {k: round(v, 4) if isinstance(v, float) else v
-                                                      for k, v in record.items() if k in ("loss", "lr", "tokens_per_s")})
+            shown = {k: round(v, 4) if isinstance(v, float) else v
+                     for k, v in record.items() if k in ("loss", "lr", "tokens_per_s")}
+            logger().info("train step %d: %s", step, shown)
             self.flush()
 
     def flush(self) -> None:

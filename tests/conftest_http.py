@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from http_server import LocalHTTPServer
 
 __all__ = ["http_server"]

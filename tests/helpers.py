@@ -28,7 +28,7 @@ def family_fasta(path: Path, *, seed: int = 0, families: int = 3, mutants: int =
             parent = random_protein(rng, length)
             ids = [f"fam{f}_parent"] + [f"fam{f}_mut{m}" for m in range(mutants)]
             seqs = [parent] + [point_mutant(rng, parent, 4) for _ in range(mutants)]
-            for i, s in zip(ids, seqs):
+            for i, s in zip(ids, seqs, strict=False):
                 fh.write(f">{i}\n{s}\n")
             groups[f"fam{f}"] = ids
         for u in range(unrelated):

@@ -53,7 +53,7 @@ class LoggedRequest:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - keep test output quiet
         pass
@@ -143,7 +143,7 @@ def _etag(data: bytes) -> str:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
-    owner: "LocalHTTPServer"
+    owner: LocalHTTPServer
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # clients that hang up mid-body are expected here
@@ -204,7 +204,7 @@ class LocalHTTPServer:
             return None
         return p.read_bytes()
 
-    def start(self) -> "LocalHTTPServer":
+    def start(self) -> LocalHTTPServer:
         self._thread.start()
         return self
 
@@ -212,7 +212,7 @@ class LocalHTTPServer:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def __enter__(self) -> "LocalHTTPServer":
+    def __enter__(self) -> LocalHTTPServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -6,15 +6,23 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from http_server import LocalHTTPServer
 from prefect import flow, task
 
 from flows.end_to_end import end_to_end
-from http_server import LocalHTTPServer
 from pipeline_lib.lineage import artifact_for
 from pipeline_lib.progress import Progress
 from tasks import data
-from tasks.artifacts import (ProgressArtifact, artifact_key, flow_run_artifacts, progress_artifacts,
-                             results_with_progress, run_summary, stage_counts, stage_table)
+from tasks.artifacts import (
+    ProgressArtifact,
+    artifact_key,
+    flow_run_artifacts,
+    progress_artifacts,
+    results_with_progress,
+    run_summary,
+    stage_counts,
+    stage_table,
+)
 from tasks.common import RunContext, StageOutput
 from tests.conftest import ROOT
 from tests.helpers import family_fasta

@@ -31,12 +31,12 @@ def reference_varlen_attn(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=No
     assert cu_seq_q.dtype == torch.int32 and torch.equal(cu_seq_q, cu_seq_k)
     bounds = cu_seq_q.tolist()
     assert bounds[0] == 0 and bounds[-1] == q.shape[0], "segments must cover every token"
-    assert all(b > a for a, b in zip(bounds, bounds[1:])), "segments must be non-empty and increasing"
-    assert max(b - a for a, b in zip(bounds, bounds[1:])) <= max_q == max_k
+    assert all(b > a for a, b in zip(bounds, bounds[1:], strict=False)), "segments must be non-empty and increasing"
+    assert max(b - a for a, b in zip(bounds, bounds[1:], strict=False)) <= max_q == max_k
     CALLS.append({"segments": len(bounds) - 1, "scale": scale})
     s = q.shape[-1] ** -0.5 if scale is None else scale
     out = torch.empty_like(q)
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in zip(bounds, bounds[1:], strict=False):
         seg = [t[a:b].transpose(0, 1) for t in (q, k, v)]  # (H, L, D)
         out[a:b] = F.scaled_dot_product_attention(*seg, scale=s).transpose(0, 1)
     return out
@@ -89,7 +89,7 @@ def test_packed_rows_through_the_varlen_call_equal_block_diagonal_sdpa(kernel, m
     assert {c["scale"] for c in CALLS} == ({1.0} if kernel is reference_varlen_attn else {None})
     via_sdpa = _loss_and_grads(model, b, "sdpa")
     assert len(CALLS) == model.cfg.num_layers  # the SDPA path never calls the varlen kernel
-    for got, want in zip(via_varlen, via_sdpa):
+    for got, want in zip(via_varlen, via_sdpa, strict=False):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 

@@ -109,7 +109,8 @@ def test_an_unknown_model_size_is_a_config_error_before_any_stage_runs(tmp_path)
     assert "train" in str(err.value) and "'650m'" in str(err.value) and "650M" in str(err.value)
     with pytest.raises(ConfigError, match="not a size of msa_transformer .*tiny, 100M"):
         load_config(write(tmp_path, "train:\n  architecture: msa_transformer\n  model: 650M\n"))
-    assert load_config(write(tmp_path, "train:\n  architecture: msa_transformer\n  model: 100M\n")).train.model == "100M"
+    msa = write(tmp_path, "train:\n  architecture: msa_transformer\n  model: 100M\n")
+    assert load_config(msa).train.model == "100M"
     shaped = load_config(write(tmp_path, "train:\n  model: custom\n  shape: {num_layers: 2, hidden_size: 64, "
                                          "num_heads: 4}\n"))
     assert shaped.train.shape.num_layers == 2  # an explicit shape needs no size name

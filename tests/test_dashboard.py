@@ -72,7 +72,7 @@ def test_dataset_distributions_match_stage_stats(demo):
     dist = ds.cluster_sizes
     assert set(dist) == {"c90", "c50"}
     for level, d in dist.items():  # every sequence sits in exactly one cluster per level
-        assert sum(s * n for s, n in zip(d["size"], d["clusters"])) == kept
+        assert sum(s * n for s, n in zip(d["size"], d["clusters"], strict=False)) == kept
         assert sum(d["clusters"]) == res.stages["cluster"].stats["clusters_per_level"][level]
     splits = {s["split"]: s for s in ds.splits}
     assert sum(s["sequences"] for s in splits.values()) == kept
@@ -158,7 +158,7 @@ def scheduled_refreshes(db, statuses=("completed", "no_new_release", "no_new_rel
     ran a stage, the others none."""
     ids = scheduled_runs(db, n=len(statuses))
     store = LineageStore(db)
-    for rid, status in zip(ids, statuses):
+    for rid, status in zip(ids, statuses, strict=False):
         if status == "completed":
             t = utcnow()
             store.record_step(StepRecord(rid, "fetch", {}, "k", "completed", t, t + timedelta(seconds=1)))
@@ -229,7 +229,8 @@ def test_dashboard_url_takes_a_unique_prefix_and_lists_an_ambiguous_one(tmp_path
 
 
 def test_plm_report_and_dashboard_take_the_lineage_file_from_config_and_overrides(tmp_path, capsys):
-    from flows.cli import _db_path, _parser, main as plm
+    from flows.cli import _db_path, _parser
+    from flows.cli import main as plm
 
     db = tmp_path / "l.duckdb"
     ids = scheduled_refreshes(db)

@@ -64,7 +64,8 @@ def _missing(why: str) -> None:
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        _missing(f"headless browser test needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)")
+        _missing(f"headless browser test needs {CHROMIUM} and {CHROMEDRIVER} "
+                 "(apt-get install chromium chromium-driver)")
     try:
         from selenium import webdriver
     except ImportError:
@@ -94,7 +95,8 @@ def test_a_missing_browser_fails_in_ci_and_skips_elsewhere(monkeypatch):
 
 
 POINTS_JS = ("return Array.from(document.querySelectorAll('.js-plotly-plot'))"
-             ".map(g => [(g.closest('[id^=fig-]') || g).id, (g.data || []).reduce((n, t) => n + (t.x || []).length, 0)])")
+             ".map(g => [(g.closest('[id^=fig-]') || g).id,"
+             " (g.data || []).reduce((n, t) => n + (t.x || []).length, 0)])")
 
 
 def _wait_for(driver, fn, what: str, timeout_s: float = 30.0):
@@ -144,7 +146,8 @@ def test_pages_render_with_data_and_no_console_errors(served, browser):
     for path, table_id, n_graphs in PAGES:
         browser.get(f"{url}{path}?run={res.run_id}")   # the newest run is the structures one
         if table_id:
-            _wait_for(browser, lambda d: d.find_elements(By.ID, table_id), f"#{table_id} on {path}")
+            _wait_for(browser, lambda d, table_id=table_id: d.find_elements(By.ID, table_id),
+                      f"#{table_id} on {path}")
         points = _graph_points(browser, n_graphs) if n_graphs else {}
         name = path.strip("/") or "runs"
         _save_screenshot(browser, shots / f"{name}.png")
@@ -182,7 +185,8 @@ def test_dashboard_refreshes_while_a_run_writes(served, browser):
     before = _graph_points(browser, 4)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     code = ("import sys; from pipeline_lib.lineage import LineageStore; "
-            "LineageStore(sys.argv[1]).record_metrics(sys.argv[2], None, [('grad_norm', s, 1.0 / (1 + s)) for s in range(50)])")
+            "LineageStore(sys.argv[1]).record_metrics(sys.argv[2], None,"
+            " [('grad_norm', s, 1.0 / (1 + s)) for s in range(50)])")
     subprocess.run([sys.executable, "-c", code, res.lineage, res.run_id], env=env, check=True, timeout=60)
     after = _wait_for(browser, lambda d: _points_if(d, lambda p: len(p) > len(before)),
                       "the new grad_norm curve after auto-refresh")

@@ -13,12 +13,17 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest_http import http_server  # noqa: F401  (fixture)
 from http_server import Fault, LocalHTTPServer
+
 from pipeline_lib.errors import ChecksumError, DownloadError, PipelineError, TransientError
 from pipeline_lib.sources.download import (
-    PermanentDownloadError, check_url_allowed, download, fetch_bytes, head, redact_url,
+    PermanentDownloadError,
+    check_url_allowed,
+    download,
+    fetch_bytes,
+    head,
+    redact_url,
 )
 
 SIZE = 3 * (1 << 20) + 12345  # a bit over three 1 MiB chunks

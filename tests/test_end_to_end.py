@@ -8,7 +8,8 @@ import pytest
 
 from flows.cli import _compare, _print_summary
 from flows.end_to_end import end_to_end, evaluate_flow
-from pipeline_lib.dashboard import data as dashboard_data, figures
+from pipeline_lib.dashboard import data as dashboard_data
+from pipeline_lib.dashboard import figures
 from pipeline_lib.lineage import LineageStore
 from tasks.artifacts import flow_run_artifacts
 from tests.conftest import ROOT
@@ -59,7 +60,8 @@ def test_exported_model_loads_in_transformers(e2e):
 def test_rerun_is_fully_cached_and_compare_lists_checkpoints(e2e):
     tmp, args, res = e2e
     again = end_to_end(str(ROOT / "configs" / "demo.yaml"), args)
-    assert all(again.stages[s].cached for s in ("ingest", "cluster", "split", "shards", "structures", "train", "evaluate"))
+    assert all(again.stages[s].cached
+               for s in ("ingest", "cluster", "split", "shards", "structures", "train", "evaluate"))
     from pathlib import Path
 
     hf = res.stages["train"].outputs["hf"].path

@@ -12,10 +12,24 @@ from transformers import EsmConfig, EsmForMaskedLM
 
 from pipeline_lib.errors import DataValidationError
 from pipeline_lib.evaluate.config import ContactsConfig
-from pipeline_lib.evaluate.contacts import (FRACTIONS, RANGES, ContactRegression, ContactTarget, StructureSpec, apc,
-                                            attention_features, contact_map, contact_precisions, evaluate_contacts,
-                                            evaluate_contacts_config, expand_specs, fit_logistic_l1, load_target,
-                                            parse_spec, symmetrize)
+from pipeline_lib.evaluate.contacts import (
+    FRACTIONS,
+    RANGES,
+    ContactRegression,
+    ContactTarget,
+    StructureSpec,
+    apc,
+    attention_features,
+    contact_map,
+    contact_precisions,
+    evaluate_contacts,
+    evaluate_contacts_config,
+    expand_specs,
+    fit_logistic_l1,
+    load_target,
+    parse_spec,
+    symmetrize,
+)
 from pipeline_lib.evaluate.model import HFMaskedLM, TorchMaskedLM
 from pipeline_lib.tokenizer import SAPROT_ALPHABET
 

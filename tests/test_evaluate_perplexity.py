@@ -20,7 +20,6 @@ from pipeline_lib.evaluate.perplexity import evaluate_perplexity, mask_lookup, m
 from pipeline_lib.tokenizer import ESM_ALPHABET, SAPROT_ALPHABET
 from tests.helpers import random_protein
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -44,7 +43,7 @@ def write_split(root, split: str, seqs: list[str], threedi: list[str] | None = N
             "tokens": [ESM_ALPHABET.encode_array(s).tobytes() for s in seqs]}
     if threedi:
         cols |= {"aa_seq": seqs, "threedi_seq": threedi,
-                 "sa_tokens": [SAPROT_ALPHABET.encode_pairs(s, d) for s, d in zip(seqs, threedi)],
+                 "sa_tokens": [SAPROT_ALPHABET.encode_pairs(s, d) for s, d in zip(seqs, threedi, strict=False)],
                  "mean_plddt": [90.0] * len(seqs), "structure_source": ["afdb"] * len(seqs),
                  "structure_version": ["v4"] * len(seqs)}
     (root / split).mkdir(parents=True, exist_ok=True)
@@ -65,7 +64,7 @@ def test_perplexity_per_split_is_deterministic_and_batch_independent(esm, tmp_pa
     b = evaluate_perplexity(esm, tmp_path, cfg, batch_size=64)     # padded batches give the same numbers
     assert [(r.split, r.metric) for r in a] == [("valid", "perplexity"), ("valid", "pseudo_perplexity"),
                                                 ("test", "perplexity"), ("test", "pseudo_perplexity")]
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         assert x.n_tokens == y.n_tokens and x.value == pytest.approx(y.value, rel=1e-4)
     assert a[0].n_sequences == 10 and a[1].n_sequences == 1
     assert all(1 < r.value < math.inf and r.value == pytest.approx(math.exp(r.nll_sum / r.n_tokens)) for r in a)

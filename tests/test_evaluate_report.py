@@ -13,8 +13,7 @@ from pipeline_lib.errors import ConfigError
 from pipeline_lib.evaluate.config import EvaluateConfig
 from pipeline_lib.evaluate.contacts import ContactResult
 from pipeline_lib.evaluate.perplexity import PerplexityResult
-from pipeline_lib.evaluate.report import (METRICS_SCHEMA, MetricRow, collect_rows, render_comparison,
-                                          rows_to_table)
+from pipeline_lib.evaluate.report import METRICS_SCHEMA, MetricRow, collect_rows, render_comparison, rows_to_table
 from pipeline_lib.evaluate.variants import AssayResult
 
 

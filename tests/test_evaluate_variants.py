@@ -12,8 +12,15 @@ from pipeline_lib.errors import DataValidationError
 from pipeline_lib.evaluate.config import DmsConfig, DmsFileConfig
 from pipeline_lib.evaluate.dms import Mutation, read_dms
 from pipeline_lib.evaluate.model import HFMaskedLM, TorchMaskedLM, aa_token_groups
-from pipeline_lib.evaluate.variants import (evaluate_dms, rankdata, roc_auc, score_assay, score_variants, spearman,
-                                            window_bounds)
+from pipeline_lib.evaluate.variants import (
+    evaluate_dms,
+    rankdata,
+    roc_auc,
+    score_assay,
+    score_variants,
+    spearman,
+    window_bounds,
+)
 from pipeline_lib.tokenizer import SAPROT_ALPHABET
 
 ESM_VOCAB = ("<cls> <pad> <eos> <unk> L A G V S E R T I D P K Q N F Y M H W C X B U Z O . - "
@@ -155,7 +162,7 @@ def test_saprot_scoring_sums_over_3di_variants():
     aa, di = "ACDEFGHIKLMNPQRSTVWY#", "pynwrqhgdlvtmfsaeikc#"
     rng = np.random.default_rng(0)
     threedi = "".join(rng.choice(list(di[:-1]), size=len(WT)))
-    ids = [0] + [5 + aa.index(a) * 21 + di.index(d) for a, d in zip(WT, threedi)] + [2]
+    ids = [0] + [5 + aa.index(a) * 21 + di.index(d) for a, d in zip(WT, threedi, strict=False)] + [2]
 
     def direct(pos0: int, wt: str, mt: str) -> float:       # SaProt's own recipe, written out
         x = torch.tensor([ids])

@@ -124,7 +124,7 @@ def _layout_records(pieces: list[bytes]) -> list[tuple[str | None, str]]:
         heads = lay.slices(lay.head_start, lay.head_end).to_pylist()
         bodies = lay.slices(lay.head_end, lay.body_end).to_pylist()
         out += [(decode_header(h), b.translate(None, b" \t\r\x0b\x0c").decode("latin-1"))
-                for h, b in zip(heads, bodies)]
+                for h, b in zip(heads, bodies, strict=False)]
     return out
 
 
@@ -171,7 +171,7 @@ def _check_column_parse(raw: list[bytes]) -> int:
     """parse_headers must give parse_header's fields for every header it takes; returns how many it took."""
     idx, table = parse_headers(pa.array(raw, pa.binary()))
     assert list(idx) == sorted(set(idx.tolist()))
-    for i, row in zip(idx.tolist(), table.to_pylist()):
+    for i, row in zip(idx.tolist(), table.to_pylist(), strict=False):
         h = parse_header(decode_header(raw[i]))  # raises if the column parser accepted a malformed header
         assert row == {f.name: getattr(h, f.name) for f in HEADER_FIELDS}, raw[i]
     return len(idx)

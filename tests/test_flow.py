@@ -12,7 +12,8 @@ from tests.conftest import ROOT
 
 
 def overrides(tmp_path, *extra):
-    return [f"workdir={tmp_path / 'work'}", "cluster.levels=[{name: c90, min_seq_id: 0.9}, {name: c50, min_seq_id: 0.5}]",
+    return [f"workdir={tmp_path / 'work'}",
+            "cluster.levels=[{name: c90, min_seq_id: 0.9}, {name: c50, min_seq_id: 0.5}]",
             *extra]
 
 
@@ -71,7 +72,8 @@ def test_failed_stage_marks_run_and_step_failed(prefect_harness, tmp_path):
     data = gzip.compress(b">a\n" + b"MKVLA" * 20000 + b"\n")
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(Exception, match="cut.fa.gz"):
-        data_refresh(str(ROOT / "configs" / "demo.yaml"), overrides(tmp_path, f"source={{kind: fasta, paths: [{cut}]}}"))
+        data_refresh(str(ROOT / "configs" / "demo.yaml"),
+                     overrides(tmp_path, f"source={{kind: fasta, paths: [{cut}]}}"))
     store = LineageStore(tmp_path / "work" / "lineage.duckdb")
     run = store.runs()[0]
     assert run["status"] == "failed"
@@ -94,7 +96,8 @@ def test_cli_lineage_and_config_errors(first_run, capsys, tmp_path):
     assert "<- cluster" in out and "mmseqs" in out and "source_fasta" in out
     assert plm(["lineage", "show", res.run_id, "--db", res.lineage]) == 0
     run = json.loads(capsys.readouterr().out)
-    assert run["run"]["status"] == "completed" and {s["stage"] for s in run["steps"]} >= {"fetch", "ingest", "cluster", "split", "shards"}
+    assert run["run"]["status"] == "completed"
+    assert {s["stage"] for s in run["steps"]} >= {"fetch", "ingest", "cluster", "split", "shards"}
     assert plm(["lineage", "show", shard.path, "--db", res.lineage]) == 0
     art = json.loads(capsys.readouterr().out)
     assert art["artifact"]["content_hash"] == shard.content_hash
@@ -156,13 +159,14 @@ def test_uniref_source_end_to_end_with_release_check(prefect_harness, tmp_path):
     import hashlib
 
     from http_server import LocalHTTPServer
+
     from tests.helpers import family_fasta
 
     fa = tmp_path / "src.fa"
     family_fasta(fa, families=4, mutants=2, unrelated=6, length=80)
     lines = fa.read_text().splitlines()
-    uniref = "\n".join(f">UniRef50_{line[1:]} Test protein n=1 Tax=Test TaxID=1 RepID={line[1:]}" if line.startswith(">")
-                       else line for line in lines) + "\n"
+    uniref = "\n".join(f">UniRef50_{line[1:]} Test protein n=1 Tax=Test TaxID=1 RepID={line[1:]}"
+                       if line.startswith(">") else line for line in lines) + "\n"
     gz = gzip.compress(uniref.encode())
     metalink = (f'<?xml version="1.0"?><metalink xmlns="http://www.metalinker.org/" version="3.0"><version>2099_01'
                 f'</version><files><file name="uniref50.fasta.gz"><size>{len(gz)}</size><verification>'

@@ -124,7 +124,7 @@ def test_chunk_boundaries_only_before_a_record(tmp_path):
         pieces = list(read_chunks(path, block))
         assert b"".join(pieces) == data
         assert all(p for p in pieces)
-        for prev, piece in zip(pieces, pieces[1:]):
+        for prev, piece in zip(pieces, pieces[1:], strict=False):
             assert piece.startswith(b">") and prev.endswith(b"\n")
 
     check()
@@ -176,7 +176,7 @@ def test_vectorized_header_parser_agrees_with_parse_header():
     def check(raw):
         idx, table = fh.parse_headers(pa.array(raw, pa.binary()))
         assert len(idx) == table.num_rows and list(idx) == sorted(set(idx))
-        for i, row in zip(idx.tolist(), table.to_pylist()):
+        for i, row in zip(idx.tolist(), table.to_pylist(), strict=False):
             text = raw[i].rstrip(b"\r").decode("utf-8", "replace").strip()
             expected = parse_header(text)  # the fast path only takes headers the definition accepts
             assert row == {k: getattr(expected, k) for k in row}, raw[i]
@@ -289,7 +289,8 @@ def test_tokenize_array_works_on_utf8_bytes(seqs):
     got = tokenize_array(pa.array(seqs, pa.string())).to_pylist()
     assert [len(t) for t in got] == [len(s.encode()) + 2 for s in seqs]
     assert all(0 <= i < len(ESM_ALPHABET) for t in got for i in t)
-    assert [t for t, s in zip(got, seqs) if s.isascii()] == [ESM_ALPHABET.encode(s) for s in seqs if s.isascii()]
+    assert [t for t, s in zip(got, seqs, strict=False) if s.isascii()] == \
+        [ESM_ALPHABET.encode(s) for s in seqs if s.isascii()]
 
 
 def test_tokenize_array_documented_errors():

@@ -20,7 +20,12 @@ from hypothesis import strategies as st
 
 from pipeline_lib.errors import DataValidationError
 from pipeline_lib.structures.parse import (
-    BACKBONE_ATOMS, StructureBlob, StructureTooLarge, check_structure_size, parse_structure, structure_stem,
+    BACKBONE_ATOMS,
+    StructureBlob,
+    StructureTooLarge,
+    check_structure_size,
+    parse_structure,
+    structure_stem,
 )
 from pipeline_lib.structures.residues import THREE_TO_ONE
 from tests.conftest import FIXTURES

@@ -47,7 +47,7 @@ def reference_ingest(files, cfg: IngestConfig):
     """What ingest_fasta must produce, one record at a time: (sequences, duplicates, quarantine) rows."""
     allowed = _invalid_pattern(frozenset(cfg.alphabet.upper()))
     kept, quarantine = [], []
-    for path, name in zip(files, source_names(files)):
+    for path, name in zip(files, source_names(files), strict=False):
         data = path.read_bytes()
         data = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
         for index, (header, sequence) in enumerate(reference_records(data)):

@@ -70,8 +70,9 @@ def test_an_ambiguous_prefix_is_an_error_naming_every_candidate(tmp_path):
             store.resolve_run(prefix)
         assert [r["run_id"] for r in err.value.candidates] == ids[::-1]          # newest first
         lines = str(err.value).splitlines()[1:]
-        assert [line.split()[:3] for line in lines] == [[i, "data_refresh", s] for i, s in
-                                                        zip(ids[::-1], ["completed"] * 2 + ["no_new_release", "completed"])]
+        statuses = ["completed"] * 2 + ["no_new_release", "completed"]
+        assert [line.split()[:3] for line in lines] == [[i, "data_refresh", s]
+                                                        for i, s in zip(ids[::-1], statuses, strict=True)]
         with pytest.raises(RunLookupError, match="matches 4 runs"):       # never the oldest match
             store.show(prefix)
     with pytest.raises(RunLookupError, match="no run 'ffff'") as err:

@@ -11,8 +11,14 @@ from hypothesis import strategies as st
 
 from pipeline_lib.errors import DataValidationError
 from pipeline_lib.msa.a3m import (
-    ALIGNED_LETTERS, compute_neff, import_alignment, parse_a3m, parse_mmseqs_header, read_a3m,
-    remove_insertions, sequence_weights,
+    ALIGNED_LETTERS,
+    compute_neff,
+    import_alignment,
+    parse_a3m,
+    parse_mmseqs_header,
+    read_a3m,
+    remove_insertions,
+    sequence_weights,
 )
 from pipeline_lib.msa.store import MSA_SCHEMA, read_msa_parquet, write_msa_parquet
 

@@ -12,7 +12,13 @@ import pytest
 from pipeline_lib.config import load_config
 from pipeline_lib.errors import ConfigError, DataValidationError
 from pipeline_lib.msa.build import (
-    MARKER, build_msa_batch, build_msas, iter_query_batches, prepare_target, read_queries, write_target_fasta,
+    MARKER,
+    build_msa_batch,
+    build_msas,
+    iter_query_batches,
+    prepare_target,
+    read_queries,
+    write_target_fasta,
 )
 from pipeline_lib.msa.commands import TargetDb, msa_commands
 from pipeline_lib.msa.config import MsaConfig
@@ -146,7 +152,7 @@ def test_real_trembl_queries_against_all_500(tmp_path):
     assert len(all_seqs) == 500
     queries = all_seqs[:: 100]
     res = build_msa_batch(queries, TREMBL, tmp_path / "b", MsaConfig(**FAST))
-    for (qid, seq), msa in zip(queries, res.read_msas()):
+    for (qid, seq), msa in zip(queries, res.read_msas(), strict=False):
         assert msa.query_id == qid and msa.rows[0] == seq.upper()
         assert msa.depth >= 2 and msa.header_stats()[1].identity == 1.0   # itself is in the target
         assert 1.0 <= msa.neff <= msa.depth

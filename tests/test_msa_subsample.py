@@ -10,7 +10,12 @@ from pydantic import ValidationError
 from pipeline_lib.msa.a3m import Msa, read_a3m
 from pipeline_lib.msa.config import SubsampleConfig
 from pipeline_lib.msa.subsample import (
-    filter_rows, greedy_select, query_identity_coverage, random_select, rows_allowed, subsample_msa,
+    filter_rows,
+    greedy_select,
+    query_identity_coverage,
+    random_select,
+    rows_allowed,
+    subsample_msa,
 )
 
 MSA_DIR = Path(__file__).parents[1].parent / "shared" / "fixtures" / "msa"

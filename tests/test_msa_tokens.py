@@ -48,7 +48,7 @@ def test_write_shards_manifest_and_read_back(tmp_path):
     assert man["splits"]["train"]["tokens"] == sum(m.depth * m.query_length for m in train)
     back = [x for f in files for x in read_msa_tokens(tmp_path / f["path"])]
     assert [q for q, _ in back] == [m.query_id for m in train]
-    for (_, arr), m in zip(back, train):
+    for (_, arr), m in zip(back, train, strict=False):
         assert arr.shape == (m.depth, m.query_length)
         assert np.array_equal(arr, tokenize_msa(m))
         assert ESM_ALPHABET.decode(arr[0]) == m.query   # query first

@@ -27,8 +27,16 @@ from pipeline_lib.dashboard import data
 from pipeline_lib.errors import PipelineError
 from pipeline_lib.lineage import LineageStore
 from tests.reliability_harness import (
-    artifact_hashes, assert_nothing_partial, finish, lineage_runs, plm_env, prefect_api, reference_hashes,
-    shared_inputs, start_plm, tail,
+    artifact_hashes,
+    assert_nothing_partial,
+    finish,
+    lineage_runs,
+    plm_env,
+    prefect_api,
+    reference_hashes,
+    shared_inputs,
+    start_plm,
+    tail,
 )
 
 __all__ = ["prefect_api"]  # the fixture, re-exported so pytest finds it here
@@ -104,14 +112,14 @@ def two_runs(prefect_api, tmp_path_factory):
         logs = [tmp / "run-a.log", tmp / "run-b.log"]
         started = time.monotonic()
         procs = [start_plm(cfg, workdir, env, log, fault=f"race:{race}", runner=runner) for log in logs]
-        codes = [finish(p, log) for p, log in zip(procs, logs)]
+        codes = [finish(p, log) for p, log in zip(procs, logs, strict=False)]
         elapsed = time.monotonic() - started
     finally:
         reader.stop.set()
         reader.join(timeout=60)
         server.shutdown()
         server.server_close()
-    assert codes == [0, 0], "\n\n".join(f"exit {c}:\n{tail(log)}" for c, log in zip(codes, logs))
+    assert codes == [0, 0], "\n\n".join(f"exit {c}:\n{tail(log)}" for c, log in zip(codes, logs, strict=False))
     return workdir, race, procs, logs, expected, reader, elapsed
 
 

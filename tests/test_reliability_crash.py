@@ -24,8 +24,19 @@ import pytest
 from pipeline_lib.lineage import LineageStore
 from pipeline_lib.tools.mmseqs import find_mmseqs
 from tests.reliability_harness import (
-    assert_nothing_partial, artifact_hashes, final_stage_dirs, finish, kill_when_paused, lineage_runs, plm_env,
-    prefect_api, reference_hashes, shared_inputs, start_plm, tail, temporaries,
+    artifact_hashes,
+    assert_nothing_partial,
+    final_stage_dirs,
+    finish,
+    kill_when_paused,
+    lineage_runs,
+    plm_env,
+    prefect_api,
+    reference_hashes,
+    shared_inputs,
+    start_plm,
+    tail,
+    temporaries,
 )
 
 __all__ = ["prefect_api"]  # the fixture, re-exported so pytest finds it here

@@ -27,8 +27,18 @@ from pipeline_lib.lineage import LineageStore
 from pipeline_lib.sources.embedded import write_structure_chains_fasta
 from tests.helpers import family_fasta
 from tests.reliability_harness import (
-    FAULT_RUNNER, MARKER, artifact_hashes, assert_nothing_partial, finish, kill_when_paused, lineage_runs, plm_env,
-    prefect_api, start_plm, tail, temporaries,
+    FAULT_RUNNER,
+    MARKER,
+    artifact_hashes,
+    assert_nothing_partial,
+    finish,
+    kill_when_paused,
+    lineage_runs,
+    plm_env,
+    prefect_api,
+    start_plm,
+    tail,
+    temporaries,
 )
 
 __all__ = ["prefect_api"]  # the fixture, re-exported so pytest finds it here

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from conftest_http import http_server  # noqa: F401  (fixture)
 from http_server import Fault
+
 from pipeline_lib.config import FastaSource, UnirefSource, load_config
 from pipeline_lib.errors import ConfigError
 from pipeline_lib.sources.download import PermanentDownloadError
@@ -187,7 +187,7 @@ def test_config_errors_never_echo_url_credentials():
 
 # --- URL allow-lists of the sources ----------------------------------------------------------------
 
-def test_source_hosts_outside_allowed_hosts_are_refused_before_any_request(http_server, tmp_path):
+def test_source_hosts_outside_allowed_hosts_are_refused_before_any_request(http_server, tmp_path):  # noqa: F811 (the fixture)
     """``source.allowed_hosts`` (uniref and fasta) refuses other hosts when the config loads; the real
     server on 127.0.0.1 sees no request. Listing its host lets the same download through."""
     fake_ftp(http_server)
@@ -203,7 +203,7 @@ def test_source_hosts_outside_allowed_hosts_are_refused_before_any_request(http_
     assert info.release == "2025_03" and result.path.is_file()
 
 
-def test_a_redirect_off_the_allowed_hosts_is_never_followed(http_server, tmp_path):
+def test_a_redirect_off_the_allowed_hosts_is_never_followed(http_server, tmp_path):  # noqa: F811 (the fixture)
     """Every request the sources make carries the allow-list, and it is checked on each redirect *before*
     the redirect is followed: here the server sends the metalink, a FASTA URL and a HEAD to ``localhost``
     (the same server under a name that is not allowed), and no request reaches it."""

@@ -7,7 +7,8 @@ import pytest
 
 from flows.data_refresh import data_refresh
 from pipeline_lib.lineage import LineageStore, RunRecord, StepRecord, utcnow
-from pipeline_lib.retention import apply_retention, main as retention_main, plan_retention
+from pipeline_lib.retention import apply_retention, plan_retention
+from pipeline_lib.retention import main as retention_main
 from tests.conftest import ROOT
 from tests.helpers import family_fasta
 
@@ -16,7 +17,8 @@ ONE_LEVEL = "cluster.levels=[{name: c50, min_seq_id: 0.5}]"  # one linclust leve
 
 
 def _stage_dirs(store: LineageStore, work: Path, run_id: str) -> set[Path]:
-    rows = store.query("SELECT stage, cache_key FROM steps WHERE run_id=? AND stage NOT IN ('retention', 'report')", [run_id])
+    rows = store.query("SELECT stage, cache_key FROM steps WHERE run_id=? AND stage NOT IN ('retention', 'report')",
+                       [run_id])
     return {work / "stages" / r["stage"] / r["cache_key"][:16] for r in rows}
 
 
@@ -38,7 +40,8 @@ def test_oldest_release_unique_dirs_deleted_and_recorded(three_releases):
     store = LineageStore(work / "lineage.duckdb")
     d1, d2, d3 = (_stage_dirs(store, work, r.run_id) for r in (r1, r2, r3))
     only_first = d1 - d2 - d3
-    assert {p.parent.name for p in only_first} == {"ingest", "cluster_level", "cluster", "split", "shards_partition", "shards"}
+    assert {p.parent.name for p in only_first} == \
+        {"ingest", "cluster_level", "cluster", "split", "shards_partition", "shards"}
     assert not any(p.exists() for p in only_first)
     assert all(p.is_dir() and (p / "_SUCCESS.json").is_file() for p in d2 | d3)
     shared = d1 & (d2 | d3)  # the fetch directory: same parameters for every release
@@ -96,7 +99,8 @@ def test_end_to_end_applies_retention_too(prefect_harness, tmp_path):
     r1, r2 = results
     store = LineageStore(work / "lineage.duckdb")
     only_first = _stage_dirs(store, work, r1.run_id) - _stage_dirs(store, work, r2.run_id)
-    assert {p.parent.name for p in only_first} == {"ingest", "cluster_level", "cluster", "split", "shards_partition", "shards"}
+    assert {p.parent.name for p in only_first} == \
+        {"ingest", "cluster_level", "cluster", "split", "shards_partition", "shards"}
     assert not any(p.exists() for p in only_first)
     assert all(p.is_dir() for p in _stage_dirs(store, work, r2.run_id))
     stats = json.loads(store.query("SELECT stats FROM steps WHERE run_id=? AND stage='retention'",

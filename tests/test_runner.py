@@ -15,14 +15,14 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
+from conftest_http import http_server  # noqa: F401  (fixture)
+from http_server import Fault
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from conftest_http import http_server  # noqa: F401  (fixture)
 from flows.cli import main as plm
 from flows.data_refresh import data_refresh
 from flows.runner import run_configured, task_runner
-from http_server import Fault
 from pipeline_lib.config import RunnerConfig, load_config
 from pipeline_lib.errors import ConfigError, DataValidationError, TransientError
 from pipeline_lib.lineage import LineageStore, StepRecord, utcnow
@@ -133,7 +133,8 @@ def test_dask_local_cluster_gives_the_thread_runners_artifacts(thread_run, tmp_p
     assert len(done) == 5 + 2 + partitions and {t["worker"] for t in done} <= set(cluster.worker_pids)
     steps = LineageStore(res.lineage).query("SELECT stage, status, stats FROM steps WHERE run_id=?", [res.run_id])
     assert sorted(s["stage"] for s in steps) == \
-        sorted(["fetch", *DATA_STAGES, "cluster_level", "cluster_level", *["shards_partition"] * partitions])  # kept by the workers, written here
+        sorted(["fetch", *DATA_STAGES, "cluster_level", "cluster_level",
+                *["shards_partition"] * partitions])  # kept by the workers, written here
     assert {s["status"] for s in steps} == {"completed"}
     parts = [json.loads(s["stats"]) for s in steps if s["stage"] == "shards_partition"]
     assert sorted(p["partition"] for p in parts) == list(range(partitions))
@@ -381,7 +382,8 @@ def test_valid_addresses_are_accepted():
 
 def test_ray_without_prefect_ray_is_a_clear_config_error(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "prefect_ray", None)  # as if the optional extra were not installed
-    with pytest.raises(ConfigError, match=r"runner.kind is 'ray' but prefect-ray is not installed.*plm-pipeline\[ray\]"):
+    with pytest.raises(ConfigError,
+                       match=r"runner.kind is 'ray' but prefect-ray is not installed.*plm-pipeline\[ray\]"):
         task_runner(RunnerConfig(kind="ray"))
     # the CLI reports it before Prefect starts, and nothing runs
     assert plm(["data", DEMO, "--set", f"workdir={tmp_path / 'work'}", "--set", "runner.kind=ray"]) == 2

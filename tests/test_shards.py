@@ -10,11 +10,18 @@ from pipeline_lib.cluster import cluster_sequences
 from pipeline_lib.config import ClusterConfig, IngestConfig, ShardsConfig, SplitConfig
 from pipeline_lib.ingest import ingest_fasta
 from pipeline_lib.schemas import token_buffers
-from pipeline_lib.shards import (_tokenize_numpy, partition_ranges, read_manifest, tokenize_array, tokenize_binary,
-                                 verify_manifest, write_sequence_shards, write_shard_partition)
-from pipeline_lib.tokenizer import SAPROT_ALPHABET
+from pipeline_lib.shards import (
+    _tokenize_numpy,
+    partition_ranges,
+    read_manifest,
+    tokenize_array,
+    tokenize_binary,
+    verify_manifest,
+    write_sequence_shards,
+    write_shard_partition,
+)
 from pipeline_lib.split import assign_splits
-from pipeline_lib.tokenizer import ESM_ALPHABET
+from pipeline_lib.tokenizer import ESM_ALPHABET, SAPROT_ALPHABET
 from tests.helpers import family_fasta
 
 

@@ -1,3 +1,5 @@
+import random
+
 import pyarrow.parquet as pq
 
 from pipeline_lib.cluster import cluster_sequences
@@ -5,7 +7,6 @@ from pipeline_lib.config import ClusterConfig, DecontaminateConfig, IngestConfig
 from pipeline_lib.ingest import ingest_fasta
 from pipeline_lib.split import assign_splits, decontaminate, split_of
 from tests.helpers import family_fasta, point_mutant
-import random
 
 
 def test_split_is_deterministic_and_proportional():

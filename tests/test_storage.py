@@ -221,7 +221,8 @@ def test_retention_prunes_the_published_copies_too(prefect_harness, s3, tmp_path
     for seed in (20, 21):
         family_fasta(fa, seed=seed, families=2, mutants=2, unrelated=3, length=60)
         results.append(data_refresh(str(ROOT / "configs" / "demo.yaml"), [
-            f"workdir={work}", f"source={{kind: fasta, paths: [{fa}]}}", "cluster.levels=[{name: c50, min_seq_id: 0.5}]",
+            f"workdir={work}", f"source={{kind: fasta, paths: [{fa}]}}",
+            "cluster.levels=[{name: c50, min_seq_id: 0.5}]",
             f"storage.url={url}", f"storage.endpoint_url={endpoint}", "retention.keep_releases=1"]))
         if seed == 20:
             shutil.rmtree(results[0].stages["split"].directory)  # only in the bucket now

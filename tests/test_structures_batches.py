@@ -56,7 +56,8 @@ def inputs(tmp_path_factory) -> tuple[Path, dict]:
     ids = [r["id"] for r in rows]
     pq.write_table(pa.table({"id": ids, "cluster_c50": ids}), tmp / "clusters.parquet")
     pq.write_table(pa.table({"id": ids, "split": [SPLITS[i % 3] for i in range(len(ids))]}), tmp / "splits.parquet")
-    sources = [{"kind": "directory", "path": str(afdb)}, {"kind": "directory", "path": str(fixture_path("structures", "pdb"))},
+    sources = [{"kind": "directory", "path": str(afdb)},
+               {"kind": "directory", "path": str(fixture_path("structures", "pdb"))},
                {"kind": "archive", "paths": [str(tmp / "afdb.tar.gz")]}]
     return tmp, {"enabled": True, "backend": "mini3di", "sources": sources}
 
@@ -69,8 +70,8 @@ def _build(tmp: Path, out: Path, settings: dict):
     from pipeline_lib.config import ShardsConfig
 
     return build_structure_shards(tmp / "sequences.parquet", tmp / "clusters.parquet", tmp / "splits.parquet", out,
-                                  StructuresConfig(**settings), levels=["c50"], shards_cfg=ShardsConfig(rows_per_shard=4),
-                                  download_dir=tmp / "dl")
+                                  StructuresConfig(**settings), levels=["c50"],
+                                  shards_cfg=ShardsConfig(rows_per_shard=4), download_dir=tmp / "dl")
 
 
 def test_any_batch_size_gives_the_one_batch_shards_quarantine_and_stats(inputs, tmp_path):

@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 
 from pipeline_lib import schemas
-from pipeline_lib.structures.saprot import (global_align, mask_threedi, no_structure, parse_afdb_name,
-                                            saprot_rows, structure_records)
+from pipeline_lib.structures.saprot import (
+    global_align,
+    mask_threedi,
+    no_structure,
+    parse_afdb_name,
+    saprot_rows,
+    structure_records,
+)
 from pipeline_lib.structures.threedi import EncodedChain, encode_structures
 from pipeline_lib.tokenizer import ESM_ALPHABET, SAPROT_ALPHABET
 
@@ -59,7 +65,7 @@ def test_low_plddt_residues_become_hash_on_afdb_models(afdb_chains):
         low = b < 70
         assert low.any() and (~low).any(), path.name  # each model has both kinds of residues
         assert [ch == "#" for ch in masked] == low.tolist()
-        assert all(m == d.lower() for m, d, lo in zip(masked, chain.threedi, low) if not lo)
+        assert all(m == d.lower() for m, d, lo in zip(masked, chain.threedi, low, strict=False) if not lo)
         checked += int(low.sum())
     assert checked > 100
 
@@ -78,7 +84,7 @@ def test_rows_match_schema_and_join_by_accession(afdb_chains):
     assert row["structure_version"] == "v4" and row["mean_plddt"] == pytest.approx(q96.mean_plddt)
     assert list(row["tokens"]) == ESM_ALPHABET.encode(q96.aa) and row["length"] == len(q96.aa)
     pairs = SAPROT_ALPHABET.decode(row["sa_tokens"])
-    assert pairs == "".join(a + d for a, d in zip(q96.aa, q96.threedi))
+    assert pairs == "".join(a + d for a, d in zip(q96.aa, q96.threedi, strict=False))
     assert bare["threedi_seq"] == "#####" and bare["structure_source"] is None and bare["mean_plddt"] is None
     assert SAPROT_ALPHABET.decode(bare["sa_tokens"]) == "M#K#V#L#A#"
 

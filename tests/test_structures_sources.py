@@ -13,15 +13,14 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from http_server import Fault as ServerFault
+from http_server import LocalHTTPServer
 
 from pipeline_lib.errors import DataValidationError
 from pipeline_lib.structures.config import AfdbSource
 from pipeline_lib.structures.parse import parse_structure
-from pipeline_lib.structures.sources import (SourceStats, afdb_models, iter_archive, iter_directory,
-                                             iter_foldcomp)
+from pipeline_lib.structures.sources import SourceStats, afdb_models, iter_archive, iter_directory, iter_foldcomp
 from pipeline_lib.structures.threedi import encode_structures
-from http_server import Fault as ServerFault
-from http_server import LocalHTTPServer
 
 FIXTURES = Path(__file__).parents[1].parent / "shared" / "fixtures"
 STRUCTURES = FIXTURES / "structures"
@@ -172,7 +171,7 @@ def test_foldcomp_source(tmp_path):
     _foldcomp_db(tmp_path / "db", files)
     blobs = list(iter_foldcomp(tmp_path / "db"))
     assert [b.name for b in blobs] == ["AF-Q96HM7-F1-model_v4", "ERR550519_2213899_unrelaxed_model_1"]
-    for blob, f in zip(blobs, files):
+    for blob, f in zip(blobs, files, strict=False):
         (got,) = parse_structure(blob)
         (want,) = parse_structure(f)
         assert got.name == want.name and got.sequence == want.sequence

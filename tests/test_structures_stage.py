@@ -17,7 +17,8 @@ def _inputs(tmp_path, rows):
     pq.write_table(seqs, tmp_path / "sequences.parquet")
     pq.write_table(pa.table({"id": [r["id"] for r in rows], "cluster_c50": [r["id"] for r in rows]}),
                    tmp_path / "clusters.parquet")
-    pq.write_table(pa.table({"id": [r["id"] for r in rows], "split": ["train"] * len(rows)}), tmp_path / "splits.parquet")
+    pq.write_table(pa.table({"id": [r["id"] for r in rows], "split": ["train"] * len(rows)}),
+                   tmp_path / "splits.parquet")
 
 
 def test_afdb_structures_join_mask_and_quarantine(tmp_path):
@@ -41,7 +42,8 @@ def test_afdb_structures_join_mask_and_quarantine(tmp_path):
     assert low and all(hit["threedi_seq"][i] == "#" for i in low)
     assert all(hit["threedi_seq"][i] != "#" for i in range(len(model.sequence)) if i not in low)
     assert hit["structure_source"] == "directory" and hit["mean_plddt"] > 0
-    assert SAPROT_ALPHABET.decode(hit["sa_tokens"]) == "".join(a + d for a, d in zip(hit["aa_seq"], hit["threedi_seq"]))
+    pairs = zip(hit["aa_seq"], hit["threedi_seq"], strict=True)
+    assert SAPROT_ALPHABET.decode(hit["sa_tokens"]) == "".join(a + d for a, d in pairs)
     assert rows["no_structure"]["threedi_seq"] == "#" * 12 and rows["no_structure"]["structure_source"] is None
     assert res.manifest["vocabulary"]["tokens"] == list(SAPROT_ALPHABET.tokens)
     assert res.stats["rows"] + res.stats["quarantined"] == 3
@@ -56,8 +58,9 @@ def test_experimental_bfactors_are_not_treated_as_plddt(tmp_path):
     for policy, expect_masked in (("auto", False), ("always", True)):
         cfg = StructuresConfig(enabled=True, backend="mini3di", plddt_in_bfactor=policy,
                                sources=[DirectorySource(path=str(pdb), patterns=["1xso.pdb"])])
-        build_structure_shards(tmp_path / "sequences.parquet", tmp_path / "clusters.parquet", tmp_path / "splits.parquet",
-                               tmp_path / policy, cfg, levels=["c50"], shards_cfg=ShardsConfig(), download_dir=tmp_path)
+        build_structure_shards(tmp_path / "sequences.parquet", tmp_path / "clusters.parquet",
+                               tmp_path / "splits.parquet", tmp_path / policy, cfg, levels=["c50"],
+                               shards_cfg=ShardsConfig(), download_dir=tmp_path)
         row = pq.read_table(tmp_path / policy / "train" / "part-00000.parquet").to_pylist()[0]
         assert ("#" in row["threedi_seq"]) == expect_masked, policy
         assert (row["mean_plddt"] is None) == (not expect_masked)
@@ -70,5 +73,6 @@ def test_threedi_of_structure_for_saprot_dms_scoring():
     chain = parse_structure(afdb)[0]
     t = threedi_of_structure(str(afdb), None, StructuresConfig(backend="mini3di"))
     assert len(t) == len(chain.sequence) and t.count("#") == int((chain.plddt < 70).sum()) > 0 and t == t.lower()
-    multi = threedi_of_structure(str(fixture_path("structures", "pdb", "8crb.pdb")), "C", StructuresConfig(backend="mini3di"))
-    assert "#" not in multi and len(multi) == len(parse_structure(fixture_path("structures", "pdb", "8crb.pdb"))[2].sequence)
+    pdb = fixture_path("structures", "pdb", "8crb.pdb")
+    multi = threedi_of_structure(str(pdb), "C", StructuresConfig(backend="mini3di"))
+    assert "#" not in multi and len(multi) == len(parse_structure(pdb)[2].sequence)

@@ -49,7 +49,7 @@ def test_mini3di_matches_foldseek_on_every_fixture_chain():
         got = [(c.name, c.aa, c.threedi) for c in encode_structures([path], "mini3di", stats=stats)]
         expected = golden[path.relative_to(STRUCTURES).as_posix()]
         assert [g[0] for g in got] == [e[0] for e in expected], path  # same chains, same order, none extra
-        for (name, aa, di), (_, aa_exp, di_exp) in zip(got, expected):
+        for (name, aa, di), (_, aa_exp, di_exp) in zip(got, expected, strict=False):
             assert aa == aa_exp, f"{name}: amino acids differ"
             assert di == di_exp, f"{name}: 3Di differs"
     assert stats.chains == sum(len(v) for v in golden.values()) == 44  # 43 names: the ColabFold .pdb and .cif share one

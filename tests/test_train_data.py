@@ -79,7 +79,7 @@ def test_saprot_masking_keeps_the_3di_letter():
     assert len(sel) == pytest.approx(75, abs=2)
     new = [ab.tokens[i] for i in s.tokens[sel]]
     old = [ab.tokens[i] for i in toks[sel]]
-    assert all(n[1] == o[1] for n, o in zip(new, old))            # 3Di letter kept
+    assert all(n[1] == o[1] for n, o in zip(new, old, strict=False))            # 3Di letter kept
     assert sum(n[0] == "#" for n in new) / len(sel) == pytest.approx(0.8, abs=0.1)
     s2 = Masker(ab, seed=0, saprot_mask="mask_token")(toks, row=0, epoch=0)
     assert (s2.tokens == ab.mask_idx).sum() > 0.6 * len(sel)
@@ -168,7 +168,8 @@ def test_packed_and_padded_batches_respect_the_budget(shards: Path):
         seg = torch.diff(b.cu_seqlens.long())
         flat_doc = b.doc_ids.flatten()
         starts = b.cu_seqlens[:-1].long()
-        assert all(len(set(flat_doc[s:s + n].tolist())) == 1 for s, n in zip(starts, seg))   # one doc per segment
+        # one doc per segment
+        assert all(len(set(flat_doc[s:s + n].tolist())) == 1 for s, n in zip(starts, seg, strict=False))
         assert torch.equal(b.position_ids[b.doc_ids >= 0].min(), torch.tensor(0))
     padded = list(Batcher(max_len=128, batch_tokens=512, packing=False, pad_id=1).batches(samples))
     for b, _ in padded:
@@ -186,7 +187,7 @@ def test_world_times_accum_fixes_the_global_batch(shards: Path):
         a = next(one)
         b = [next(it)[0] for it in two]
         assert [x.ids for x in a] == [x.ids for x in b]
-        assert all(torch.equal(x.tokens, y.tokens) for x, y in zip(a, b))
+        assert all(torch.equal(x.tokens, y.tokens) for x, y in zip(a, b, strict=False))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -200,8 +201,8 @@ def test_loader_state_resumes_exactly(shards: Path, workers: int):
     expected = [next(it) for _ in range(4)]
     it2 = iter(StepLoader(cfg, shards, state=state))
     got = [next(it2) for _ in range(4)]
-    for s1, s2 in zip(expected, got):
-        for a, b in zip(s1, s2):
+    for s1, s2 in zip(expected, got, strict=False):
+        for a, b in zip(s1, s2, strict=False):
             assert a.ids == b.ids and torch.equal(a.tokens, b.tokens) and torch.equal(a.labels, b.labels)
     with pytest.raises(ValueError, match="same ranks"):
         StepLoader(cfg.model_copy(update={"grad_accum": 1}), shards, state=state)

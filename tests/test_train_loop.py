@@ -58,7 +58,8 @@ def test_train_metrics_and_callback(shards: Path, tmp_path: Path):
     result = Trainer(_cfg(total_steps=3, export_hf=True), shards_dir=shards, output_dir=tmp_path,
                      env=DistEnv(), on_metrics=seen.append).train()
     assert [r["step"] for r in seen] == [1, 2, 3]
-    keys = {"loss", "perplexity", "lr", "grad_norm", "tokens", "targets", "tokens_per_s", "mfu", "step_time_s", "padding_frac"}
+    keys = {"loss", "perplexity", "lr", "grad_norm", "tokens", "targets", "tokens_per_s", "mfu", "step_time_s",
+            "padding_frac"}
     assert keys <= set(seen[0])
     assert seen[0]["lr"] == pytest.approx(1e-3) and seen[1]["lr"] == pytest.approx(2e-3)
     assert _losses(tmp_path) == {r["step"]: r["loss"] for r in seen}
@@ -233,8 +234,8 @@ def test_meta_init_materialises_the_same_weights(architecture: str):
     a, b = direct.state_dict(), meta.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
     other, _ = build_model(cfg.model_copy(update={"seed": 6}))
-    assert not torch.equal(other.state_dict()["layers.0.fc1.weight" if architecture == "esm2" else
-                                              "layers.0.ffn.layer.fc1.weight"], a[next(k for k in a if "fc1.weight" in k)])
+    fc1 = "layers.0.fc1.weight" if architecture == "esm2" else "layers.0.ffn.layer.fc1.weight"
+    assert not torch.equal(other.state_dict()[fc1], a[next(k for k in a if "fc1.weight" in k)])
 
 
 def test_torchrun_argv_and_config_loading(tmp_path: Path):

@@ -10,15 +10,20 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest_http import http_server  # noqa: F401  (fixture)
 from http_server import Fault, LocalHTTPServer
+
 from pipeline_lib.config import UnirefSource
 from pipeline_lib.errors import ChecksumError, DataValidationError, PipelineError
 from pipeline_lib.sources.download import PermanentDownloadError
 from pipeline_lib.sources.fasta_files import resolve_fasta_inputs, url_download_path
 from pipeline_lib.sources.uniref import (
-    ReleaseInfo, download_uniref, fetch_metalink, parse_metalink, parse_release_note, release_changed,
+    ReleaseInfo,
+    download_uniref,
+    fetch_metalink,
+    parse_metalink,
+    parse_release_note,
+    release_changed,
     release_info,
 )
 

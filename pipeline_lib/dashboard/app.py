@@ -22,12 +22,20 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server as _wsgi_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
+from werkzeug.serving import make_server as _wsgi_server
 
 from pipeline_lib.dashboard import data, figures
 from pipeline_lib.dashboard.db import db_version, read_only
-from pipeline_lib.dashboard.tables import (CSS, Table, eval_rows_table, runs_table, splits_table, steps_table,
-                                           summary_table)
+from pipeline_lib.dashboard.tables import (
+    CSS,
+    Table,
+    eval_rows_table,
+    runs_table,
+    splits_table,
+    steps_table,
+    summary_table,
+)
 from pipeline_lib.errors import PipelineError, RunLookupError
 
 __all__ = ["create_app", "make_server", "serve", "PAGES"]
@@ -66,7 +74,7 @@ def runs_page(db: Path, run_id: str | None) -> list[Any]:
 
 
 def _run_head(run_id: str, run: dict[str, Any] | None) -> list[Any]:
-    head = [html.H3(f"Run {run_id}")]
+    head: list[Any] = [html.H3(f"Run {run_id}")]
     if run:
         head.append(html.P(f"{run['flow']} · {run['name']} · status {run['status']} · config {run['config_hash'][:12]}"
                            f" · code {run['code_version']} · host {run['host']}", className="note"))
@@ -87,7 +95,8 @@ def dataset_page(db: Path, run_id: str) -> list[Any]:
     return [html.Div([
         _graph("fig-lengths", figures.length_figure(ds.lengths)),
         _graph("fig-clusters", figures.cluster_size_figure(ds.cluster_sizes)),
-        html.Div([_graph("fig-splits", figures.split_figure(ds.splits)), _table(splits_table(ds.splits), "splits-table")]),
+        html.Div([_graph("fig-splits", figures.split_figure(ds.splits)),
+                  _table(splits_table(ds.splits), "splits-table")]),
         _graph("fig-plddt", figures.histogram_figure(ds.plddt, "Mean pLDDT per structure",
                                                      "no structure_shard artifacts in this run")),
         _graph("fig-msa", figures.histogram_figure(ds.msa_depth, "MSA depth", "no msa artifacts in this run",
@@ -187,7 +196,8 @@ def _guarded(fn: Any, *args: Any) -> list[Any]:
 def create_app(db_path: str | os.PathLike[str], *, refresh_s: float = 5.0) -> Dash:
     """A Dash app reading ``db_path``; ``refresh_s`` is how often the browser checks for changes."""
     db = Path(db_path).resolve()
-    app = Dash(__name__, title="PLM pipeline", update_title=None, suppress_callback_exceptions=True,
+    app = Dash(__name__, title="PLM pipeline", update_title=None,  # type: ignore[arg-type]  # no "Updating..." title
+               suppress_callback_exceptions=True,
                serve_locally=True)
     app.index_string = app.index_string.replace("{%css%}", "{%css%}<style>" + CSS + "</style>")
     nav = [dcc.Link(title, href=path, id=f"nav{path.replace('/', '-') or '-runs'}") for path, title in PAGES.items()]
@@ -196,7 +206,8 @@ def create_app(db_path: str | os.PathLike[str], *, refresh_s: float = 5.0) -> Da
         dcc.Interval(id="tick", interval=int(refresh_s * 1000)),
         dcc.Store(id="version"),
         html.Header([html.H2("PLM pipeline"), html.Nav(nav),
-                     html.Div(dcc.Dropdown(id="run", clearable=False, placeholder="no runs yet"), className="run-picker"),
+                     html.Div(dcc.Dropdown(id="run", clearable=False, placeholder="no runs yet"),
+                              className="run-picker"),
                      html.Span(str(db), className="db")]),
         html.Div(id="run-message", style={"padding": "0 20px"}),
         html.Main(id="page"),

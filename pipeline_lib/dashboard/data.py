@@ -18,15 +18,20 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from pipeline_lib.dashboard.db import ReadOnlyLineage, read_only, rows
-from pipeline_lib.dashboard.stats import (Histogram, cluster_size_distribution, length_histogram,
-                                          msa_depth_histogram, plddt_histogram)
+from pipeline_lib.dashboard.stats import (
+    Histogram,
+    cluster_size_distribution,
+    length_histogram,
+    msa_depth_histogram,
+    plddt_histogram,
+)
 from pipeline_lib.errors import PipelineError
 
 __all__ = ["Source", "Histogram", "LineageGraph", "Dataset", "RunNote", "list_runs", "latest_run_id", "resolve_run",
@@ -75,7 +80,7 @@ def list_runs(db: Source, limit: int = 50, run_id: str | None = None) -> list[di
                    count(*) FILTER (WHERE s.status = 'failed') AS failed
             FROM runs r LEFT JOIN steps s USING (run_id) WHERE ? IS NULL OR r.run_id = ?
             GROUP BY ALL ORDER BY r.started_at DESC LIMIT ?""", [run_id, run_id, limit])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for r in out:
         end = r["ended_at"] or (now if r["status"] == "running" else None)
         r["duration_s"] = (end - r["started_at"]).total_seconds() if end and r["started_at"] else None

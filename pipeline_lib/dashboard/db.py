@@ -86,7 +86,8 @@ def read_only(db_path: str | os.PathLike[str], *, lock_wait_s: float = LOCK_WAIT
 
 
 def _has_schema(con: duckdb.DuckDBPyConnection) -> bool:
-    return con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'runs'").fetchone()[0] > 0
+    row = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'runs'").fetchone()
+    return row is not None and row[0] > 0
 
 
 @contextmanager
@@ -120,7 +121,7 @@ def rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = No
     """Run a query and return its rows as dicts."""
     cur = con.execute(sql, params or [])
     names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
+    return [dict(zip(names, r, strict=False)) for r in cur.fetchall()]
 
 
 def db_version(db_path: str | os.PathLike[str]) -> str:
@@ -144,7 +145,7 @@ class ReadOnlyLineage(LineageStore):
     def __init__(self, con: duckdb.DuckDBPyConnection, path: str | os.PathLike[str] = "") -> None:
         self.path = Path(path)
         self.lock_timeout_s = 0.0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._con = con
 
     @contextmanager

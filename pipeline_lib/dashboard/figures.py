@@ -15,7 +15,8 @@ import plotly.graph_objects as go
 from pipeline_lib.dashboard.data import LineageGraph
 from pipeline_lib.dashboard.stats import Histogram
 
-__all__ = ["STATUS_COLORS", "metric_order", "empty_figure", "histogram_figure", "length_figure", "stage_timeline_figure",
+__all__ = ["STATUS_COLORS", "metric_order", "empty_figure", "histogram_figure", "length_figure",
+           "stage_timeline_figure",
            "cluster_size_figure", "split_figure", "training_figure", "eval_figure", "lineage_figure"]
 
 STATUS_COLORS = {"completed": "#2ca02c", "cached": "#1f77b4", "failed": "#d62728", "running": "#ff7f0e",
@@ -66,7 +67,8 @@ def stage_timeline_figure(steps: list[dict[str, Any]]) -> go.Figure:
     if not steps:
         return empty_figure("Stage timeline", "no steps recorded for this run yet")
     t0: datetime = min(s["started_at"] for s in steps)
-    fig = _fig("Stage timeline (seconds since the first step)", barmode="overlay", height=max(260, 60 + 32 * len(steps)))
+    fig = _fig("Stage timeline (seconds since the first step)", barmode="overlay",
+               height=max(260, 60 + 32 * len(steps)))
     for status in sorted({s["status"] for s in steps}):
         sel = [s for s in steps if s["status"] == status]
         fig.add_bar(orientation="h", name=status, marker_color=STATUS_COLORS.get(status, "#999"),

@@ -11,15 +11,23 @@ from __future__ import annotations
 import html
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import plotly.graph_objects as go
 
 from pipeline_lib.dashboard import data, figures
 from pipeline_lib.dashboard.db import read_only
-from pipeline_lib.dashboard.tables import (CSS, Table, eval_rows_table, runs_table, splits_table, steps_table,
-                                           summary_table, table_html)
+from pipeline_lib.dashboard.tables import (
+    CSS,
+    Table,
+    eval_rows_table,
+    runs_table,
+    splits_table,
+    steps_table,
+    summary_table,
+    table_html,
+)
 from pipeline_lib.io import atomic_path
 
 __all__ = ["write_report", "render_report"]
@@ -64,7 +72,7 @@ def render_report(db_path: str | os.PathLike[str], run_id: str) -> str:
     doc.h(1, f"PLM pipeline run {run_id}")
     doc.p(f"{run['flow']} · {run['name']} · config {run['config_hash']} · code {run['code_version']} · "
           f"host {run['host']} · lineage {db.resolve()} · report written "
-          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
+          f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
     doc.table(runs_table([run]))
     if note is not None and note.empty:   # no_new_release: say so, and which run to open instead
         doc.p(note.text + "".join(f" {r['prefix']} ({r['flow']}, {r['started_at']:%Y-%m-%d %H:%M}, {r['status']})"

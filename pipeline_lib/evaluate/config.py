@@ -46,7 +46,8 @@ class DmsFileConfig(StrictModel):
         "DMS_score_bin", description="0/1 labels for ROC AUC; used when the column exists (None: never).")
     sequence_column: str | None = Field(
         "mutated_sequence", description="Full mutated sequence per row; the wild type is derived from it and checked.")
-    wild_type: str | None = Field(None, description="Wild-type sequence (instead of, or checked against, the derived one).")
+    wild_type: str | None = Field(
+        None, description="Wild-type sequence (instead of, or checked against, the derived one).")
     wild_type_column: str | None = Field(None, description="Column holding the wild-type sequence on every row.")
     offset: int = Field(0, description="Residue number of the first wild-type residue minus one: mutant A124G "
                                        "with offset 100 names residue 24 of the sequence.")
@@ -90,7 +91,7 @@ class EvaluateConfig(StrictModel):
     contacts: ContactsConfig = Field(default_factory=ContactsConfig, description="Unsupervised contacts.")
 
     @model_validator(mode="after")
-    def _contacts_split(self) -> "EvaluateConfig":
+    def _contacts_split(self) -> EvaluateConfig:
         c = self.contacts
         if isinstance(c.train_structures, int) and c.train_structures < 1:
             raise ValueError("contacts.train_structures must be >= 1 or a list of paths")

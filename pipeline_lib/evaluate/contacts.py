@@ -179,9 +179,9 @@ class ContactRegression:
 
     @classmethod
     def fit(cls, features: Sequence[np.ndarray], targets: Sequence[ContactTarget], *, min_separation: int = 6,
-            l1_c: float = 0.15, max_pairs: int = 200_000, seed: int = 0) -> "ContactRegression":
+            l1_c: float = 0.15, max_pairs: int = 200_000, seed: int = 0) -> ContactRegression:
         xs, ys = [], []
-        for feat, tgt in zip(features, targets):
+        for feat, tgt in zip(features, targets, strict=False):
             i, j = _pair_index(len(tgt.sequence), min_separation)
             xs.append(feat[i, j])
             ys.append(tgt.contacts[i, j])

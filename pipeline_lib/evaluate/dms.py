@@ -187,7 +187,7 @@ def _check(wt: str, seq: str | None, muts: tuple[Mutation, ...], offset: int, mu
     expected = list(wt)
     for mu in muts:
         expected[mu.index] = mu.mt
-    for i, (a, b) in enumerate(zip(seq, expected)):
+    for i, (a, b) in enumerate(zip(seq, expected, strict=False)):
         if a != b:
             named = any(mu.index == i for mu in muts)
             why = (f"mutant {mutant!r} says {b}" if named else
@@ -213,6 +213,7 @@ def read_dms(spec: DmsFileConfig | str | os.PathLike[str], *, on_bad_row: BadRow
     header, rows = _open_rows(path, cfg.delimiter)
     c_mut = _column(header, cfg.mutant_column, path, "mutant", True)
     c_score = _column(header, cfg.score_column, path, "score", True)
+    assert c_mut is not None and c_score is not None  # required columns: _column raised otherwise
     c_bin = _column(header, cfg.binary_column, path, "binary label", False)
     c_seq = _column(header, cfg.sequence_column, path, "sequence", False)
     c_wt = _column(header, cfg.wild_type_column, path, "wild-type sequence", True)
@@ -241,7 +242,7 @@ def read_dms(spec: DmsFileConfig | str | os.PathLike[str], *, on_bad_row: BadRow
             raise DataValidationError(exc.detail, path=str(path)) from None
     else:
         derived: list[str | None] = []
-        for n, mutant, muts, _s, _l, seq, row_wt in parsed:
+        for n, _mutant, muts, _s, _l, seq, row_wt in parsed:
             try:
                 derived.append(row_wt if row_wt is not None else _derive(seq or "", muts, cfg.offset))
             except _Bad as exc:

@@ -76,12 +76,12 @@ class HFMaskedLM:
         before = getattr(config, "_attn_implementation", "eager")
         switch = before != "eager" and hasattr(self.model, "set_attn_implementation")
         if switch:
-            self.model.set_attn_implementation("eager")
+            getattr(self.model, "set_attn_implementation")("eager")  # noqa: B009 (an HF model's method)
         try:
             out = self._run(tokens, output_attentions=True)
         finally:
             if switch:
-                self.model.set_attn_implementation(before)
+                getattr(self.model, "set_attn_implementation")(before)  # noqa: B009
         if not out.attentions:
             raise RuntimeError(f"model returned no attention weights (attention implementation {before!r})")
         return torch.stack([a.float() for a in out.attentions], dim=1)

@@ -30,12 +30,13 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline_lib.errors import DataValidationError
-from pipeline_lib.schemas import token_buffers
 from pipeline_lib.evaluate.config import PerplexityConfig
 from pipeline_lib.evaluate.model import MaskedLM, pad_batch
+from pipeline_lib.schemas import token_buffers
 from pipeline_lib.tokenizer import Alphabet
 
-__all__ = ["PerplexityResult", "token_column", "shard_files", "iter_token_rows", "mask_lookup", "masked_nll", "pseudo_nll",
+__all__ = ["PerplexityResult", "token_column", "shard_files", "iter_token_rows", "mask_lookup", "masked_nll",
+           "pseudo_nll",
            "evaluate_perplexity"]
 
 _BUFFER = 64  # batches gathered before sorting by length (less padding, bounded memory)
@@ -123,7 +124,7 @@ def _chunks(n_residues: int, window: int) -> list[tuple[int, int]]:
     """Near-equal consecutive residue ranges [start, end) (0-based) of at most ``window`` residues."""
     k = max(1, -(-n_residues // window))
     edges = np.linspace(0, n_residues, k + 1).round().astype(int)
-    return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=False))
 
 
 Item = tuple[np.ndarray, np.ndarray, np.ndarray]   # (input tokens, positions, target ids)

@@ -43,7 +43,7 @@ class MetricRow:
     n: int
 
 
-def perplexity_rows(results: Sequence["PerplexityResult"]) -> list[MetricRow]:
+def perplexity_rows(results: Sequence[PerplexityResult]) -> list[MetricRow]:
     return [MetricRow(r.metric, r.split, r.value, r.n_tokens) for r in results]
 
 
@@ -52,7 +52,7 @@ def _mean(values: list[float]) -> float:
     return sum(kept) / len(kept) if kept else float("nan")
 
 
-def dms_rows(results: Sequence["AssayResult"]) -> list[MetricRow]:
+def dms_rows(results: Sequence[AssayResult]) -> list[MetricRow]:
     rows: list[MetricRow] = []
     for r in results:
         rows.append(MetricRow("dms_spearman", r.name, r.spearman, r.n))
@@ -67,13 +67,13 @@ def dms_rows(results: Sequence["AssayResult"]) -> list[MetricRow]:
     return rows
 
 
-def contact_rows(result: "ContactResult") -> list[MetricRow]:
+def contact_rows(result: ContactResult) -> list[MetricRow]:
     return [MetricRow(f"contact_precision@{frac}", rng, value, result.n_test)
             for rng, by_frac in result.mean.items() for frac, value in by_frac.items()]
 
 
-def collect_rows(*, perplexity: Sequence["PerplexityResult"] = (), dms: Sequence["AssayResult"] = (),
-                 contacts: "ContactResult | None" = None) -> list[MetricRow]:
+def collect_rows(*, perplexity: Sequence[PerplexityResult] = (), dms: Sequence[AssayResult] = (),
+                 contacts: ContactResult | None = None) -> list[MetricRow]:
     """Every result as metric rows, in the order perplexity, DMS, contacts."""
     return perplexity_rows(perplexity) + dms_rows(dms) + (contact_rows(contacts) if contacts else [])
 
@@ -96,7 +96,7 @@ def render_comparison(results: Mapping[str, Sequence[MetricRow]], *, digits: int
     header = ["metric", "subset", *results.keys()]
     body = [[m, s, *(f"{cells[(m, s, c)]:.{digits}f}" if (m, s, c) in cells else "-" for c in results)]
             for m, s in keys]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
-    line = lambda cols: "| " + " | ".join(str(x).ljust(w) for x, w in zip(cols, widths)) + " |"  # noqa: E731
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
+    line = lambda cols: "| " + " | ".join(str(x).ljust(w) for x, w in zip(cols, widths, strict=False)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), sep, *(line(b) for b in body)])

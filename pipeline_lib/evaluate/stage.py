@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 
 from pipeline_lib.errors import PipelineError
-from pipeline_lib.structures.config import StructuresConfig
 from pipeline_lib.evaluate.config import EvaluateConfig
 from pipeline_lib.evaluate.contacts import evaluate_contacts_config
 from pipeline_lib.evaluate.model import HFMaskedLM
 from pipeline_lib.evaluate.perplexity import evaluate_perplexity
 from pipeline_lib.evaluate.report import MetricRow, collect_rows
 from pipeline_lib.evaluate.variants import evaluate_dms
+from pipeline_lib.structures.config import StructuresConfig
 from pipeline_lib.tokenizer import ESM_ALPHABET, SAPROT_ALPHABET
 
 __all__ = ["load_hf_model", "evaluate_checkpoint", "resolve_checkpoint"]

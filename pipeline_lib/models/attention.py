@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -88,13 +88,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn: AttnInput
         from torch.nn.attention.varlen import varlen_attn
 
         b, t, h, d = q.shape
+        kw: dict[str, Any]
         if _varlen_takes_scale():
             kw = {"scale": 1.0}
         else:  # the kernel multiplies by d^-0.5 again: undo the scaling q already has
             q, kw = q * d ** 0.5, {}
         out = varlen_attn(q.reshape(b * t, h, d), k.reshape(b * t, h, d), v.reshape(b * t, h, d),
                           attn.cu_seqlens, attn.cu_seqlens, attn.max_seqlen, attn.max_seqlen, **kw)
-        return out.view(b, t, h, d)
+        return cast(torch.Tensor, out).view(b, t, h, d)  # one tensor: no auxiliary outputs were asked for
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                          attn_mask=attn.mask, scale=1.0)
     return out.transpose(1, 2)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +72,7 @@ class ESM2Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ESM2Config":
+    def from_dict(cls, d: dict[str, Any]) -> ESM2Config:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -215,7 +215,7 @@ def zero_row_(weight: torch.Tensor, row: int) -> None:
     if hasattr(weight, "device_mesh"):
         from torch.distributed.tensor import DTensor, Replicate
 
-        keep = torch.ones(weight.shape[0], 1, dtype=weight.dtype, device=weight.to_local().device)
+        keep = torch.ones(weight.shape[0], 1, dtype=weight.dtype, device=cast(DTensor, weight).to_local().device)
         keep[row] = 0
         weight.mul_(DTensor.from_local(keep, weight.device_mesh, [Replicate()] * weight.device_mesh.ndim,
                                        run_check=False))

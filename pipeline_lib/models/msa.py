@@ -55,7 +55,7 @@ class MSAConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MSAConfig":
+    def from_dict(cls, d: dict[str, Any]) -> MSAConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 

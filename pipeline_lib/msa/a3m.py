@@ -99,14 +99,14 @@ class Msa:
     def header_stats(self) -> list[HeaderStats | None]:
         return [parse_mmseqs_header(h) for h in self.headers]
 
-    def take(self, indices: np.ndarray | list[int]) -> "Msa":
+    def take(self, indices: np.ndarray | list[int]) -> Msa:
         """A new Msa with the rows at ``indices`` (in that order)."""
         idx = [int(i) for i in indices]
         return Msa(self.query_id, tuple(self.rows[i] for i in idx), tuple(self.headers[i] for i in idx),
                    self.source)
 
     def to_a3m(self) -> str:
-        return "".join(f">{h}\n{r}\n" for h, r in zip(self.headers, self.rows))
+        return "".join(f">{h}\n{r}\n" for h, r in zip(self.headers, self.rows, strict=False))
 
 
 def remove_insertions(seq: str) -> str:

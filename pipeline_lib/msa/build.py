@@ -75,7 +75,7 @@ class BatchResult:
         return rec
 
     @classmethod
-    def from_record(cls, rec: dict[str, Any], batch_dir: Path, *, reused: bool) -> "BatchResult":
+    def from_record(cls, rec: dict[str, Any], batch_dir: Path, *, reused: bool) -> BatchResult:
         return cls(batch_dir, rec["key"], tuple(rec["query_ids"]), rec["a3m_files"], rec["depths"],
                    rec["commands"], rec["mmseqs_version"], rec["seconds"], reused)
 
@@ -105,7 +105,7 @@ def write_target_fasta(sequences_parquet: str | os.PathLike[str], out_fasta: str
     with atomic_path(out_fasta) as tmp, open(tmp, "w") as fh:
         for batch in pq.ParquetFile(sequences_parquet).iter_batches(65536, columns=["id", "sequence"]):
             ids, seqs = batch.column(0).to_pylist(), batch.column(1).to_pylist()
-            fh.write("".join(f">{i}\n{s}\n" for i, s in zip(ids, seqs)))
+            fh.write("".join(f">{i}\n{s}\n" for i, s in zip(ids, seqs, strict=False)))
             n += len(ids)
     return n
 
@@ -159,8 +159,8 @@ def _validate_queries(batch: Sequence[Query]) -> list[Query]:
 def _resolve_target(target_db: TargetDb | str | os.PathLike[str], cfg: MsaConfig) -> TargetDb | Path:
     """A TargetDb with absolute paths, or the path of a FASTA to build inside the batch."""
     if isinstance(target_db, TargetDb):
-        return TargetDb(*(Path(p).resolve() if p is not None else None for p in
-                          (target_db.search_db, target_db.seq_db, target_db.aln_db)))
+        return TargetDb(Path(target_db.search_db).resolve(), Path(target_db.seq_db).resolve(),
+                        Path(target_db.aln_db).resolve() if target_db.aln_db is not None else None)
     p = Path(target_db).resolve()
     if is_mmseqs_db(p):
         return TargetDb.from_db(p, expand=cfg.expand.enabled)
@@ -200,7 +200,8 @@ def _collect(queries: list[Query], work: Path, a3m_dir: Path) -> tuple[dict[str,
         key, name = line.split("\t")[:2]
         key_of[int(name)] = key
     a3m_dir.mkdir()
-    files, depths = {}, {}
+    files: dict[str, str] = {}
+    depths: dict[str, int] = {}
     for i, (qid, seq) in enumerate(queries):
         raw = work / A3M_DIR / f"{key_of[i]}.a3m"
         text = _with_query_header(raw.read_text() if raw.is_file() else "", qid, seq)

@@ -44,7 +44,7 @@ class TargetDb:
         return self.aln_db is not None
 
     @classmethod
-    def from_db(cls, db: str | os.PathLike[str], *, expand: bool) -> "TargetDb":
+    def from_db(cls, db: str | os.PathLike[str], *, expand: bool) -> TargetDb:
         """Wrap an existing DB; with ``expand``, ColabFold's layout ``<db>``, ``<db>_seq``, ``<db>_aln``."""
         db = Path(db)
         if not expand:

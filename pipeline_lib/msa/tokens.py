@@ -172,4 +172,4 @@ def msa_arrays(column: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
 def read_msa_tokens(path: str | os.PathLike[str]) -> list[tuple[str, np.ndarray]]:
     """(query_id, (depth, length) uint8 array) for every MSA of one shard file (for tests and loaders)."""
     table = pq.read_table(path, columns=["query_id", "msa_tokens"])
-    return list(zip(table.column("query_id").to_pylist(), msa_arrays(table.column("msa_tokens"))))
+    return list(zip(table.column("query_id").to_pylist(), msa_arrays(table.column("msa_tokens")), strict=False))

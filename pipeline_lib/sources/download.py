@@ -36,8 +36,14 @@ import urllib3
 
 from pipeline_lib.errors import ChecksumError, DownloadError
 from pipeline_lib.progress import Progress
-from pipeline_lib.sources.urls import (PermanentDownloadError, check_url_allowed, redact_url, redirect_guard,
-                                       scrub_credentials, url_policy)
+from pipeline_lib.sources.urls import (
+    PermanentDownloadError,
+    check_url_allowed,
+    redact_url,
+    redirect_guard,
+    scrub_credentials,
+    url_policy,
+)
 
 __all__ = [
     "DownloadResult", "HeadInfo", "PermanentDownloadError",
@@ -151,7 +157,7 @@ class _Hashes:
         self.n += len(block)
 
     @classmethod
-    def of_file(cls, path: Path) -> "_Hashes":
+    def of_file(cls, path: Path) -> _Hashes:
         h = cls()
         if path.exists():
             with open(path, "rb") as fh:

@@ -30,9 +30,9 @@ def source_identity(source: UnirefSource | FastaSource | EmbeddedSource, downloa
     if isinstance(source, EmbeddedSource):
         from pipeline_lib.sources.embedded import embedded_corpus
 
-        files = embedded_corpus(source.corpus)
+        corpus = embedded_corpus(source.corpus)
         return {"kind": "embedded", "release": f"embedded-{source.corpus}",
-                "files": {f"{f.package}=={f.package_version}:{f.path.name}": sha256_file(f.path) for f in files}}
+                "files": {f"{f.package}=={f.package_version}:{f.path.name}": sha256_file(f.path) for f in corpus}}
     from pipeline_lib.sources.download import head
     from pipeline_lib.sources.fasta_files import resolve_fasta_inputs
 

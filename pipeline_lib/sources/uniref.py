@@ -71,8 +71,8 @@ class ReleaseInfo:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ReleaseInfo":
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
+    def from_dict(cls, d: dict[str, Any]) -> ReleaseInfo:
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]  # JSON values
 
 
 def database_url(base_url: str, database: str) -> str:

@@ -85,8 +85,8 @@ def check_url_allowed(url: str, allowed_schemes: Iterable[str] = ("http", "https
 
 def url_policy(url: str, allowed_schemes: Iterable[str], allowed_hosts: Iterable[str] | None) -> dict[str, Any]:
     """Check ``url`` now and return the policy keywords to check again after redirects (:func:`redirect_guard`)."""
-    policy = {"allowed_schemes": tuple(allowed_schemes),
-              "allowed_hosts": None if allowed_hosts is None else tuple(allowed_hosts)}
+    policy: dict[str, Any] = {"allowed_schemes": tuple(allowed_schemes),
+                              "allowed_hosts": None if allowed_hosts is None else tuple(allowed_hosts)}
     check_url_allowed(url, **policy)
     return policy
 

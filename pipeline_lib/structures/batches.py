@@ -21,17 +21,17 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline_lib.progress import Progress
-from pipeline_lib.structures.config import StructureSource, StructuresConfig
+from pipeline_lib.structures.config import StructuresConfig, StructureSource
 from pipeline_lib.structures.parse import StructureBlob, StructureTooLarge, check_structure_size
 from pipeline_lib.structures.saprot import StructureRecord, parse_afdb_name, structure_records
 from pipeline_lib.structures.sources import SourceStats, afdb_models, iter_archive, iter_directory, iter_foldcomp
-from pipeline_lib.structures.threedi import EncodedChain, EncodeStats, encode_structures
+from pipeline_lib.structures.threedi import Backend, EncodedChain, EncodeStats, encode_structures
 
 __all__ = ["FileTally", "StructureBatch", "BatchResult", "CHAINS_SCHEMA", "TALLY_SCHEMA", "plan_batches",
            "run_batch", "merge_batches", "write_batch", "read_batch", "with_plddt_policy"]
@@ -157,7 +157,7 @@ def run_batch(batch: StructureBatch, cfg: StructuresConfig, *, backend: str, dow
     src = batch.source
     inputs = _within_limits(_inputs(batch, download_dir, res.source), cfg, res.tally)
     with Progress(batch.label, unit="files") as prog:
-        chains = encode_structures(inputs, backend=backend, threads=cfg.threads, workers=workers,
+        chains = encode_structures(inputs, backend=cast(Backend, backend), threads=cfg.threads, workers=workers,
                                    batch_size=cfg.batch_size, foldseek_binary=cfg.foldseek_binary,
                                    altloc=cfg.altloc, stats=res.encode, progress=prog)
         chains = with_plddt_policy(_noting_files(chains, res.tally), src.kind, cfg.plddt_in_bfactor)
@@ -185,7 +185,7 @@ def write_batch(res: BatchResult, out_dir: Path) -> dict[str, Any]:
     """``chains.parquet`` and ``tally.parquet`` in ``out_dir``; returns the counts :func:`read_batch` needs."""
     pq.write_table(pa.Table.from_pylist([asdict(r) for r in res.records.values()], schema=CHAINS_SCHEMA),
                    out_dir / "chains.parquet")
-    rows = [{"kind": kind, "file": f, "reason": why}
+    rows: list[dict[str, str | None]] = [{"kind": kind, "file": f, "reason": why}
             for kind, pairs in (("too_large", res.tally.too_large), ("unreadable", res.encode.failures),
                                 ("source_failure", res.source.failures)) for f, why in pairs]
     rows += [{"kind": "encoded", "file": f, "reason": None} for f in sorted(res.tally.encoded)]

@@ -33,7 +33,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Literal, cast
 
 import gemmi
 import numpy as np
@@ -298,7 +298,7 @@ def _byte_stream(item: str | os.PathLike[str] | StructureBlob) -> Iterator[tuple
             return
         raw.seek(0)
         with gzip.GzipFile(fileobj=raw) as unzipped:
-            yield name, unzipped
+            yield name, cast(IO[bytes], unzipped)
 
 
 def check_structure_size(item: str | os.PathLike[str] | StructureBlob, *, max_bytes: int | None = None,

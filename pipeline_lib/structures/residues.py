@@ -24,7 +24,7 @@ FVA V PHL F CRF T BFD D MEQ Q DAB A AGM R 4BF Y B3A A B3D D B3K K B3Y Y BAL A DB
 HZP P KYN W MGN Q
 """
 _WORDS = _TABLE.split()
-THREE_TO_ONE: dict[str, str] = dict(zip(_WORDS[0::2], _WORDS[1::2]))
+THREE_TO_ONE: dict[str, str] = dict(zip(_WORDS[0::2], _WORDS[1::2], strict=False))
 
 
 def one_letter(name: str) -> str:

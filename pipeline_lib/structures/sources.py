@@ -159,7 +159,7 @@ def _pick_entry(entries: list[dict[str, Any]], accession: str) -> dict[str, Any]
     """The F1 entry of ``accession`` (the API may list isoforms or fragments too)."""
     own = [e for e in entries if e.get("uniprotAccession", accession) == accession] or entries
     f1 = [e for e in own if str(e.get("entryId", "")).endswith("-F1")]
-    return (f1 or own or [None])[0]
+    return (f1 or own)[0] if (f1 or own) else None
 
 
 def _version(entry: dict[str, Any], filename: str) -> str:
@@ -181,7 +181,7 @@ def fetch_afdb_model(accession: str, dest_dir: str | os.PathLike[str], cfg: Afdb
     entries = afdb_prediction(accession, base_url=cfg.base_url, retries=cfg.retries, timeout_s=cfg.timeout_s)
     entry = _pick_entry(entries, accession) if entries else None
     url = entry.get("pdbUrl" if cfg.file_format == "pdb" else "cifUrl") if entry else None
-    if not url:
+    if not url or entry is None:
         stats.afdb["no_model"] += 1
         return None
     filename = PurePosixPath(urlsplit(url).path).name

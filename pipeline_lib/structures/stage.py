@@ -37,8 +37,14 @@ import pyarrow.parquet as pq
 from pipeline_lib import schemas
 from pipeline_lib.config import ShardsConfig
 from pipeline_lib.io import atomic_path, duckdb_connect, sha256_file, sql_str, write_json_atomic
-from pipeline_lib.structures.batches import BatchResult, FileTally, merge_batches, plan_batches, run_batch, \
-    with_plddt_policy
+from pipeline_lib.structures.batches import (
+    BatchResult,
+    FileTally,
+    merge_batches,
+    plan_batches,
+    run_batch,
+    with_plddt_policy,
+)
 from pipeline_lib.structures.config import StructuresConfig
 from pipeline_lib.structures.saprot import saprot_rows
 from pipeline_lib.structures.threedi import encode_structures, resolve_backend

@@ -192,7 +192,7 @@ def _encode_batch_foldseek(items: list[StructureInput], binary: str | None, thre
         for name, aa, di in Foldseek(binary=binary, threads=threads).structures_to_3di(paths, Path(tmp) / "db"):
             chain = parsed[name].popleft() if parsed.get(name) else None
             same = chain is not None and chain.sequence == aa
-            out.append(EncodedChain(name, aa, di, chain.plddt if same else None,
+            out.append(EncodedChain(name, aa, di, chain.plddt if chain is not None and same else None,
                                     chain.source if chain is not None else ""))
             stats.chains += 1
             stats.residues += len(aa)

@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 
 from pipeline_lib.errors import ToolError
@@ -58,7 +59,7 @@ class _Heartbeat:
         while not self._stop.wait(self.every_s):
             log.info(self.line())
 
-    def __enter__(self) -> "_Heartbeat":
+    def __enter__(self) -> _Heartbeat:
         self._thread.start()
         return self
 
@@ -129,6 +130,7 @@ class BinaryTool:
         label = f"{self.name} {args[0]}" if args else self.name
         with open(log_file, "a") if log_file else contextlib.nullcontext() as logfh, \
                 _Heartbeat(label, self.heartbeat_s) as beat:
+            lines: Iterable[str]
             if capture_stdout:
                 stdout, stream = proc.communicate()
                 lines = stream.splitlines(keepends=True)

@@ -81,7 +81,7 @@ def read_foldseek_fasta(aa_fasta: str | os.PathLike[str],
     if len(aa) != len(ss):
         raise DataValidationError(f"{len(aa)} amino-acid entries but {len(ss)} 3Di entries", path=str(ss_fasta))
     out = []
-    for (name_a, seq_a), (name_s, seq_s) in zip(aa, ss):
+    for (name_a, seq_a), (name_s, seq_s) in zip(aa, ss, strict=False):
         if name_a != name_s or len(seq_a) != len(seq_s):
             raise DataValidationError(f"entry {name_a!r} ({len(seq_a)} residues) does not pair with 3Di entry "
                                       f"{name_s!r} ({len(seq_s)} residues)", path=str(ss_fasta))

@@ -9,7 +9,8 @@ Modules: ``config`` (TrainConfig), ``data`` (shard index, sampling, streaming), 
 packing), ``msa_data`` (MSA shards: crop, depth budget, masking, padded batches), ``loader`` (per-rank
 step loader with exact resume), ``model`` (build, meta-device init), ``parallel`` (DDP / FSDP2 / compile /
 activation checkpointing), ``optim`` (AdamW + ESM-2 schedule), ``checkpoint``, ``metrics``,
-``validation`` (valid/loss), ``loop``, ``run`` (CLI and torchrun argv). Importing this package is cheap; names below load on first use.
+``validation`` (valid/loss), ``loop``, ``run`` (CLI and torchrun argv). Importing this package is cheap; names below
+load on first use.
 """
 from __future__ import annotations
 

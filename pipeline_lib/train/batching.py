@@ -54,17 +54,17 @@ class Batch:
     n_tokens: int = 0                      # non-pad tokens
     n_targets: int = 0                     # predicted positions
 
-    def _map(self, fn) -> "Batch":
+    def _map(self, fn) -> Batch:
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
             out[f.name] = fn(v) if isinstance(v, torch.Tensor) else v
         return type(self)(**out)
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
-    def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True)
+    def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True)
         return self._map(lambda t: t.pin_memory())
 
     def model_inputs(self) -> dict[str, object]:

@@ -18,15 +18,19 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_model_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from pipeline_lib.errors import ConfigError
 from pipeline_lib.io import atomic_dir, clean_temporaries
@@ -82,7 +86,8 @@ class Checkpointer:
         final = self.path(step)
         if self.env.is_main:
             with atomic_dir(final) as tmp:
-                tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model_sd.items()}
+                tensors = {k: cast(torch.Tensor, v).detach().to("cpu", torch.float32).contiguous()
+                           for k, v in model_sd.items()}
                 save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "step": str(step)})
                 torch.save({"step": step, "optimizer": optim_sd, "scheduler": sched.state_dict(), "ranks": ranks,
                             "world_size": self.env.world_size}, tmp / "train_state.pt")
@@ -101,7 +106,7 @@ class Checkpointer:
             raise ValueError(f"checkpoint {d} was written by {state['world_size']} ranks; this run has "
                              f"{self.env.world_size} (exact resume needs the same layout)")
         opts = StateDictOptions(full_state_dict=True, strict=True)
-        set_model_state_dict(model, load_file(str(d / "model.safetensors")), options=opts)
+        set_model_state_dict(model, cast(dict[str, Any], load_file(str(d / "model.safetensors"))), options=opts)
         if opt is not None:
             set_optimizer_state_dict(model, opt, state["optimizer"], options=opts)
         if sched is not None:

@@ -59,7 +59,8 @@ class TrainConfig(StrictModel):
     mask_prob: float = Field(0.15, gt=0, lt=1, description="Share of residue positions predicted.")
     mask_token_prob: float = Field(0.8, ge=0, le=1, description="Of those, share replaced by the mask.")
     random_token_prob: float = Field(0.1, ge=0, le=1, description="Of those, share replaced by a random residue.")
-    msa_max_rows: int = Field(1024, ge=1, description="MSA Transformer: rows kept per MSA (the query and random others).")
+    msa_max_rows: int = Field(1024, ge=1,
+                              description="MSA Transformer: rows kept per MSA (the query and random others).")
     msa_max_tokens: int = Field(16384, ge=8, description="MSA Transformer: rows x columns kept per MSA (2^14), "
                                                          "fewer rows for longer crops.")
     msa_mask_gaps: bool = Field(True, description="MSA Transformer: gap tokens may be masked and predicted "
@@ -116,7 +117,7 @@ class TrainConfig(StrictModel):
     output_dir: str | None = Field(None, description="Checkpoints, metrics, TensorBoard; the CLI's --out overrides.")
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         if self.mask_token_prob + self.random_token_prob > 1:
             raise ValueError("mask_token_prob + random_token_prob must be <= 1")
         if self.batch_tokens < self.max_len:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -36,8 +36,7 @@ from pipeline_lib.train.loader import StepLoader
 from pipeline_lib.train.metrics import MetricsSink, device_peak_tflops
 from pipeline_lib.train.model import build_model, masked_logits, model_flops_per_token
 from pipeline_lib.train.optim import build_optimizer, build_scheduler
-from pipeline_lib.train.parallel import (DistEnv, all_reduce_sum, grad_sync, init_distributed, parallelize,
-                                         uses_bf16)
+from pipeline_lib.train.parallel import DistEnv, all_reduce_sum, grad_sync, init_distributed, parallelize, uses_bf16
 from pipeline_lib.train.validation import Validator
 
 __all__ = ["Trainer", "TrainResult", "NonFiniteLossError", "build_model"]  # build_model: from .model
@@ -102,7 +101,7 @@ class Trainer:
 
     def _clip(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=True)
         if hasattr(norm, "full_tensor"):  # FSDP2: DTensor norm
             norm = norm.full_tensor()
         if self.cfg.clip_grad_norm is not None:
@@ -153,7 +152,8 @@ class Trainer:
         return self.validator.run(self.model, autocast=self._autocast)
 
     def _meta(self) -> dict[str, Any]:
-        return {"architecture": self.cfg.architecture, "model": self.model.cfg.to_dict(), "vocab": self.vocab,
+        model_cfg = cast(Any, self.model).cfg.to_dict()  # every architecture here keeps its shape in .cfg
+        return {"architecture": self.cfg.architecture, "model": model_cfg, "vocab": self.vocab,
                 "torch": torch.__version__, "train_config": self.cfg.model_dump(mode="json"),
                 "world_size": self.env.world_size}
 

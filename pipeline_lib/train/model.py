@@ -31,6 +31,7 @@ __all__ = ["build_model", "init_weights", "materialize", "is_meta", "model_flops
 
 def build_model(cfg: TrainConfig, *, device: str | torch.device | None = None) -> tuple[nn.Module, str]:
     """The model in fp32: from ``init_from`` (HF directory, always on CPU) or a flavor / explicit shape."""
+    model: nn.Module
     if cfg.init_from:
         model, vocab = import_hf(cfg.init_from)
         if vocab is not None and vocab != cfg.vocab:
@@ -40,7 +41,7 @@ def build_model(cfg: TrainConfig, *, device: str | torch.device | None = None) -
     ffn = cfg.shape.intermediate_size if cfg.shape else None
     with torch.device(device or "cpu"):
         if cfg.architecture == "msa_transformer":
-            model: nn.Module = MSATransformer(msa_config(cfg.model, shape=shape, ffn_size=ffn,
+            model = MSATransformer(msa_config(cfg.model, shape=shape, ffn_size=ffn,
                                                          max_positions=max(1024, cfg.max_len),
                                                          max_rows=max(1024, cfg.msa_max_rows)))
         else:

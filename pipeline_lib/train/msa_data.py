@@ -117,7 +117,8 @@ class MsaMasker:
         chosen = np.sort(rng.choice(candidates, size=n, replace=False)) if n else candidates[:0]
         u = rng.random(n)
         rand_aa = self.canonical[rng.integers(0, len(self.canonical), size=n)]
-        new = np.where(u < self.p_mask, self.ab.mask_idx, np.where(u < self.p_mask + self.p_rand, rand_aa, flat[chosen]))
+        keep_or_rand = np.where(u < self.p_mask + self.p_rand, rand_aa, flat[chosen])
+        new = np.where(u < self.p_mask, self.ab.mask_idx, keep_or_rand)
         labels = np.full(flat.shape, IGNORE, dtype=np.int64)
         labels[chosen] = flat[chosen]
         inputs = flat.copy()

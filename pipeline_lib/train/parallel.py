@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -66,7 +67,7 @@ def close_distributed() -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:
+def all_reduce_sum(values: Sequence[float], env: DistEnv) -> list[float]:
     """Sum a few numbers over ranks (float64, one collective)."""
     t = torch.tensor(values, dtype=torch.float64, device=env.device)
     if env.distributed:
@@ -74,15 +75,20 @@ def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:
     return t.tolist()
 
 
+def _layers(model: nn.Module) -> nn.ModuleList:
+    """The model's transformer blocks (every architecture here keeps them in ``layers``)."""
+    return cast(nn.ModuleList, model.layers)
+
+
 def _apply_ac(model: nn.Module) -> None:
     from torch.distributed._composable import checkpoint
 
-    for block in model.layers:
+    for block in _layers(model):
         checkpoint(block)
 
 
 def _apply_compile(model: nn.Module) -> None:
-    for block in model.layers:
+    for block in _layers(model):
         block.compile(dynamic=None)
 
 
@@ -95,8 +101,9 @@ def _apply_fsdp(model: nn.Module, env: DistEnv, param_dtype: torch.dtype | None 
 
     mesh = init_device_mesh(env.device.type, (env.world_size,))
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=dtype_reduce)
-    n = len(model.layers)
-    for i, block in enumerate(model.layers):
+    layers = _layers(model)
+    n = len(layers)
+    for i, block in enumerate(layers):
         # the last block's parameters are needed again at once in backward: keep them gathered
         fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=i < n - 1)
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)

@@ -139,7 +139,7 @@ def launch_torchrun(cfg: TrainConfig, *, config_path: str | Path, shards_dir: st
 
 def main(argv: list[str] | None = None) -> int:
     if sys.platform == "linux":  # torchrun starts workers in sessions of their own, so killing plm's process
-        import ctypes            # group misses them: have the kernel SIGKILL us when our parent (torchrun) dies
+        import ctypes  # group misses them: have the kernel SIGKILL us when our parent (torchrun) dies
         ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG = 1, SIGKILL = 9
     ap = argparse.ArgumentParser(prog="python -m pipeline_lib.train.run", description=__doc__.split("\n")[0])
     ap.add_argument("--config", help="YAML/JSON: pipeline config or bare train section")
