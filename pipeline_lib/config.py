@@ -5,7 +5,7 @@
 Unknown keys and wrong types raise :class:`ConfigError` naming the key path and what was expected.
 Each stage owns one section; the sections of later stages (structures, msa, train, evaluate) live
 beside their code, and the operations sections (runner, lineage, storage, retention, notify) in
-:mod:`pipeline_lib.config_ops`; all are imported here.
+:mod:`pipeline_lib.config_ops`, whose ``StrictModel`` they all derive from; all are imported here, typed.
 """
 from __future__ import annotations
 
@@ -27,8 +27,12 @@ from pipeline_lib.config_ops import (
     local_path,
 )
 from pipeline_lib.errors import ConfigError
+from pipeline_lib.evaluate.config import EvaluateConfig
 from pipeline_lib.io import stable_hash
 from pipeline_lib.lineage import redact_secrets
+from pipeline_lib.msa.config import MsaConfig
+from pipeline_lib.structures.config import StructuresConfig
+from pipeline_lib.train.config import TrainConfig
 
 __all__ = [
     "StrictModel", "Config", "load_config", "apply_overrides",
@@ -169,13 +173,8 @@ class ShardsConfig(StrictModel):
         return self
 
 
-def _section_types() -> dict[str, Any]:
-    # Later stages own their config sections; imported lazily to avoid import cycles.
-    from pipeline_lib.evaluate.config import EvaluateConfig
-    from pipeline_lib.msa.config import MsaConfig
-    from pipeline_lib.structures.config import StructuresConfig
-    from pipeline_lib.train.config import TrainConfig
-
+def _section_types() -> dict[str, type[StrictModel]]:
+    """The sections that later stages own (their modules import only ``config_ops``: no import cycle)."""
     return {"structures": StructuresConfig, "msa": MsaConfig, "train": TrainConfig, "evaluate": EvaluateConfig}
 
 
@@ -196,20 +195,18 @@ class Config(StrictModel):
                                                                         "Dask, Ray).")
     retention: RetentionConfig = Field(default_factory=RetentionConfig, description="Old releases' stage outputs.")
     notify: NotifyConfig = Field(default_factory=NotifyConfig, description="Failure notifications.")
-    structures: Any = Field(None, description="Structure / 3Di stage (SaProt tokens).")
-    msa: Any = Field(None, description="MSA stage (MSA Transformer data).")
-    train: Any = Field(None, description="Pretraining.")
-    evaluate: Any = Field(None, description="Evaluation.")
+    structures: StructuresConfig = Field(default_factory=StructuresConfig,
+                                         description="Structure / 3Di stage (SaProt tokens).")
+    msa: MsaConfig = Field(default_factory=MsaConfig, description="MSA stage (MSA Transformer data).")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Pretraining.")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation.")
 
     @model_validator(mode="before")
     @classmethod
-    def _sections(cls, data: Any) -> Any:
+    def _empty_sections(cls, data: Any) -> Any:
+        """``train:`` with nothing under it (YAML null) is the section's defaults, as an absent one is."""
         if isinstance(data, dict):
-            data = dict(data)
-            for key, typ in _section_types().items():
-                value = data.get(key)
-                if value is None or isinstance(value, dict):
-                    data[key] = typ.model_validate(value or {})
+            data = {k: ({} if v is None and k in _section_types() else v) for k, v in data.items()}
         return data
 
     @field_validator("workdir")

@@ -41,8 +41,8 @@ def config_reference() -> str:
                                                          ("embedded", EmbeddedSource))
     for kind, source in sources:
         sections.append((f"source (kind: {kind})", source))
-    for name, model in _section_types().items():
-        sections += _models(model, name)
+    for name, section in _section_types().items():
+        sections += _models(section, name)
     for name in ("ingest", "cluster", "split", "shards", "lineage", "storage", "runner", "retention", "notify"):
         sections += _models(cast(type[BaseModel], Config.model_fields[name].annotation), name)
     lines = ["# Configuration reference", "",

@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline_lib.config import StrictModel
+from pipeline_lib.config_ops import StrictModel
 
 __all__ = ["MsaConfig", "SearchConfig", "ExpandConfig", "FilterResultConfig", "Result2MsaConfig",
            "SubsampleConfig"]

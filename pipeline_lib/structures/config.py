@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from pipeline_lib.config import StrictModel
+from pipeline_lib.config_ops import StrictModel
 
 __all__ = ["StructuresConfig", "DirectorySource", "ArchiveSource", "AfdbSource", "FoldcompSource",
            "EmbeddedStructureSource", "StructureSource", "STRUCTURE_PATTERNS"]

@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline_lib.config import StrictModel
+from pipeline_lib.config_ops import StrictModel
 from pipeline_lib.model_sizes import FLAVORS, MSA_FLAVORS
 
 __all__ = ["TrainConfig", "ModelShape"]
