@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline_lib.fasta import read_fasta  # noqa: E402
+from pipeline_lib.sequences.fasta import read_fasta  # noqa: E402
 from pipeline_lib.tools.mmseqs import MMseqs  # noqa: E402
 
 _CHILD = """

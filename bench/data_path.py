@@ -30,9 +30,9 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline_lib.config import IngestConfig, ShardsConfig  # noqa: E402
-from pipeline_lib.fasta import DECOMPRESSOR, open_maybe_gzip  # noqa: E402
-from pipeline_lib.ingest import ingest_fasta  # noqa: E402
-from pipeline_lib.shards import assemble_shards, partition_ranges, write_shard_partition  # noqa: E402
+from pipeline_lib.sequences.fasta import DECOMPRESSOR, open_maybe_gzip  # noqa: E402
+from pipeline_lib.sequences.ingest import ingest_fasta  # noqa: E402
+from pipeline_lib.sequences.shards import assemble_shards, partition_ranges, write_shard_partition  # noqa: E402
 
 AA = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
 

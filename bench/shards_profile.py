@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline_lib.io import sha256_file  # noqa: E402
-from pipeline_lib.shards import _joined, _plan, tokenize_array, tokenize_binary  # noqa: E402
+from pipeline_lib.sequences.shards import _joined, _plan, tokenize_array, tokenize_binary  # noqa: E402
 
 
 def timed(label: str, fn: Callable[[], object]) -> object:

@@ -20,7 +20,7 @@ CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 from pipeline_lib.config import SplitConfig
-from pipeline_lib.split import assign_splits
+from pipeline_lib.sequences.split import assign_splits
 clusters, out = Path(sys.argv[1]), Path(sys.argv[2])
 out.mkdir(parents=True, exist_ok=True)
 t = time.perf_counter()

@@ -25,7 +25,7 @@ from tasks import data
 from tasks.artifacts import run_summary
 from tasks.common import resolve, resolve_all
 from tasks.evaluate import evaluate
-from tasks.msa import msa_batch, msa_queries, msa_shards, msa_target
+from tasks.msa import msa, msa_batch, msa_queries, msa_target
 from tasks.report import report
 from tasks.retention import retention
 from tasks.structures import structure_batches, structures, structures_batch
@@ -76,7 +76,7 @@ def run_msa_stage(ctx, cfg: Config, stages: dict):
     batches = msa_queries(cfg, stages["ingest"], stages["cluster"], stages["split"])
     futures = [msa_batch.submit(ctx, cfg, batch, target, i) for i, batch in enumerate(batches)]
     results = resolve_all(ctx, futures, "msa-batches", "batches")  # batches done, in the Prefect UI
-    return resolve(ctx, msa_shards.submit(ctx, cfg, results, stages["split"]))
+    return resolve(ctx, msa.submit(ctx, cfg, results, stages["split"]))
 
 
 @flow(name="end_to_end", log_prints=True)

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import re
 import typing
 from typing import cast
 
@@ -18,7 +19,7 @@ def _type_name(annotation: object) -> str:
     text = str(annotation).replace("typing.", "")
     if isinstance(annotation, type):
         text = annotation.__name__
-    return text.replace("pipeline_lib.config.", "").replace("NoneType", "None")
+    return re.sub(r"\bpipeline_lib\.(\w+\.)*", "", text).replace("NoneType", "None")  # class names only
 
 
 def _models(model: type[BaseModel], prefix: str) -> list[tuple[str, type[BaseModel]]]:

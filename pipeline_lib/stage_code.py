@@ -2,8 +2,8 @@
 
     from pipeline_lib.stage_code import stage_code, explain_rerun
     code = stage_code(compute)            # the stage's `compute` closure, defined inside its task function
-    code.modules                          # {"pipeline_lib/cluster.py": "3f2a...", "tasks/data.py:cluster": ...}
-    explain_rerun(old_key_parts, new_key_parts)  # ["code of pipeline_lib/cluster.py changed", ...]
+    code.modules                          # {"pipeline_lib/sequences/cluster.py": "3f2a...", ...}
+    explain_rerun(old_key_parts, new_key_parts)  # ["code of pipeline_lib/sequences/cluster.py changed", ...]
 
 What a stage runs is found from the source, not from a list kept by hand: the top-level function of the task
 module that defines ``compute`` (and the module-level functions of that module it calls), then every

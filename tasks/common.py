@@ -3,7 +3,8 @@
 A stage's cache key hashes its parameters, the content hashes of its inputs and the code that stage runs
 (pipeline_lib/stage_code.py: the syntax trees of its task function and of the library modules it imports,
 docstrings and comments left out, plus a per-stage version number). The key's parts are kept in lineage, so a
-stage that runs says why ("code of pipeline_lib/cluster.py changed", "parameter levels[1].min_seq_id changed").
+stage that runs says why ("code of pipeline_lib/sequences/cluster.py changed", "parameter level.min_seq_id
+changed").
 Its outputs live in ``<workdir>/stages/<stage>/<key16>/`` with a ``_SUCCESS.json`` marker written
 last (the datatrove "completions" idea; the protocol is pipeline_lib/stage_cache.py, shared with the shard
 partitions, structure and MSA batches), and the directory is built under a temporary name and renamed:

@@ -10,14 +10,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline_lib import schemas
-from pipeline_lib.cluster import assemble_clusters
-from pipeline_lib.cluster import cluster_level as cluster_level_members
 from pipeline_lib.config import Config
 from pipeline_lib.errors import DataValidationError
-from pipeline_lib.ingest import ingest_fasta
 from pipeline_lib.lineage import ArtifactRecord, artifact_for, redact_secrets, to_json
-from pipeline_lib.shards import assemble_shards, partition_ranges, write_shard_partition
-from pipeline_lib.split import assign_splits, decontaminate
+from pipeline_lib.sequences.cluster import assemble_clusters
+from pipeline_lib.sequences.cluster import cluster_level as cluster_level_members
+from pipeline_lib.sequences.ingest import ingest_fasta
+from pipeline_lib.sequences.shards import assemble_shards, partition_ranges, write_shard_partition
+from pipeline_lib.sequences.split import assign_splits, decontaminate
 from pipeline_lib.tools.mmseqs import MMseqs
 from tasks.artifacts import progress_artifacts
 from tasks.common import Produced, RunContext, StageOutput, lineage_task, logger, retry_transient, run_stage

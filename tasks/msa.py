@@ -17,7 +17,7 @@ from pipeline_lib.msa.stage import select_queries, write_msa_outputs
 from tasks.artifacts import progress_artifacts
 from tasks.common import Produced, RunContext, StageOutput, lineage_task, logger, retry_transient, run_stage
 
-__all__ = ["msa_queries", "msa_target", "msa_batch", "msa_shards"]
+__all__ = ["msa_queries", "msa_target", "msa_batch", "msa"]
 
 
 def msa_queries(cfg: Config, ingested: StageOutput, clustered: StageOutput, splitted: StageOutput) -> list[list[Query]]:
@@ -70,7 +70,7 @@ def msa_batch(ctx: RunContext, cfg: Config, queries: list[Query], target: StageO
 
 
 @lineage_task(name="msa")
-def msa_shards(ctx: RunContext, cfg: Config, batches: list[BatchResult], splitted: StageOutput) -> StageOutput:
+def msa(ctx: RunContext, cfg: Config, batches: list[BatchResult], splitted: StageOutput) -> StageOutput:
     """MSA table (full depth) and MSA token shards (subsampled), by the queries' split."""
     splits = splitted.outputs["splits.parquet"]
     inputs = [artifact_for(b.batch_dir / "a3m", "a3m_batch") for b in batches] + [splits]

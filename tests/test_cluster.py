@@ -1,10 +1,10 @@
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline_lib.cluster import cluster_sequences
 from pipeline_lib.config import ClusterConfig, ClusterLevel, IngestConfig
 from pipeline_lib.errors import ToolError
-from pipeline_lib.ingest import ingest_fasta
+from pipeline_lib.sequences.cluster import cluster_sequences
+from pipeline_lib.sequences.ingest import ingest_fasta
 from pipeline_lib.tools.mmseqs import MMseqs
 from tests.helpers import family_fasta
 

@@ -6,12 +6,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline_lib import fasta
 from pipeline_lib.config import IngestConfig
 from pipeline_lib.errors import DataValidationError
-from pipeline_lib.fasta import decode_header, parse_header, read_chunks, read_fasta, record_layout
-from pipeline_lib.fasta_headers import HEADER_FIELDS, parse_headers
-from pipeline_lib.ingest import validate_record
+from pipeline_lib.sequences import fasta
+from pipeline_lib.sequences.fasta import decode_header, parse_header, read_chunks, read_fasta, record_layout
+from pipeline_lib.sequences.fasta_headers import HEADER_FIELDS, parse_headers
+from pipeline_lib.sequences.ingest import validate_record
 from tests.conftest import fixture_path
 
 ALLOWED = frozenset(IngestConfig().alphabet)

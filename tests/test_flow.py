@@ -7,7 +7,7 @@ import pytest
 from flows.cli import main as plm
 from flows.data_refresh import data_refresh
 from pipeline_lib.lineage import LineageStore
-from pipeline_lib.shards import verify_manifest
+from pipeline_lib.sequences.shards import verify_manifest
 from tests.conftest import ROOT
 
 

@@ -16,8 +16,8 @@ import pytest
 
 from pipeline_lib.config import IngestConfig, load_config
 from pipeline_lib.errors import DataValidationError
-from pipeline_lib.ingest import ingest_fasta
 from pipeline_lib.lineage import LineageStore
+from pipeline_lib.sequences.ingest import ingest_fasta
 from tests.hostile_helpers import failed_steps, final_stage_dirs, ingest_on, random_fasta, stage_context, stage_output
 
 
@@ -122,7 +122,7 @@ def test_failed_shard_writing_leaves_no_threads(tmp_path):
     import time
 
     from pipeline_lib.config import ShardsConfig
-    from pipeline_lib.shards import write_sequence_shards
+    from pipeline_lib.sequences.shards import write_sequence_shards
 
     n = 20_000
     ids = [f"s{i}" for i in range(n)]

@@ -18,8 +18,8 @@ import pytest
 
 from pipeline_lib.config import ClusterConfig, IngestConfig, load_config
 from pipeline_lib.errors import ConfigError, DataValidationError, ToolError
-from pipeline_lib.fasta import read_fasta
-from pipeline_lib.ingest import ingest_fasta
+from pipeline_lib.sequences.fasta import read_fasta
+from pipeline_lib.sequences.ingest import ingest_fasta
 from tests.helpers import family_fasta
 from tests.hostile_helpers import failed_steps, final_stage_dirs, ingest_on, stage_context, stage_output
 
@@ -273,7 +273,7 @@ def fake_mmseqs(directory: Path, name: str, body: str) -> str:
 
 
 def run_cluster(sequences: Path, tmp_path: Path, binary: str):
-    from pipeline_lib.cluster import cluster_sequences
+    from pipeline_lib.sequences.cluster import cluster_sequences
 
     return cluster_sequences(sequences, tmp_path / "out", ClusterConfig(binary=binary), tmp_path / "mm")
 
@@ -357,7 +357,7 @@ def test_apostrophe_in_path_ingest(tmp_path):
 
 
 def test_apostrophe_in_path_cluster(ingested, tmp_path):
-    from pipeline_lib.cluster import cluster_sequences
+    from pipeline_lib.sequences.cluster import cluster_sequences
 
     d = tmp_path / "o'brien"
     (d / "out").mkdir(parents=True)
@@ -369,10 +369,10 @@ def test_apostrophe_in_path_split_and_msa_queries(ingested, tmp_path):
     """The split stage and the MSA stage's query selection read Parquet through DuckDB by path too."""
     import shutil
 
-    from pipeline_lib.cluster import cluster_sequences
     from pipeline_lib.config import SplitConfig
     from pipeline_lib.msa.stage import select_queries
-    from pipeline_lib.split import assign_splits
+    from pipeline_lib.sequences.cluster import cluster_sequences
+    from pipeline_lib.sequences.split import assign_splits
 
     d = tmp_path / "o'brien"
     (d / "out").mkdir(parents=True)

@@ -20,12 +20,12 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import pipeline_lib.fasta as fasta
+import pipeline_lib.sequences.fasta as fasta
 from pipeline_lib.config import IngestConfig
 from pipeline_lib.errors import DataValidationError
-from pipeline_lib.fasta import parse_header, read_fasta
-from pipeline_lib.ingest import ingest_fasta, validate_record
-from pipeline_lib.shards import tokenize_array
+from pipeline_lib.sequences.fasta import parse_header, read_fasta
+from pipeline_lib.sequences.ingest import ingest_fasta, validate_record
+from pipeline_lib.sequences.shards import tokenize_array
 from pipeline_lib.tokenizer import ESM_ALPHABET, SAPROT_3DI, SAPROT_AA, SAPROT_ALPHABET
 
 WS = b" \t\r\x0b\x0c"
@@ -167,7 +167,7 @@ def test_ids_hold_no_whitespace_or_control_characters(text):
 
 
 def test_vectorized_header_parser_agrees_with_parse_header():
-    fh = pytest.importorskip("pipeline_lib.fasta_headers")
+    fh = pytest.importorskip("pipeline_lib.sequences.fasta_headers")
     if not hasattr(fh, "parse_headers"):
         pytest.skip("no vectorized header parser here")
 

@@ -6,9 +6,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline_lib import fasta, schemas
+from pipeline_lib import schemas
 from pipeline_lib.config import IngestConfig
-from pipeline_lib.ingest import _invalid_pattern, ingest_fasta, seq_hash, source_names, validate_record
+from pipeline_lib.sequences import fasta
+from pipeline_lib.sequences.ingest import _invalid_pattern, ingest_fasta, seq_hash, source_names, validate_record
 from tests.conftest import fixture_path
 from tests.test_fasta import reference_records
 

@@ -57,7 +57,7 @@ DATA = ("fetch", "ingest", "cluster_level", "cluster", "split", "shards")
 KILL_POINTS = [
     ("ingest: mid-parse, between two Parquet row groups", "pause:ingest:pyarrow.parquet:ParquetWriter.write_table@2",
      set(DATA[:1]), "ingest"),
-    ("ingest: parsed, DuckDB dedupe starting", "pause:ingest:pipeline_lib.ingest_dedupe:_find_duplicates@1",
+    ("ingest: parsed, DuckDB dedupe starting", "pause:ingest:pipeline_lib.sequences.ingest_dedupe:_find_duplicates@1",
      set(DATA[:1]), "ingest"),
     ("cluster: mmseqs running the first level (c90)", "mmseqs:c90", set(DATA[:2]), "cluster_level"),
     ("cluster: c90 cached as its own step, mmseqs running c50", "mmseqs:c50", set(DATA[:3]), "cluster_level"),

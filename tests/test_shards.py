@@ -6,11 +6,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline_lib.cluster import cluster_sequences
 from pipeline_lib.config import ClusterConfig, IngestConfig, ShardsConfig, SplitConfig
-from pipeline_lib.ingest import ingest_fasta
 from pipeline_lib.schemas import token_buffers
-from pipeline_lib.shards import (
+from pipeline_lib.sequences.cluster import cluster_sequences
+from pipeline_lib.sequences.ingest import ingest_fasta
+from pipeline_lib.sequences.shards import (
     _tokenize_numpy,
     partition_ranges,
     read_manifest,
@@ -20,7 +20,7 @@ from pipeline_lib.shards import (
     write_sequence_shards,
     write_shard_partition,
 )
-from pipeline_lib.split import assign_splits
+from pipeline_lib.sequences.split import assign_splits
 from pipeline_lib.tokenizer import ESM_ALPHABET, SAPROT_ALPHABET
 from tests.helpers import family_fasta
 

@@ -2,10 +2,10 @@ import random
 
 import pyarrow.parquet as pq
 
-from pipeline_lib.cluster import cluster_sequences
 from pipeline_lib.config import ClusterConfig, DecontaminateConfig, IngestConfig, SplitConfig
-from pipeline_lib.ingest import ingest_fasta
-from pipeline_lib.split import assign_splits, decontaminate, split_of
+from pipeline_lib.sequences.cluster import cluster_sequences
+from pipeline_lib.sequences.ingest import ingest_fasta
+from pipeline_lib.sequences.split import assign_splits, decontaminate, split_of
 from tests.helpers import family_fasta, point_mutant
 
 
@@ -52,7 +52,7 @@ def test_streamed_batches_give_the_split_of_one_batch(tmp_path, monkeypatch):
     """The split stage streams its inputs (flat memory at UniRef scale): the batch size changes nothing."""
     import pyarrow as pa
 
-    import pipeline_lib.split as split_mod
+    import pipeline_lib.sequences.split as split_mod
 
     rng = random.Random(0)
     n = 5000

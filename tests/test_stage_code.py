@@ -22,7 +22,7 @@ from tests.helpers import family_fasta
 TASKS = {"fetch": "tasks.data:fetch", "ingest": "tasks.data:ingest", "cluster_level": "tasks.data:cluster_level",
          "cluster": "tasks.data:cluster",
          "split": "tasks.data:split", "shards_partition": "tasks.data:shards_partition", "shards": "tasks.data:shards",
-         "msa_target": "tasks.msa:msa_target", "msa": "tasks.msa:msa_shards",
+         "msa_target": "tasks.msa:msa_target", "msa": "tasks.msa:msa",
          "structures_batch": "tasks.structures:structures_batch", "structures": "tasks.structures:structures",
          "train": "tasks.train:train", "evaluate": "tasks.evaluate:evaluate"}
 
@@ -62,7 +62,7 @@ def test_every_stage_is_covered_and_the_table_is_complete():
 
 def test_the_closure_follows_imports_inside_functions_and_leaves_out_what_cannot_change_outputs():
     cluster = sc.stage_code(_compute_of(TASKS["cluster_level"]), "cluster_level").modules
-    assert {"pipeline_lib/cluster.py", "pipeline_lib/tools/mmseqs.py", "pipeline_lib/io.py"} <= set(cluster)
+    assert {"pipeline_lib/sequences/cluster.py", "pipeline_lib/tools/mmseqs.py", "pipeline_lib/io.py"} <= set(cluster)
     assert not any(m.startswith(("pipeline_lib/train/", "pipeline_lib/structures/")) for m in cluster)
     fetch = sc.stage_code(_compute_of(TASKS["fetch"]), "fetch").modules   # imported inside _fetch_sources
     assert {"pipeline_lib/sources/uniref.py", "pipeline_lib/sources/embedded.py"} <= set(fetch)
@@ -105,11 +105,11 @@ def test_docstring_and_comment_edits_of_every_module_change_no_key(sources):
 
 
 @pytest.mark.parametrize("edited, rekeyed", [
-    ("pipeline_lib/cluster.py", {"cluster_level", "cluster", "split"}),   # split imports cluster's helpers
-    ("pipeline_lib/ingest.py", {"ingest", "cluster_level", "cluster", "split"}),
+    ("pipeline_lib/sequences/cluster.py", {"cluster_level", "cluster", "split"}),   # split imports cluster's helpers
+    ("pipeline_lib/sequences/ingest.py", {"ingest", "cluster_level", "cluster", "split"}),
     ("pipeline_lib/train/loop.py", {"train"}),    # evaluate re-keys through its input, the new checkpoint
     ("pipeline_lib/train/model.py", {"train", "evaluate"}),            # evaluate builds the model too
-    ("pipeline_lib/shard_writer.py", {"shards_partition", "shards"}),
+    ("pipeline_lib/sequences/shard_writer.py", {"shards_partition", "shards"}),
     ("pipeline_lib/config.py", set()),                                  # reaches keys as parameters only
     ("pipeline_lib/dashboard/app.py", set()),
 ])
@@ -144,13 +144,13 @@ def _codes_at_version_1() -> dict[str, str]:
 def test_explain_rerun_names_parameters_inputs_and_code():
     before = {"params": {"levels": [{"name": "c90", "min_seq_id": 0.9}, {"name": "c50", "min_seq_id": 0.5}]},
               "inputs": {"sequences:sequences.parquet": "aa"},
-              "code": {"version": 1, "modules": {"pipeline_lib/cluster.py": "x", "pipeline_lib/io.py": "y"}}}
+              "code": {"version": 1, "modules": {"pipeline_lib/sequences/cluster.py": "x", "pipeline_lib/io.py": "y"}}}
     after = {"params": {"levels": [{"name": "c90", "min_seq_id": 0.9}, {"name": "c50", "min_seq_id": 0.4}]},
              "inputs": {"sequences:sequences.parquet": "bb"},
-             "code": {"version": 2, "modules": {"pipeline_lib/cluster.py": "z", "pipeline_lib/io.py": "y"}}}
+             "code": {"version": 2, "modules": {"pipeline_lib/sequences/cluster.py": "z", "pipeline_lib/io.py": "y"}}}
     assert sc.explain_rerun(before, after) == [
         "parameter levels[1].min_seq_id changed (0.5 -> 0.4)", "input sequences:sequences.parquet changed",
-        "stage version changed (1 -> 2)", "code of pipeline_lib/cluster.py changed"]
+        "stage version changed (1 -> 2)", "code of pipeline_lib/sequences/cluster.py changed"]
     assert sc.explain_rerun(before, before) == ["same key parts (the earlier result was removed or never finished)"]
     assert sc.explain_rerun(None, after) == ["no earlier run of this stage recorded its key"]
 

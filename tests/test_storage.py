@@ -13,7 +13,7 @@ from pipeline_lib.config import load_config
 from pipeline_lib.errors import ConfigError
 from pipeline_lib.io import sha256_bytes
 from pipeline_lib.lineage import LineageStore
-from pipeline_lib.shards import verify_manifest as verify_local_manifest
+from pipeline_lib.sequences.shards import verify_manifest as verify_local_manifest
 from pipeline_lib.storage import MARKER, duckdb_connection, open_url, shard_table, verify_manifest
 from tests.conftest import ROOT
 

@@ -2,7 +2,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline_lib.shards import tokenize_array
+from pipeline_lib.sequences.shards import tokenize_array
 from pipeline_lib.tokenizer import ESM_ALPHABET, ESM_TOKENS, SAPROT_ALPHABET
 
 

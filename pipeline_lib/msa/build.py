@@ -82,7 +82,7 @@ class BatchResult:
 
 def read_queries(fasta: str | os.PathLike[str]) -> list[Query]:
     """(id, sequence) pairs of a FASTA file; the id is the header's first word."""
-    from pipeline_lib.fasta import read_fasta  # noqa: PLC0415
+    from pipeline_lib.sequences.fasta import read_fasta  # noqa: PLC0415
 
     out = []
     for rec in read_fasta(fasta):

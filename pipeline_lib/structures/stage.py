@@ -35,8 +35,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline_lib import schemas
-from pipeline_lib.config import ShardsConfig
 from pipeline_lib.io import atomic_path, duckdb_connect, sha256_file, sql_str, write_json_atomic
+from pipeline_lib.sequences.config import ShardsConfig
 from pipeline_lib.structures.batches import (
     BatchResult,
     FileTally,

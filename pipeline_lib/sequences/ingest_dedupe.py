@@ -2,7 +2,7 @@
 
     found = dedupe(raw_path, q_path, out_dir, tmp_dir, batch_rows, parquet_options)
 
-Phase 1 (:mod:`pipeline_lib.ingest`) wrote every usable record to ``raw_path`` in input order and every
+Phase 1 (:mod:`pipeline_lib.sequences.ingest`) wrote every usable record to ``raw_path`` in input order and every
 rejected one to ``q_path``. DuckDB (memory-capped, spilling to ``tmp_dir``) reads only row number, id and
 seq_hash: one scan finds the ids and sequences seen more than once, usually none, and only those rows are
 looked at again. A later record with an id already used is quarantined (``duplicate_id``); a later record

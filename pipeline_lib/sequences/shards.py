@@ -18,7 +18,7 @@ Partitions (datatrove-style; each input row read once): the ingest rows split in
 range (row number, id -> clusters, split; memory-capped, spilling) and returns them in row order; the
 sequences of the row groups overlapping the range stream beside them, are tokenized (``bytes.translate`` over
 a whole batch) and routed to their split's current shard, each shard file encoded and hashed on its own thread
-(:mod:`pipeline_lib.shard_writer`). :func:`assemble_shards` links the partitions' files into place, numbered
+(:mod:`pipeline_lib.sequences.shard_writer`). :func:`assemble_shards` links the partitions' files into place, numbered
 consecutively per split in partition order, and writes the manifest: with one partition the files are those
 a single pass writes. On any error every thread is stopped and joined, and no partial file is left under a
 final name. Tests: ``.venv/bin/pytest -q tests/test_shards.py``.
@@ -40,11 +40,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline_lib import schemas
-from pipeline_lib.config import ShardsConfig
 from pipeline_lib.errors import DataValidationError
-from pipeline_lib.ingest_dedupe import spilling_connection
 from pipeline_lib.io import sha256_file, sql_str, write_json_atomic
-from pipeline_lib.shard_writer import Budget, SplitWriter
+from pipeline_lib.sequences.config import ShardsConfig
+from pipeline_lib.sequences.ingest_dedupe import spilling_connection
+from pipeline_lib.sequences.shard_writer import Budget, SplitWriter
 from pipeline_lib.tokenizer import ESM_ALPHABET, Alphabet
 
 __all__ = ["tokenize_array", "tokenize_binary", "partition_ranges", "write_shard_partition", "assemble_shards",

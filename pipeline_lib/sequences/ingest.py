@@ -4,12 +4,12 @@
 
 Phase 1 (parse) takes the decompressed text a chunk of whole records at a time (~4 MiB) and judges all the
 records of a chunk together: one ``bytes.translate`` pass checks the residues of the chunk, RE2 and Arrow
-string kernels check and split the headers (:func:`~pipeline_lib.fasta_headers.parse_headers`); only the
+string kernels check and split the headers (:func:`~pipeline_lib.sequences.fasta_headers.parse_headers`); only the
 sha256 is per record. A record the fast checks do not pass (bad letters, stray whitespace, odd headers, too
 short...) goes through :func:`validate_record`, the definition, so kept rows and quarantine reasons are
 exactly its. Chunk k + 1 is checked on a thread while chunk k's rows are made; rows go out as Arrow tables,
 a Parquet row group per ``batch_rows`` on a writer thread: memory stays flat in input size.
-Phase 2 (:mod:`pipeline_lib.ingest_dedupe`) finds duplicate ids (quarantined: the first occurrence wins) and
+Phase 2 (:mod:`pipeline_lib.sequences.ingest_dedupe`) finds duplicate ids (quarantined: the first occurrence wins) and
 exact duplicate sequences (collapsed onto the first occurrence, mapping kept) with DuckDB on the narrow
 columns. Counts always reconcile: ``records_in == kept + duplicates + quarantined``.
 """
@@ -32,11 +32,21 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline_lib import schemas
-from pipeline_lib.config import IngestConfig
-from pipeline_lib.fasta import WHITESPACE, RecordLayout, decode_header, named_record, read_chunks, record_layout
-from pipeline_lib.fasta_headers import parse_header, parse_headers
-from pipeline_lib.ingest_dedupe import DUCKDB_MEMORY_LIMIT, dedupe  # (the cap is re-exported: cluster uses it)
 from pipeline_lib.progress import Progress
+from pipeline_lib.sequences.config import IngestConfig
+from pipeline_lib.sequences.fasta import (
+    WHITESPACE,
+    RecordLayout,
+    decode_header,
+    named_record,
+    read_chunks,
+    record_layout,
+)
+from pipeline_lib.sequences.fasta_headers import parse_header, parse_headers
+from pipeline_lib.sequences.ingest_dedupe import (  # (the cap is re-exported: cluster uses it)
+    DUCKDB_MEMORY_LIMIT,
+    dedupe,
+)
 
 __all__ = ["IngestStats", "ingest_fasta", "source_names", "validate_record", "seq_hash", "DUCKDB_MEMORY_LIMIT"]
 

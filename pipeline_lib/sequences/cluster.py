@@ -22,10 +22,10 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline_lib.config import ClusterConfig, ClusterLevel
 from pipeline_lib.errors import DataValidationError, ToolError
 from pipeline_lib.io import duckdb_connect, sql_str
 from pipeline_lib.progress import Progress
+from pipeline_lib.sequences.config import ClusterConfig, ClusterLevel
 from pipeline_lib.tools.mmseqs import MMseqs
 
 __all__ = ["ClusterResult", "LevelResult", "cluster_sequences", "cluster_level", "assemble_clusters",
@@ -155,7 +155,7 @@ def assemble_clusters(sequences: Path, levels: dict[str, Path], out_dir: Path, t
     Level k clusters the representatives of level k-1, so a sequence's level-k representative is the
     level-k representative of its level-(k-1) representative. DuckDB does the joins out of core.
     """
-    from pipeline_lib.ingest import DUCKDB_MEMORY_LIMIT  # shared memory cap for DuckDB work
+    from pipeline_lib.sequences.ingest import DUCKDB_MEMORY_LIMIT  # shared memory cap for DuckDB work
 
     names = list(levels)
     tmp_dir.mkdir(parents=True, exist_ok=True)

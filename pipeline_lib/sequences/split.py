@@ -22,10 +22,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline_lib import schemas
-from pipeline_lib.cluster import write_fasta_from_parquet
-from pipeline_lib.config import DecontaminateConfig, SplitConfig
-from pipeline_lib.ingest_dedupe import spilling_connection
 from pipeline_lib.io import sql_str
+from pipeline_lib.sequences.cluster import write_fasta_from_parquet
+from pipeline_lib.sequences.config import DecontaminateConfig, SplitConfig
+from pipeline_lib.sequences.ingest_dedupe import spilling_connection
 from pipeline_lib.tools.mmseqs import MMseqs
 
 __all__ = ["SplitResult", "split_of", "assign_splits", "decontaminate"]
@@ -133,7 +133,7 @@ def decontaminate(sequences: Path, clusters: Path, cfg: DecontaminateConfig, spl
     targets = tmp_dir / "eval.fasta"
     with open(targets, "w") as out:
         for f in cfg.fasta:
-            from pipeline_lib.fasta import read_fasta  # local import keeps module import light
+            from pipeline_lib.sequences.fasta import read_fasta  # local import keeps module import light
 
             for rec in read_fasta(f):
                 out.write(f">{Path(f).name}:{rec.index}\n{rec.sequence.upper().rstrip('*')}\n")

@@ -6,7 +6,7 @@
 
 The Parquet encoding of consecutive shards (the dominant cost) runs on both cores; a byte budget bounds what
 waits in memory. Tokens are one byte each in a ``binary`` column, not dictionary-encoded: every row is
-distinct, so a dictionary is built only to be thrown away. Used by :mod:`pipeline_lib.shards`.
+distinct, so a dictionary is built only to be thrown away. Used by :mod:`pipeline_lib.sequences.shards`.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline_lib.config import ShardsConfig
 from pipeline_lib.io import atomic_path, sha256_file
+from pipeline_lib.sequences.config import ShardsConfig
 
 __all__ = ["Budget", "SplitWriter"]
 

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline_lib.errors import DataValidationError
-from pipeline_lib.fasta_headers import Header, parse_header  # noqa: F401  (re-exported: the header half)
+from pipeline_lib.sequences.fasta_headers import Header, parse_header  # noqa: F401  (re-exported: the header half)
 
 _igzip: Any = None
 _isal_error: Any = zlib.error
