@@ -18,7 +18,7 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
 from prefect.runtime import flow_run
 
-from pipeline_lib.config import Config, load_config
+from pipeline_lib.config import Config, config_from_raw, load_config, read_config_file
 from pipeline_lib.errors import ConfigError
 from pipeline_lib.lineage import LineageStore, RunRecord
 from pipeline_lib.notify import notify_failure
@@ -98,15 +98,17 @@ def _report_failure(store: LineageStore | None, cfg: Config, flow: str, run_id: 
 
 def load_run_config(config_path: str | None, overrides: list[str] | None, flow: str) -> Config:
     """The run's config. One that fails to load fails the run like any stage would: the error is recorded as a
-    failed run in the lineage of the best config that still loads (the file with every override that applies on
-    its own) and sent to that config's webhook, then raised. When the file itself does not load, there is no
-    lineage file to write to: only the Prefect run (and a ``notify.automation``) shows the failure."""
+    failed run in the lineage of the best config that still loads (:func:`_loadable_part`: the file, or the
+    sections of an edited file that say where lineage and the webhook are, with every override that applies)
+    and sent to that config's webhook, then raised. When the file is missing or not YAML, there is no lineage
+    file to write to: only the Prefect run (and a ``notify.automation``) shows the failure."""
     try:
         return load_config(config_path, overrides)
     except ConfigError as exc:
         fallback = _loadable_part(config_path, overrides or [])
         if fallback is None:
-            print(f"plm: the failed run is not in lineage: {config_path} does not load on its own", file=sys.stderr)
+            print(f"plm: the failed run is not in lineage: {config_path} is missing or not a YAML mapping",
+                  file=sys.stderr)
             raise
         library_logging()
         run_id = str(flow_run.id or uuid.uuid4())
@@ -124,16 +126,31 @@ def load_run_config(config_path: str | None, overrides: list[str] | None, flow: 
         raise
 
 
+# what says where a run's records and failure messages go: kept from a file that no longer validates
+_ESSENTIALS = ("name", "workdir", "lineage", "notify")
+
+
 def _loadable_part(config_path: str | None, overrides: list[str]) -> Config | None:
-    """The config file with each override that loads on top of the ones kept so far; None if the file does not."""
+    """The best config that still loads: the file (or, when an edit broke it, its name, workdir, lineage and
+    notify sections), with each override that applies on top of those kept so far. None when the file is
+    missing or not a YAML mapping: nothing says where the run's lineage is."""
+    origin = str(config_path) if config_path else "<defaults>"
     try:
-        kept: list[str] = []
-        cfg = load_config(config_path, kept)
+        raw = read_config_file(config_path) if config_path else {}
     except ConfigError:
         return None
+    try:
+        cfg = config_from_raw(raw, [], origin)
+    except ConfigError:
+        raw = {k: raw[k] for k in _ESSENTIALS if k in raw}
+        try:
+            cfg = config_from_raw(raw, [], origin)
+        except ConfigError:
+            return None
+    kept: list[str] = []
     for override in overrides:
         try:
-            cfg = load_config(config_path, [*kept, override])
+            cfg = config_from_raw(raw, [*kept, override], origin)
             kept.append(override)
         except ConfigError:
             continue

@@ -9,6 +9,7 @@ beside their code, and the operations sections (runner, lineage, storage, retent
 """
 from __future__ import annotations
 
+import copy
 import os
 import reprlib
 from pathlib import Path
@@ -43,7 +44,7 @@ from pipeline_lib.structures.config import StructuresConfig
 from pipeline_lib.train.config import TrainConfig
 
 __all__ = [
-    "StrictModel", "Config", "load_config", "apply_overrides",
+    "StrictModel", "Config", "load_config", "read_config_file", "config_from_raw", "apply_overrides",
     "UnirefSource", "FastaSource", "EmbeddedSource",
     # the sequence stages' sections (pipeline_lib.sequences.config), re-exported: Config is built from them
     "IngestConfig", "ClusterLevel", "ClusterConfig", "DecontaminateConfig", "SplitConfig", "ShardsConfig",
@@ -244,20 +245,26 @@ def _validate(raw: dict[str, Any], origin: str) -> Config:
     return Config.model_validate(raw)
 
 
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The YAML mapping of a config file, not yet validated (:func:`config_from_raw` validates it)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(loaded).__name__}")
+    return loaded or {}
+
+
+def config_from_raw(raw: dict[str, Any], overrides: list[str] | None = None, origin: str = "<defaults>") -> Config:
+    """Validate a config mapping with the overrides applied to a copy (errors name ``origin``)."""
+    return _validate(apply_overrides(copy.deepcopy(raw), overrides or []), origin)
+
+
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
     """Load and validate a YAML config (or the defaults when ``path`` is None), applying overrides."""
-    raw: dict[str, Any] = {}
-    origin = str(path) if path else "<defaults>"
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(loaded).__name__}")
-        raw = loaded or {}
-    raw = apply_overrides(raw, overrides or [])
-    return _validate(raw, origin)
+    raw = read_config_file(path) if path is not None else {}
+    return config_from_raw(raw, overrides, str(path) if path else "<defaults>")

@@ -6,13 +6,15 @@
     explain_rerun(old_key_parts, new_key_parts)  # ["code of pipeline_lib/sequences/cluster.py changed", ...]
 
 What a stage runs is found from the source, not from a list kept by hand: the top-level function of the task
-module that defines ``compute`` (and the module-level functions of that module it calls), then every
-``pipeline_lib`` module that code imports names from, followed transitively through their own imports (at module
-level and inside functions). Each module counts by its syntax tree without docstrings, so comments, docstrings
+module that defines ``compute``, the module-level functions, classes and constants it uses (of its own module or
+imported from another task module; the Prefect plumbing of ``tasks.common`` and ``tasks.artifacts`` aside), then
+every ``pipeline_lib`` module that code imports names from, followed transitively through their own imports (at
+module level and inside functions). Each module counts by its syntax tree without docstrings, so comments, docstrings
 and formatting change no key, and a package upgrade that leaves a stage's code alone keeps its cache.
 
 Modules whose code cannot change what a stage writes are left out, and their imports are not followed:
-configuration (its effect reaches the key as the stage's parameters, after validation), lineage, progress
+configuration (its effect reaches the key as the stage's parameters, after validation; a value a config class
+derives in a property must be put into the parameters by the task, as ``train`` does with ``column``), lineage, progress
 reporting, locks, the dashboard and the package ``__init__`` that holds the version string. A semantic change
 the syntax tree cannot see (a new MMseqs2 default, a changed reference file) is declared by bumping the stage's
 number in :data:`STAGE_VERSIONS`.
@@ -23,7 +25,6 @@ import ast
 import copy
 import functools
 import hashlib
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,9 @@ __all__ = ["STAGE_VERSIONS", "CodeVersion", "stage_code", "module_closure", "exp
 STAGE_VERSIONS: dict[str, int] = {}
 
 LIBRARY = "pipeline_lib"
+TASKS = "tasks"
+# the Prefect layer's plumbing (cache protocol, lineage hand-off, UI artifacts): not what a stage computes
+TASK_PLUMBING = ("tasks.common", "tasks.artifacts")
 # modules (and packages, with everything under them) that cannot change a stage's output bytes
 NOT_OUTPUT_CODE = ("pipeline_lib.config", "pipeline_lib.config_ops", "pipeline_lib.config_reference",
                    "pipeline_lib.lineage", "pipeline_lib.progress", "pipeline_lib.locks", "pipeline_lib.dashboard",
@@ -149,42 +153,83 @@ def module_closure(entries: set[str], root: Path = REPO) -> dict[str, str]:
 
 def _task_function(compute: Callable[..., Any]) -> tuple[str, str]:
     """(module, top-level function name) that defines ``compute`` (itself, when it is not a closure)."""
-    fn = inspect.unwrap(compute)
-    return fn.__module__, fn.__qualname__.split(".<locals>")[0].split(".")[0]
+    fn = compute
+    while True:  # functools.partial and decorators (functools.wraps) around the real function
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+        elif hasattr(fn, "__wrapped__"):
+            fn = fn.__wrapped__
+        else:
+            break
+    name = fn.__qualname__.split(".<locals>")[0].split(".")[0]
+    if not name.isidentifier():  # a module-level lambda: nothing names the code it runs
+        raise ValueError(f"{fn.__module__}.{fn.__qualname__}: a stage's compute must be a function defined inside "
+                         "its task function (or a module-level function), so that its code can be found")
+    return fn.__module__, name
+
+
+def _module_defs(path: Path) -> dict[str, ast.AST]:
+    """The module-level functions, classes and assigned names (constants) of a module, by name."""
+    defs: dict[str, ast.AST] = {}
+    for n in _tree(path).body:
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defs[n.name] = n
+        elif isinstance(n, (ast.Assign, ast.AnnAssign)):
+            targets = n.targets if isinstance(n, ast.Assign) else [n.target]
+            for t in targets:
+                for name in (x.id for x in ast.walk(t) if isinstance(x, ast.Name)):
+                    defs[name] = n
+    return defs
+
+
+def _origins(path: Path, root: Path) -> tuple[dict[str, tuple[str, str | None]], set[str]]:
+    """Imported names of a module: ``{name: (module, attribute or None)}`` for library and task modules, and
+    the library modules imported whole (``import pipeline_lib.x``: followed as they are, whatever is used)."""
+    origin: dict[str, tuple[str, str | None]] = {}
+    whole: set[str] = set()
+    for n in _tree(path).body:
+        if isinstance(n, ast.ImportFrom) and n.module and n.module.split(".")[0] in (LIBRARY, TASKS):
+            for a in n.names:
+                sub = f"{n.module}.{a.name}"
+                origin[a.asname or a.name] = (sub, None) if _source(sub, root) else (n.module, a.name)
+        elif isinstance(n, ast.Import):
+            whole |= {a.name for a in n.names if a.name.split(".")[0] == LIBRARY}
+    return origin, whole
 
 
 def _task_code(module: str, name: str, root: Path) -> tuple[dict[str, str], set[str]]:
-    """The task function and the module-level functions of its module it calls (by hash), and the library
-    modules their names come from."""
-    path = _source(module, root)
-    if path is None:
-        raise ValueError(f"no source for {module} under {root}")
-    tree = _tree(path)
-    defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
-    origin: dict[str, str] = {}  # imported name -> library module it comes from
-    for n in tree.body:
-        if isinstance(n, ast.ImportFrom) and n.module and n.module.split(".")[0] == LIBRARY:
-            for a in n.names:
-                sub = f"{n.module}.{a.name}"
-                origin[a.asname or a.name] = sub if _source(sub, root) else n.module
-        elif isinstance(n, ast.Import):
-            for a in n.names:
-                if a.name.split(".")[0] == LIBRARY:
-                    origin[(a.asname or a.name).split(".")[0]] = a.name
-    rel = path.relative_to(root).as_posix()
-    code, entries, todo = {}, set(), [name]
+    """The task function, and what it uses from the task modules (functions, classes, constants; in its own
+    module or imported from another task module, except the plumbing in :data:`TASK_PLUMBING`), by hash; and
+    the library modules their names come from."""
+    code: dict[str, str] = {}
+    entries: set[str] = set()
+    todo: list[tuple[str, str]] = [(module, name)]
     while todo:
-        fname = todo.pop()
-        if f"{rel}:{fname}" in code or fname not in defs:
+        mod, fname = todo.pop()
+        path = _source(mod, root)
+        if path is None:
+            raise ValueError(f"no source for {mod} under {root}")
+        defs = _module_defs(path)
+        if fname not in defs:
+            if (mod, fname) == (module, name):
+                raise ValueError(f"{module}.{name}: not a module-level definition of {path}")
+            continue
+        label = f"{path.relative_to(root).as_posix()}:{fname}"
+        if label in code:
             continue
         node = defs[fname]
-        code[f"{rel}:{fname}"] = _hash(node)
-        entries |= _imported(node, _package_of(module, path), root)  # imports inside the function
+        code[label] = _hash(node)
+        origin, whole = _origins(path, root)
+        entries |= whole | {m for m in _imported(node, _package_of(mod, path), root)}
         for used in {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}:
             if used in origin:
-                entries.add(origin[used])
+                src, attr = origin[used]
+                if src.split(".")[0] == LIBRARY:
+                    entries.add(src)
+                elif src not in TASK_PLUMBING and attr is not None:
+                    todo.append((src, attr))
             elif used in defs and used != fname:
-                todo.append(used)
+                todo.append((mod, used))
     return code, entries
 
 

@@ -55,6 +55,8 @@ def train(ctx: RunContext, cfg: Config, shards: StageOutput) -> StageOutput:
     shards_dir = Path(manifest.path).parent
     inputs: list[ArtifactRecord] = [a for a in shards.outputs.values() if a.kind in _MANIFESTS + _SHARDS]
     params = tcfg.model_dump(mode="json", exclude={"shards_dir", "output_dir", "enabled"})
+    # derived in the config module, whose code keys nothing (pipeline_lib/stage_code.py): its value must
+    params["column"] = tcfg.column
     sink = MetricsSink(ctx.store, ctx.run_id)
     sink.progress = ProgressArtifact("train-steps", total=tcfg.max_steps or tcfg.total_steps, unit="steps")
 

@@ -318,3 +318,24 @@ def test_snapshot_when_a_writer_holds_the_lock(demo):
     finally:
         holder.wait(timeout=30)
     assert holder.returncode == 0
+
+
+def test_the_run_that_did_work_is_offered_however_many_empty_refreshes_came_after(tmp_path):
+    """An hourly schedule with a monthly upstream: hundreds of no_new_release runs after the last that ran
+    stages. The picker's window (here 5 runs) still offers that run, opens on it and names it in the note."""
+    db = tmp_path / "l.duckdb"
+    store = LineageStore(db)
+    t = utcnow() - timedelta(days=1)
+    store.start_run(RunRecord("worked", "data_refresh", "demo", {}, "cfg", "v", "/w", started_at=t))
+    store.record_step(StepRecord("worked", "ingest", {}, "k", "completed", t, t))
+    store.end_run("worked", "completed")
+    for i in range(8):
+        rid = f"empty-{i}"
+        store.start_run(RunRecord(rid, "data_refresh", "demo", {}, "cfg", "v", "/w",
+                                  started_at=t + timedelta(hours=i + 1)))
+        store.end_run(rid, "no_new_release")
+    assert "worked" not in {r["run_id"] for r in data.list_runs(db, limit=5)}
+    runs = data.picker_runs(db, limit=5)
+    assert data.default_run(runs) == "worked"
+    note = data.run_note(runs, "empty-7")
+    assert note is not None and note.empty and [r["run_id"] for r in note.links] == ["worked"]

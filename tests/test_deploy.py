@@ -192,6 +192,16 @@ def test_interval_parsing_rejects(text):
         parse_interval(text)
 
 
+def test_doctor_fails_clearly_without_a_reachable_server(tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)   # a temporary server would answer and look healthy
+    unset = subprocess.run([PLM, "doctor"], env=env, capture_output=True, text=True, timeout=120)
+    assert unset.returncode == 1 and re.search(r"^server\s+fail\s+PREFECT_API_URL is not set", unset.stdout, re.M)
+    closed = subprocess.run([PLM, "doctor"], env={**env, "PREFECT_API_URL": f"http://127.0.0.1:{_free_port()}/api"},
+                            capture_output=True, text=True, timeout=120)
+    assert closed.returncode == 1 and "does not answer" in closed.stdout, closed.stdout + closed.stderr
+
+
 def _runs_of(client, dep_id: UUID) -> list:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.client.schemas.sorting import FlowRunSort

@@ -75,6 +75,17 @@ def test_config_that_fails_at_run_time_is_a_failed_run_with_a_webhook(prefect_ha
     body = json.loads(posts[0].body)
     assert body["run_id"] == runs[0]["run_id"] and body["flow"] == flow_fn and "clusterr" in body["error"]
 
+    # a file edited after deploying so that it no longer validates: its workdir and notify sections still say
+    # where the failed run goes
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(f"name: edited\nworkdir: {tmp_path / 'work2'}\nnotify:\n  webhook_url: {hook.url('/e')}\n"
+                      "clusterr:\n  threads: 4\n")
+    with pytest.raises(ConfigError, match="clusterr"):
+        fn(str(edited), [])
+    runs = LineageStore(tmp_path / "work2" / "lineage.duckdb").query("SELECT name, flow, status, error FROM runs")
+    assert [(r["name"], r["flow"], r["status"]) for r in runs] == [("edited", flow_fn, "failed")]
+    assert [json.loads(r.body)["config"] for r in _posts(hook)][1:] == ["edited"]
+
     # a config file that does not load at all has no lineage file to name: the error still reaches the caller
     broken = tmp_path / "broken.yaml"
     broken.write_text("workdir: [unclosed\n")

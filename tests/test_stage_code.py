@@ -8,6 +8,7 @@ and reads the reason for a re-run back from lineage.
 from __future__ import annotations
 
 import ast
+import functools
 import shutil
 from pathlib import Path
 
@@ -139,6 +140,66 @@ def _codes_at_version_1() -> dict[str, str]:
         return _codes(ROOT)
     finally:
         sc.STAGE_VERSIONS.update(saved)
+
+
+def _fake_tasks(root: Path, text: str) -> None:
+    (root / "tasks").mkdir(exist_ok=True)
+    (root / "tasks" / "__init__.py").write_text("")
+    (root / "tasks" / "fake.py").write_text(text)
+
+
+FAKE_TASKS = """
+import functools
+from tasks.common import run_stage
+from tasks.helpers import scale_of
+from pipeline_lib.sequences.cluster import cluster_level
+
+FACTOR = 2
+
+
+def _helper(x):
+    return x * FACTOR
+
+
+def mystage(ctx):
+    def compute(tmp):
+        return _helper(scale_of(cluster_level))
+    return run_stage(ctx, "mystage", {}, [], compute)
+"""
+
+
+def test_constants_helpers_of_other_task_modules_and_partials_count(tmp_path):
+    shutil.copytree(ROOT / "pipeline_lib", tmp_path / "pipeline_lib", ignore=shutil.ignore_patterns("__pycache__"))
+    _fake_tasks(tmp_path, FAKE_TASKS)
+    (tmp_path / "tasks" / "helpers.py").write_text("def scale_of(x):\n    return 1\n")
+    (tmp_path / "tasks" / "common.py").write_text("def run_stage(*a):\n    return None\n")
+    compute = _compute_of("tasks.fake:mystage")
+
+    def digest(fn=compute):
+        return sc.stage_code(fn, "mystage", tmp_path)
+
+    first = digest()
+    assert {"tasks/fake.py:mystage", "tasks/fake.py:_helper", "tasks/fake.py:FACTOR", "tasks/helpers.py:scale_of",
+            "pipeline_lib/sequences/cluster.py"} <= set(first.modules)
+    assert not any(m.startswith("tasks/common.py") for m in first.modules)    # the plumbing is not the stage's
+    assert digest(functools.partial(compute, tmp_path)).digest == first.digest   # a partial is its function
+    for path, old, new in [("tasks/fake.py", "FACTOR = 2", "FACTOR = 3"),
+                           ("tasks/helpers.py", "return 1", "return 2")]:
+        text = (tmp_path / path).read_text()
+        (tmp_path / path).write_text(text.replace(old, new))
+        changed = digest()
+        assert changed.digest != first.digest, path
+        first = changed
+
+
+def test_a_compute_whose_code_cannot_be_found_is_an_error():
+    ns: dict = {}
+    exec("compute = lambda tmp: None", {"__name__": "tasks.data"}, ns)
+    with pytest.raises(ValueError, match="must be a function defined inside"):
+        sc.stage_code(ns["compute"], "x")
+    exec("def nowhere():\n    def compute(tmp):\n        pass\n    return compute\n", {"__name__": "tasks.data"}, ns)
+    with pytest.raises(ValueError, match="not a module-level definition"):
+        sc.stage_code(ns["nowhere"](), "x")
 
 
 def test_explain_rerun_names_parameters_inputs_and_code():

@@ -153,7 +153,7 @@ def run_page(render: Any, db: Path, run_id: str, pathname: str) -> list[Any]:
     """A run's page with the note about it (:func:`data.run_note`) on top; for a run that ran no stages the
     stage and dataset pages are the note alone, with a link to the last run that ran some, not empty charts."""
     with read_only(db) as con:
-        runs = data.list_runs(con, limit=200)
+        runs = data.picker_runs(con)
     note = data.run_note(runs, run_id)
     if note is None:
         return render(db, run_id)
@@ -224,7 +224,7 @@ def create_app(db_path: str | os.PathLike[str], *, refresh_s: float = 5.0) -> Da
         from_url = ctx.triggered_id == "url" or current is None   # a later refresh keeps the user's pick
         try:
             with read_only(db) as con:
-                runs = data.list_runs(con, limit=200)
+                runs = data.picker_runs(con)
                 wanted, message = _url_run(con, search, pathname or "/") if from_url else (None, no_update)
                 if wanted and wanted not in {r["run_id"] for r in runs}:   # older than the picker's 200
                     runs += data.list_runs(con, run_id=wanted)

@@ -88,6 +88,18 @@ def list_runs(db: Source, limit: int = 50, run_id: str | None = None) -> list[di
     return out
 
 
+def picker_runs(db: Source, limit: int = 200) -> list[dict[str, Any]]:
+    """:func:`list_runs` of the newest ``limit`` runs, plus the newest run that ran stages when it is older:
+    an hourly schedule with a monthly upstream makes hundreds of ``no_new_release`` runs in between."""
+    with _open(db) as con:
+        runs = list_runs(con, limit=limit)
+        row = con.execute("SELECT r.run_id FROM runs r WHERE EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.run_id) "
+                          "ORDER BY r.started_at DESC LIMIT 1").fetchone()
+        if row and row[0] not in {r["run_id"] for r in runs}:
+            runs += list_runs(con, run_id=row[0])
+    return runs
+
+
 def latest_run_id(db: Source) -> str | None:
     with _open(db) as con:
         row = con.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()

@@ -61,7 +61,7 @@ def render_report(db_path: str | os.PathLike[str], run_id: str) -> str:
     with read_only(db) as con:   # one short read of lineage; Parquet statistics come after it is closed
         run_id = data.resolve_run(con, run_id)
         run = data.list_runs(con, run_id=run_id)[0]
-        note = data.run_note(data.list_runs(con, limit=1000), run_id)
+        note = data.run_note(data.picker_runs(con, limit=1000), run_id)
         steps = data.run_steps(con, run_id)
         curves = data.training_curves(con, run_id)
         names, table = data.eval_table(con, run_id)
