@@ -14,9 +14,10 @@ and formatting change no key, and a package upgrade that leaves a stage's code a
 
 Modules whose code cannot change what a stage writes are left out, and their imports are not followed:
 configuration (its effect reaches the key as the stage's parameters, after validation; a value a config class
-derives in a property must be put into the parameters by the task, as ``train`` does with ``column``), lineage, progress
-reporting, locks, the dashboard and the package ``__init__`` that holds the version string. A semantic change
-the syntax tree cannot see (a new MMseqs2 default, a changed reference file) is declared by bumping the stage's
+derives in a property must be put into the parameters by the task, as ``train`` does with ``column``), lineage,
+progress reporting, locks, error messages, the cache machinery (``stage_cache``, this module), the dashboard and the
+package ``__init__`` that holds the version string. A semantic change the syntax tree cannot see (a new MMseqs2
+default, a changed reference file) is declared by bumping the stage's
 number in :data:`STAGE_VERSIONS`.
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ TASK_PLUMBING = ("tasks.common", "tasks.artifacts")
 # modules (and packages, with everything under them) that cannot change a stage's output bytes
 NOT_OUTPUT_CODE = ("pipeline_lib.config", "pipeline_lib.config_ops", "pipeline_lib.config_reference",
                    "pipeline_lib.lineage", "pipeline_lib.progress", "pipeline_lib.locks", "pipeline_lib.dashboard",
-                   "pipeline_lib.errors")
+                   "pipeline_lib.errors", "pipeline_lib.stage_cache", "pipeline_lib.stage_code")  # (the cache itself)
 NOT_OUTPUT_SUFFIX = ".config"  # the per-stage config sections: pipeline_lib.train.config, ...
 REPO = Path(__file__).resolve().parents[1]
 

@@ -130,6 +130,21 @@ def test_finished_batch_is_reused_and_parameter_change_recomputes(tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]   # no temporaries left
 
 
+def test_an_edit_of_the_batch_code_rebuilds_a_finished_batch(tmp_path, monkeypatch):
+    """Batches live at fixed paths (stages/msa_batches/batch-N) across code edits: their key holds the code."""
+    import pipeline_lib.msa.build as build
+
+    groups = _family_target(tmp_path / "t.fa", seed=1)
+    queries = [("fam0_parent", groups["fam0_parent"][0])]
+    cfg = MsaConfig(**FAST)
+    first = build_msa_batch(queries, tmp_path / "t.fa", tmp_path / "b", cfg)
+    assert "pipeline_lib/msa/build.py" in build.module_closure({build.__name__})
+    real = build.module_closure
+    monkeypatch.setattr(build, "module_closure", lambda m: {**real(m), "pipeline_lib/msa/build.py": "edited"})
+    again = build_msa_batch(queries, tmp_path / "t.fa", tmp_path / "b", cfg)
+    assert not again.reused and again.key != first.key
+
+
 def test_expandaln_chain_against_a_clustered_target(tmp_path):
     groups = _family_target(tmp_path / "t.fa", seed=2)
     cfg = MsaConfig(expand={"enabled": True}, **FAST)

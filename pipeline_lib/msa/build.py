@@ -34,6 +34,7 @@ from pipeline_lib.msa.commands import A3M_DIR, TargetDb, is_mmseqs_db, msa_comma
 from pipeline_lib.msa.config import MsaConfig
 from pipeline_lib.progress import Progress
 from pipeline_lib.stage_cache import MARKER, claim, read_marker, write_marker
+from pipeline_lib.stage_code import module_closure
 from pipeline_lib.tools.mmseqs import MMseqs
 
 __all__ = ["BatchResult", "build_msa_batch", "build_msas", "prepare_target", "iter_query_batches",
@@ -170,9 +171,12 @@ def _resolve_target(target_db: TargetDb | str | os.PathLike[str], cfg: MsaConfig
 
 
 def _batch_key(queries: list[Query], target: TargetDb | Path, cfg: MsaConfig, version: str) -> str:
+    """Queries, target, search parameters, mmseqs version and the code that builds a batch (this module and what
+    it imports, by syntax tree: pipeline_lib/stage_code.py), as batches live at fixed paths across code edits."""
     fp = target.fingerprint() if isinstance(target, TargetDb) else _file_fingerprint(target)
     params = cfg.model_dump(mode="json", include={"search", "expand", "filterresult", "result2msa"})
-    return stable_hash({"queries": queries, "target": fp, "params": params, "mmseqs": version})
+    return stable_hash({"queries": queries, "target": fp, "params": params, "mmseqs": version,
+                        "code": module_closure({__name__})})
 
 
 def _chain(queries: list[Query], target: TargetDb | Path, cfg: MsaConfig, threads: int) -> list[list[str]]:
