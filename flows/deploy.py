@@ -102,6 +102,13 @@ def _schedule(cron: str | None, interval: str | timedelta | None, timezone: str)
     return Interval(every, timezone=timezone)
 
 
+def _when(cron: str | None, interval: str | timedelta | None) -> str:
+    """How a schedule reads in messages: ``'0 3 * * 1'`` or ``every 6:00:00``."""
+    if cron is not None:
+        return f"'{cron}'"
+    return f"every {parse_interval(interval) if isinstance(interval, str) else interval}"
+
+
 def deploy(config_path: str, cron: str | None = None, name: str | None = None, work_pool: str = DEFAULT_POOL, *,
            interval: str | timedelta | None = None, flow: str = "data_refresh", overrides: list[str] | None = None,
            timezone: str = "UTC", paused: bool = False, if_changed: bool = True, source: str | Path = ROOT,
@@ -127,7 +134,7 @@ def deploy(config_path: str, cron: str | None = None, name: str | None = None, w
     if "if_changed" in remote.parameters.properties:
         parameters["if_changed"] = if_changed
     name = name or f"{cfg.name}-{flow.replace('_', '-')}"
-    when = f"'{cron}'" if cron is not None else f"every {schedule.interval}"
+    when = _when(cron, interval)
     dep_id = remote.deploy(
         name=name, work_pool_name=work_pool, schedules=[schedule], parameters=parameters, concurrency_limit=1,
         tags=["plm", flow, cfg.name], paused=paused, description=f"{flow} with {config_path} on {when} ({timezone})",
@@ -243,7 +250,7 @@ def deploy_command(args: argparse.Namespace) -> int:
     dep_id = deploy(args.config, args.cron, args.name, args.pool, interval=args.interval, flow=args.flow,
                     overrides=args.overrides, timezone=args.timezone, paused=args.paused, if_changed=not args.always,
                     check_s=args.check_s)
-    when = f"'{args.cron}'" if args.cron else f"every {parse_interval(args.interval)}"
+    when = _when(args.cron, args.interval)
     print(f"deployment {dep_id}: {args.flow} on {when} ({args.timezone}) in work pool {args.pool}, "
           f"one run at a time")
     if args.paused:

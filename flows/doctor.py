@@ -44,24 +44,30 @@ def _sqlalchemy_check() -> Check:
     return Check("sqlalchemy", "ok", v)
 
 
-def scheduler_diagnosis(deployment_id: UUID | None = None, *, from_doctor: bool = False) -> str:
-    """What is known about why the server's scheduler created no runs (for error messages)."""
+def _scheduler_settings(client: Any) -> dict[str, Any]:
+    """The server's scheduler settings (``/admin/settings``; raises where the server has no admin routes)."""
+    return client._client.get("/admin/settings").json()["server"]["services"]["scheduler"]
+
+
+def scheduler_diagnosis(deployment_id: UUID | None = None, *, client: Any = None, from_doctor: bool = False) -> str:
+    """What is known about why the server's scheduler created no runs (for error messages); ``client`` is an
+    open sync Prefect client, or None to open one."""
     from prefect.client.orchestration import get_client
 
+    if client is None:
+        with get_client(sync_client=True) as opened:
+            return scheduler_diagnosis(deployment_id, client=opened, from_doctor=from_doctor)
     hints = []
     sa = _sqlalchemy_check()
     if sa.status == "fail":
         hints.append(f"SQLAlchemy {sa.detail}")
     try:
-        with get_client(sync_client=True) as client:
-            settings = client._client.get("/admin/settings").json()
-            sched = settings["server"]["services"]["scheduler"]
-            if not sched.get("enabled", True):
-                hints.append("the server's scheduler service is disabled (PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED)")
-            if deployment_id is not None:
-                dep = client.read_deployment(deployment_id)
-                if dep.paused or not any(s.active for s in dep.schedules):
-                    hints.append("the deployment or its schedule is paused")
+        if not _scheduler_settings(client).get("enabled", True):
+            hints.append("the server's scheduler service is disabled (PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED)")
+        if deployment_id is not None:
+            dep = client.read_deployment(deployment_id)
+            if dep.paused or not any(s.active for s in dep.schedules):
+                hints.append("the deployment or its schedule is paused")
     except Exception as exc:  # a diagnosis must not hide the error it explains
         hints.append(f"could not read the server's settings: {type(exc).__name__}: {exc}")
     hints = hints or ["the server's log shows the scheduler's error (prefect server start's output)"]
@@ -80,7 +86,7 @@ def _server_checks(client: Any) -> list[Check]:
         server_version = "version not reported"
     checks = [Check("server", "ok", f"{api} (Prefect {server_version})")]
     try:
-        sched = client._client.get("/admin/settings").json()["server"]["services"]["scheduler"]
+        sched = _scheduler_settings(client)
     except Exception as exc:
         return [*checks, Check("scheduler", "warn", f"settings not readable ({type(exc).__name__}): not checked")]
     if sched.get("enabled", True):
@@ -114,7 +120,7 @@ def _deployment_checks(client: Any) -> tuple[list[Check], set[str]]:
                                 detail + f"next run {nxt[0].expected_start_time:%Y-%m-%d %H:%M:%S %Z}"))
         else:
             checks.append(Check(label, "fail", detail + "active schedule but no upcoming run: " +
-                                scheduler_diagnosis(dep.id, from_doctor=True)))
+                                scheduler_diagnosis(dep.id, client=client, from_doctor=True)))
     return checks, pools
 
 

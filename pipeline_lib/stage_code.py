@@ -250,6 +250,12 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
+def _differences(old: dict[str, Any], new: dict[str, Any], added: str, removed: str) -> list[tuple[str, str]]:
+    """``(key, "changed" | added | removed)`` for every key whose hash differs between two name -> hash maps."""
+    return [(k, "changed" if k in old and k in new else added if k in new else removed)
+            for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+
+
 def explain_rerun(before: dict[str, Any] | None, after: dict[str, Any]) -> list[str]:
     """Why a stage's key changed, in words, from the two steps' ``key_parts`` (params, inputs, code)."""
     if not before:
@@ -259,17 +265,11 @@ def explain_rerun(before: dict[str, Any] | None, after: dict[str, Any]) -> list[
     for k in sorted(old.keys() | new.keys()):
         if old.get(k, "<unset>") != new.get(k, "<unset>"):
             reasons.append(f"parameter {k} changed ({old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r})")
-    old_in, new_in = before.get("inputs", {}), after.get("inputs", {})
-    for k in sorted(old_in.keys() | new_in.keys()):
-        if old_in.get(k) != new_in.get(k):
-            what = "changed" if k in old_in and k in new_in else "added" if k in new_in else "removed"
-            reasons.append(f"input {k} {what}")
+    reasons += [f"input {k} {what}" for k, what in
+                _differences(before.get("inputs", {}), after.get("inputs", {}), "added", "removed")]
     old_code, new_code = before.get("code", {}), after.get("code", {})
     if old_code.get("version") != new_code.get("version"):
         reasons.append(f"stage version changed ({old_code.get('version')} -> {new_code.get('version')})")
-    om, nm = old_code.get("modules", {}), new_code.get("modules", {})
-    for k in sorted(om.keys() | nm.keys()):
-        if om.get(k) != nm.get(k):
-            what = "changed" if k in om and k in nm else "now used" if k in nm else "no longer used"
-            reasons.append(f"code of {k} {what}")
+    reasons += [f"code of {k} {what}" for k, what in
+                _differences(old_code.get("modules", {}), new_code.get("modules", {}), "now used", "no longer used")]
     return reasons or ["same key parts (the earlier result was removed or never finished)"]

@@ -131,8 +131,6 @@ def cluster_sequences(sequences: Path, out_dir: Path, cfg: ClusterConfig, tmp_di
     """Every level of ``cfg`` in turn, then :func:`assemble_clusters` (the levels' files under ``tmp_dir``)."""
     mm = MMseqs(binary=cfg.binary, threads=cfg.threads)
     result = ClusterResult(sequences=_rows(sequences), clusters_per_level={}, mmseqs_version=mm.version())
-    if result.sequences == 0:
-        raise DataValidationError("no sequences to cluster", path=str(sequences))
     members: dict[str, Path] = {}
     previous = None
     # one line (and a Prefect progress bar, through pipeline_lib.progress listeners) per finished level
