@@ -33,7 +33,7 @@ from pipeline_lib.errors import PipelineError, RunLookupError
 from pipeline_lib.io import duckdb_connect, sha256_file, stable_hash
 
 __all__ = ["ArtifactRecord", "StepRecord", "RunRecord", "LineageStore", "PendingLineage", "artifact_for", "utcnow",
-           "redact_secrets", "to_json", "unique_prefixes"]
+           "redact_secrets", "to_json", "unique_prefixes", "stored_path", "resolve_rows"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -66,10 +66,6 @@ class ArtifactRecord:
     rows: int | None = None
     bytes: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def artifact_id(self) -> str:
-        return stable_hash([self.path, self.content_hash])[:24]
 
 
 @dataclass
@@ -159,6 +155,29 @@ def to_json(obj: Any) -> str:
 _json = to_json
 
 
+PATH_COLUMNS = ("path", "workdir")   # columns whose values lineage stores relative to its own directory
+
+
+def stored_path(path: str, root: Path) -> str:
+    """``path`` as lineage stores it: relative to ``root`` (the lineage database's directory, by default the
+    workdir) when it lies inside, so that a moved or copied workdir's lineage still names its files; other
+    paths and URLs as given."""
+    p = Path(path)
+    if "://" in path or not p.is_absolute() or not p.is_relative_to(root):
+        return path
+    return p.relative_to(root).as_posix() or "."
+
+
+def resolve_rows(rows: list[dict[str, Any]], root: Path) -> list[dict[str, Any]]:
+    """Query rows with the relative values of :data:`PATH_COLUMNS` made absolute against ``root``."""
+    for row in rows:
+        for col in PATH_COLUMNS:
+            v = row.get(col)
+            if isinstance(v, str) and v and "://" not in v and not v.startswith("/"):
+                row[col] = str(root / v) if v != "." else str(root)
+    return rows
+
+
 def unique_prefixes(run_ids: Iterable[str], min_len: int = 8) -> dict[str, str]:
     """Each id's shortest prefix, ``min_len`` characters at least, that starts no other id: a label that
     :meth:`LineageStore.resolve_run` resolves back. An id that another id extends is its own label in full."""
@@ -202,6 +221,13 @@ class LineageStore:
                     p.unlink(missing_ok=True)
             raise
 
+    def root(self) -> Path:
+        """The directory relative lineage paths are relative to: the database file's."""
+        return self.path.resolve().parent
+
+    def stored_path(self, path: str) -> str:
+        return stored_path(path, self.root())
+
     @contextmanager
     def _connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         if read_only and not self.path.exists():
@@ -234,7 +260,7 @@ class LineageStore:
             con.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,NULL,?,?,?,?,NULL)", [
                 run.run_id, run.flow, run.name, _json(run.config), run.config_hash, run.code_version,
                 _json(run.tool_versions), run.started_at, run.status, os.uname().nodename, os.getpid(),
-                run.workdir])
+                self.stored_path(str(Path(run.workdir).resolve()))])
 
     def end_run(self, run_id: str, status: str, error: str | None = None,
                 tool_versions: dict[str, str] | None = None) -> None:
@@ -264,12 +290,15 @@ class LineageStore:
                 step.started_at, step.ended_at, (step.ended_at - step.started_at).total_seconds(),
                 redact_secrets(step.error),
                 _json(step.tool_versions), _json(step.stats), _json(step.key_parts) if step.key_parts else None])
+            root = self.root()
             for direction, arts in (("input", step.inputs), ("output", step.outputs)):
                 for a in arts:
+                    # files in the lineage's directory (the workdir) by relative path, the id from that path
+                    path = stored_path(redact_secrets(a.path), root)
+                    aid = stable_hash([path, a.content_hash])[:24]
                     con.execute("INSERT OR IGNORE INTO artifacts VALUES (?,?,?,?,?,?,?,?)", [
-                        a.artifact_id, redact_secrets(a.path), a.kind, a.content_hash, a.rows, a.bytes, _json(a.meta),
-                        utcnow()])
-                    con.execute("INSERT INTO edges VALUES (?,?,?)", [step.step_id, a.artifact_id, direction])
+                        aid, path, a.kind, a.content_hash, a.rows, a.bytes, _json(a.meta), utcnow()])
+                    con.execute("INSERT INTO edges VALUES (?,?,?)", [step.step_id, aid, direction])
             con.execute("COMMIT")
 
     def record_metrics(self, run_id: str, step_id: str | None, rows: list[tuple[str, int, float]]) -> None:
@@ -292,7 +321,7 @@ class LineageStore:
         with self._connect(read_only=True) as con:
             cur = con.execute(sql, params or [])
             names = [d[0] for d in cur.description]
-            return [dict(zip(names, row, strict=False)) for row in cur.fetchall()]
+            return resolve_rows([dict(zip(names, row, strict=False)) for row in cur.fetchall()], self.root())
 
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
         return self.query("SELECT run_id, flow, name, status, started_at, ended_at, config_hash, code_version "
@@ -322,10 +351,10 @@ class LineageStore:
                              + _run_lines(found), found)
 
     def find_artifacts(self, path_or_id: str) -> list[dict[str, Any]]:
-        local = not path_or_id.startswith("/") and "://" not in path_or_id  # URLs (s3://...) are kept as given
+        local = "://" not in path_or_id  # URLs (s3://...) are kept as given
         p = str(Path(path_or_id).resolve()) if local else path_or_id
-        return self.query("SELECT * FROM artifacts WHERE artifact_id=? OR path=? OR content_hash=? "
-                          "ORDER BY created_at DESC", [path_or_id, p, path_or_id])
+        return self.query("SELECT * FROM artifacts WHERE artifact_id=? OR path=? OR path=? OR content_hash=? "
+                          "ORDER BY created_at DESC", [path_or_id, p, self.stored_path(p), path_or_id])
 
     def show(self, path_or_id: str) -> dict[str, Any]:
         """An artifact, a step or a run by id or path, with its edges."""

@@ -208,12 +208,13 @@ def _delete(path: Path) -> None:
 
 def _deleted_artifacts(store: LineageStore, paths: list[str]) -> list[ArtifactRecord]:
     """Lineage records of the outputs that lived at or under ``paths`` (inputs of the retention step)."""
-    arts: dict[str, ArtifactRecord] = {}
+    arts: dict[tuple[str, str], ArtifactRecord] = {}
     for p in paths:
-        for a in store.query("SELECT path, kind, content_hash, rows, bytes FROM artifacts WHERE path=? OR path LIKE ?",
-                             [p, p.rstrip("/") + "/%"]):
+        rel = store.stored_path(p)  # recorded relative to the lineage's directory, or absolute before 2026-12
+        for a in store.query("SELECT path, kind, content_hash, rows, bytes FROM artifacts WHERE path IN (?, ?) OR "
+                             "path LIKE ? OR path LIKE ?", [p, rel, p.rstrip("/") + "/%", rel.rstrip("/") + "/%"]):
             rec = ArtifactRecord(a["path"], a["kind"], a["content_hash"], a["rows"], a["bytes"])
-            arts[rec.artifact_id] = rec
+            arts[(rec.path, rec.content_hash)] = rec
     return list(arts.values())
 
 

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from pipeline_lib.io import atomic_dir
-from pipeline_lib.lineage import artifact_for
+from pipeline_lib.lineage import LineageStore, artifact_for
 from pipeline_lib.stage_cache import MARKER, claim, read_marker, write_marker
 from tests.conftest import ROOT
 from tests.helpers import family_fasta
@@ -68,6 +68,14 @@ def test_a_copied_workdir_is_fully_cached(prefect_harness, tmp_path):
     first = data_refresh(str(ROOT / "configs" / "demo.yaml"), [f"workdir={tmp_path / 'a'}", *common])
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     shutil.rmtree(tmp_path / "a")                                             # nothing may still point there
+    # the lineage that moved with it names the files at their new place: the first run's records too
+    moved = LineageStore(tmp_path / "b" / "lineage.duckdb")
+    arts = moved.query("SELECT path FROM artifacts WHERE path NOT LIKE ?", [str(fasta)])
+    assert arts and all(Path(a["path"]).exists() and a["path"].startswith(str(tmp_path / "b")) for a in arts)
+    assert moved.resolve_run(first.run_id)["workdir"] == str(tmp_path / "b")
+    manifest = tmp_path / "b" / Path(first.stages["shards"].outputs["manifest.json"].path).relative_to(tmp_path / "a")
+    assert moved.find_artifacts(str(manifest))[0]["path"] == str(manifest)
+    assert moved.trace(str(manifest))[0]["stage"] == "shards"
     again = data_refresh(str(ROOT / "configs" / "demo.yaml"), [f"workdir={tmp_path / 'b'}", *common])
     assert {k: v.cached for k, v in again.stages.items() if k != "fetch"} == \
         {k: True for k in first.stages if k != "fetch"}

@@ -28,7 +28,7 @@ import duckdb
 
 from pipeline_lib.errors import PipelineError
 from pipeline_lib.io import duckdb_connect
-from pipeline_lib.lineage import LineageStore
+from pipeline_lib.lineage import LineageStore, resolve_rows
 
 __all__ = ["read_only", "ReadOnlyLineage", "db_version", "rows", "DatabaseBusy"]
 
@@ -77,12 +77,31 @@ def read_only(db_path: str | os.PathLike[str], *, lock_wait_s: float = LOCK_WAIT
             delay = min(delay * 2, 0.25)
     if con is not None:
         try:
-            yield con
+            with _rooted(con, path):
+                yield con
         finally:
             con.close()
         return
-    with _snapshot(path) as con:
+    with _snapshot(path) as con, _rooted(con, path):
         yield con
+
+
+# connection -> the directory its lineage file lies in (a snapshot copy's too): relative paths resolve there
+_ROOTS: dict[int, Path] = {}
+
+
+@contextmanager
+def _rooted(con: duckdb.DuckDBPyConnection, path: Path) -> Iterator[None]:
+    _ROOTS[id(con)] = path.resolve().parent
+    try:
+        yield
+    finally:
+        _ROOTS.pop(id(con), None)
+
+
+def root_of(con: duckdb.DuckDBPyConnection) -> Path:
+    """The directory of the lineage file ``con`` reads (the working directory for one opened elsewhere)."""
+    return _ROOTS.get(id(con)) or Path.cwd()
 
 
 def _has_schema(con: duckdb.DuckDBPyConnection) -> bool:
@@ -121,7 +140,7 @@ def rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = No
     """Run a query and return its rows as dicts."""
     cur = con.execute(sql, params or [])
     names = [d[0] for d in cur.description]
-    return [dict(zip(names, r, strict=False)) for r in cur.fetchall()]
+    return resolve_rows([dict(zip(names, r, strict=False)) for r in cur.fetchall()], root_of(con))
 
 
 def db_version(db_path: str | os.PathLike[str]) -> str:
@@ -144,9 +163,13 @@ class ReadOnlyLineage(LineageStore):
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: str | os.PathLike[str] = "") -> None:
         self.path = Path(path)
+        self._root = self.path.resolve().parent if path else None
         self.lock_timeout_s = 0.0
         self._lock = threading.RLock()
         self._con = con
+
+    def root(self) -> Path:
+        return self._root or root_of(self._con)
 
     @contextmanager
     def _connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
