@@ -94,7 +94,7 @@ def _print_summary(result) -> None:
         return
     print("\nstage        status     key               details")
     for name, out in result.stages.items():
-        status = "cached" if out.cached else ("checked" if name == "fetch" else "ran")
+        status = "cached" if out.cached else ("checked" if name == "source" else "ran")
         brief = {k: v for k, v in out.stats.items() if k not in ("commands", "packages", "identity")}
         print(f"{name:<12} {status:<10} {out.cache_key[:16]}  {json.dumps(brief, default=str)[:108]}")
     if "train" in result.stages:

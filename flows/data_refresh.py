@@ -42,9 +42,9 @@ def run_data_stages(ctx, cfg: Config, release: data.ReleaseCheck | None = None) 
     lineage a worker process kept: this process is the only one that writes the lineage database.
     """
     hosts = getattr(cfg.source, "allowed_hosts", None)
-    for download in [data.fetch_url.submit(ctx, url, hosts) for url in data.source_urls(cfg)]:
+    for download in [data.source_url.submit(ctx, url, hosts) for url in data.source_urls(cfg)]:
         resolve(ctx, download)
-    source = resolve(ctx, data.fetch.submit(ctx, cfg, release))
+    source = resolve(ctx, data.source.submit(ctx, cfg, release))
     ingested = resolve(ctx, data.ingest.submit(ctx, cfg, source))
     levels: list[StageOutput] = []
     for i in range(len(cfg.cluster.levels)):  # each level clusters the previous level's representatives
@@ -56,7 +56,7 @@ def run_data_stages(ctx, cfg: Config, release: data.ReleaseCheck | None = None) 
     partitions = resolve_all(ctx, futures, "shard-partitions", "partitions")  # partitions done, in the UI
     sharded = resolve(ctx, data.shards.submit(ctx, cfg, ingested, clustered, splitted, partitions))
     per_level = {f"cluster_{lv.name}": out for lv, out in zip(cfg.cluster.levels, levels, strict=True)}
-    return {"fetch": source, "ingest": ingested, **per_level, "cluster": clustered, "split": splitted,
+    return {"source": source, "ingest": ingested, **per_level, "cluster": clustered, "split": splitted,
             "shards": sharded}
 
 

@@ -7,7 +7,7 @@
     python -m pipeline_lib.retention work/lineage.duckdb --workdir work --name uniref50 --keep 2 [--apply]
         [--storage-url s3://bucket/plm [--endpoint-url http://minio:9000]]
 
-A *release* is the upstream identity a fetch step recorded (UniRef release and checksums, or the hashes of
+A *release* is the upstream identity a source step recorded (UniRef release and checksums, or the hashes of
 the source files). Releases are ranked by their newest completed run (``current_run`` counts as completed:
 retention runs at the end of a refresh, before the run is closed). The stage directories
 (``<workdir>/stages/<stage>/<key16>``) and downloads (``<workdir>/downloads/...``) that steps of runs of
@@ -112,7 +112,9 @@ def _releases(store: LineageStore, config_name: str, current_run: str | None) ->
     rows = store.query(
         "SELECT r.run_id, r.status, r.started_at, s.stats, list(a.content_hash ORDER BY a.content_hash) AS outs "
         "FROM runs r JOIN steps s USING (run_id) LEFT JOIN edges e ON e.step_id=s.step_id AND e.direction='output' "
-        "LEFT JOIN artifacts a USING (artifact_id) WHERE r.name=? AND s.stage='fetch' AND s.status<>'failed' "
+        "LEFT JOIN artifacts a USING (artifact_id) WHERE r.name=? "
+        "AND s.stage IN ('source', 'fetch') "  # 'fetch': its name before December 2026
+        "AND s.status<>'failed' "
         "GROUP BY r.run_id, r.status, r.started_at, s.step_id, s.stats", [config_name])
     by_key: dict[str, Release] = {}
     run_release: dict[str, str] = {}
@@ -158,7 +160,7 @@ def plan_retention(store: LineageStore, workdir: str | os.PathLike[str], *, conf
 def _doomed(store: LineageStore, work: Path, old_runs: set[str], remote: ObjectStore | None) -> list[Doomed]:
     steps = store.query("SELECT run_id, stage, cache_key FROM steps WHERE cache_key IS NOT NULL AND cache_key<>''")
     downloads = store.query("SELECT s.run_id, a.path FROM steps s JOIN edges e USING (step_id) JOIN artifacts a "
-                            "USING (artifact_id) WHERE s.stage='fetch' AND e.direction='output'")
+                            "USING (artifact_id) WHERE s.stage IN ('source', 'fetch') AND e.direction='output'")
     used_by_others: set[Path] = set()
     candidates: dict[Path, Doomed] = {}
     for row in steps:
@@ -173,7 +175,7 @@ def _doomed(store: LineageStore, work: Path, old_runs: set[str], remote: ObjectS
         if row["run_id"] not in old_runs:
             used_by_others.add(path)
         elif path.is_relative_to(root) and path.is_file():  # user files outside the workdir are never touched
-            candidates.setdefault(path, Doomed("fetch", str(path), 0))
+            candidates.setdefault(path, Doomed("source", str(path), 0))
     doomed = []
     for p, d in sorted(candidates.items()):
         if p in used_by_others:

@@ -1,4 +1,4 @@
-"""Prefect tasks of the sequence data path: fetch -> ingest -> cluster -> split -> shards (partitions, manifest)."""
+"""Prefect tasks of the sequence data path: source -> ingest -> cluster -> split -> shards (partitions, manifest)."""
 from __future__ import annotations
 
 import json
@@ -24,7 +24,7 @@ from pipeline_lib.tools.mmseqs import MMseqs
 from tasks.artifacts import progress_artifacts
 from tasks.common import Produced, RunContext, StageOutput, lineage_task, logger, retry_transient, run_stage
 
-__all__ = ["check_release", "source_urls", "fetch_url", "fetch", "ingest", "cluster", "split", "shard_partitions",
+__all__ = ["check_release", "source_urls", "source_url", "source", "ingest", "cluster", "split", "shard_partitions",
            "shards_partition", "shards", "ReleaseCheck"]
 
 
@@ -38,13 +38,13 @@ class ReleaseCheck:
 
 @lineage_task(name="check_release", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)
 def check_release(ctx: RunContext, cfg: Config) -> ReleaseCheck:
-    """Compare the upstream source's identity (release, checksums) with the last completed fetch."""
+    """Compare the upstream source's identity (release, checksums) with the last completed source step."""
     from pipeline_lib.sources.release import identity_changed, source_identity
 
     # compared with the identity lineage stored, which has its URL credentials redacted
     current = redact_secrets(source_identity(cfg.source, Path(ctx.workdir) / "downloads"))
     rows = ctx.store.query(
-        "SELECT s.stats, s.run_id FROM steps s JOIN runs r USING (run_id) WHERE s.stage='fetch' AND "
+        "SELECT s.stats, s.run_id FROM steps s JOIN runs r USING (run_id) WHERE s.stage IN ('source', 'fetch') AND "
         "s.status='completed' AND r.status='completed' AND s.params=? ORDER BY s.started_at DESC LIMIT 1",
         [to_json(cfg.source.model_dump(mode="json"))])  # as lineage stores it: secrets redacted
     previous = json.loads(rows[0]["stats"]).get("identity") if rows else None
@@ -54,7 +54,7 @@ def check_release(ctx: RunContext, cfg: Config) -> ReleaseCheck:
     return check
 
 
-def _fetch_sources(cfg: Config, ctx: RunContext) -> tuple[list[Produced], dict[str, Any]]:
+def _resolve_sources(cfg: Config, ctx: RunContext) -> tuple[list[Produced], dict[str, Any]]:
     """Resolve the configured source to local FASTA files (downloading where needed)."""
     src = cfg.source
     downloads = Path(ctx.workdir) / "downloads"
@@ -86,16 +86,16 @@ def _fetch_sources(cfg: Config, ctx: RunContext) -> tuple[list[Produced], dict[s
 
 
 def source_urls(cfg: Config) -> list[str]:
-    """The http(s) files of a ``fasta`` source, each once: what :func:`fetch_url` can download side by side."""
+    """The http(s) files of a ``fasta`` source, each once: what :func:`source_url` can download side by side."""
     if cfg.source.kind != "fasta":
         return []
     return list(dict.fromkeys(p for p in cfg.source.paths if p.startswith(("http://", "https://"))))
 
 
-@lineage_task(name="fetch_url", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)
-def fetch_url(ctx: RunContext, url: str, allowed_hosts: list[str] | None = None) -> str:
-    """One source file to where the fetch stage looks for it, so several download at once on the task runner;
-    the fetch stage then finds them in place (verified files are never fetched twice). ``allowed_hosts``: the
+@lineage_task(name="source_url", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)
+def source_url(ctx: RunContext, url: str, allowed_hosts: list[str] | None = None) -> str:
+    """One source file to where the source stage looks for it, so several download at once on the task runner;
+    the source stage then finds them in place (verified files are never fetched twice). ``allowed_hosts``: the
     source's, checked before the request and every redirect."""
     from pipeline_lib.sources.download import download
     from pipeline_lib.sources.fasta_files import url_download_path
@@ -105,17 +105,17 @@ def fetch_url(ctx: RunContext, url: str, allowed_hosts: list[str] | None = None)
                             allowed_hosts=allowed_hosts).path)
 
 
-@lineage_task(name="fetch", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)
-def fetch(ctx: RunContext, cfg: Config, release: ReleaseCheck | None = None) -> StageOutput:
+@lineage_task(name="source", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)
+def source(ctx: RunContext, cfg: Config, release: ReleaseCheck | None = None) -> StageOutput:
     """Stage 1: download / locate the source FASTA files (verified against published checksums)."""
     def compute(tmp: Path):
-        produced, info = _fetch_sources(cfg, ctx)
+        produced, info = _resolve_sources(cfg, ctx)
         if release is not None:
             info["identity"] = release.current
         return produced, info, {}
 
     # Fetching is never served from cache: it is cheap to re-check and must notice a new release.
-    return run_stage(ctx, "fetch", cfg.source.model_dump(mode="json"), [], compute, cache=False)
+    return run_stage(ctx, "source", cfg.source.model_dump(mode="json"), [], compute, cache=False)
 
 
 @lineage_task(name="ingest")

@@ -49,4 +49,4 @@ def ingest_on(workdir: Path, src: Path, lineage: Path | None = None):
 
     cfg = load_config(None, [f"workdir={workdir}"])
     return data.ingest.fn(stage_context(workdir, lineage), cfg,
-                          stage_output("fetch", {"source_0": src}, {"source_0": "source_fasta"}))
+                          stage_output("source", {"source_0": src}, {"source_0": "source_fasta"}))

@@ -239,7 +239,7 @@ def temporaries(workdir: Path) -> list[Path]:
 
 
 def artifact_hashes(workdir: Path, stages: tuple[str, ...] = STAGES) -> dict[str, dict[str, str]]:
-    """``{stage/key: {relative file: sha256}}`` of every finished stage in ``stages`` (default: all but fetch).
+    """``{stage/key: {relative file: sha256}}`` of every finished stage in ``stages`` (default: all but source).
 
     ``_SUCCESS.json`` (finish time, absolute paths) is left out, and the manifest is compared without
     ``provenance.run_id`` and ``provenance.config_hash``: they name the run that wrote it and its config,

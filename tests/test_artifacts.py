@@ -122,7 +122,7 @@ def _flow_run_id() -> str:
 
 
 def test_http_source_download_gets_a_progress_artifact(prefect_harness, tmp_path):
-    """fetch_url (the side-by-side downloads of a fasta source's URLs) reports bytes as `download-<file>`; a
+    """source_url (the side-by-side downloads of a fasta source's URLs) reports bytes as `download-<file>`; a
     download that asks for no progress (AlphaFold DB models, thousands of small files) makes no artifact."""
     body = b"".join(b">s%d\n%s\n" % (i, b"MKV" * 100) for i in range(3000))
     ctx = RunContext("run-x", str(tmp_path / "work"), str(tmp_path / "lineage.duckdb"))
@@ -140,7 +140,7 @@ def test_http_source_download_gets_a_progress_artifact(prefect_harness, tmp_path
         @flow
         def fetch_one() -> tuple[str, str]:
             quiet_download()
-            return data.fetch_url(ctx, srv.url("/proteins.fa")), _flow_run_id()
+            return data.source_url(ctx, srv.url("/proteins.fa")), _flow_run_id()
 
         path, run_id = fetch_one()
     assert Path(path).read_bytes() == body

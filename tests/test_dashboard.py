@@ -37,7 +37,7 @@ def test_runs_steps_and_stage_summary(demo):
     run = runs[res.run_id]
     assert run["status"] == "completed" and run["steps"] == 8 and run["failed"] == 0 and run["duration_s"] > 0
     steps = data.run_steps(res.lineage, res.run_id)
-    assert [s["stage"] for s in steps] == ["fetch", "ingest", "cluster_level", "cluster_level", "cluster", "split",
+    assert [s["stage"] for s in steps] == ["source", "ingest", "cluster_level", "cluster_level", "cluster", "split",
                                            "shards_partition", "shards"]
     assert steps[1]["stats"]["kept"] == res.stages["ingest"].stats["kept"]
     summary = {r["stage"]: r for r in data.stage_summary(steps)}
@@ -122,7 +122,7 @@ def test_lineage_graph_of_the_manifest(demo):
     g = data.lineage_graph(res.lineage, target)
     assert g.target.endswith("manifest.json")
     stages = {n["label"] for n in g.nodes if n["type"] == "step"}
-    assert stages == {"fetch", "ingest", "cluster_level", "cluster", "split", "shards_partition", "shards"}
+    assert stages == {"source", "ingest", "cluster_level", "cluster", "split", "shards_partition", "shards"}
     x = figures._layers(g)
     assert all(x[a] < x[b] for a, b in g.edges)            # every edge points from source towards the target
     assert max(x.values()) == x[target] == 0
@@ -161,7 +161,7 @@ def scheduled_refreshes(db, statuses=("completed", "no_new_release", "no_new_rel
     for rid, status in zip(ids, statuses, strict=False):
         if status == "completed":
             t = utcnow()
-            store.record_step(StepRecord(rid, "fetch", {}, "k", "completed", t, t + timedelta(seconds=1)))
+            store.record_step(StepRecord(rid, "source", {}, "k", "completed", t, t + timedelta(seconds=1)))
         store.end_run(rid, status)
     return ids
 

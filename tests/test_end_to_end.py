@@ -34,7 +34,7 @@ def test_checkpoint_lineage_leads_back_to_shards_and_source(e2e):
     hf = res.stages["train"].outputs["hf"]
     chain = LineageStore(res.lineage).trace(hf.path)
     stages = [s["stage"] for s in chain]
-    assert stages[0] == "train" and {"shards", "split", "cluster", "ingest", "fetch"} <= set(stages)
+    assert stages[0] == "train" and {"shards", "split", "cluster", "ingest", "source"} <= set(stages)
     train_inputs = {i["kind"] for i in chain[0]["inputs"]}
     assert {"manifest", "shard"} <= train_inputs
 

@@ -26,7 +26,7 @@ def first_run(prefect_harness, tmp_path_factory):
 
 def test_first_run_produces_verified_shards_and_lineage(first_run):
     tmp, res = first_run
-    assert not any(s.cached for name, s in res.stages.items() if name != "fetch")
+    assert not any(s.cached for name, s in res.stages.items() if name != "source")
     assert verify_manifest(res.shards_dir) == []
     ing = res.stages["ingest"].stats
     assert ing["records_in"] == ing["kept"] + ing["duplicates"] + ing["quarantined"] and ing["kept"] > 2000
@@ -40,7 +40,7 @@ def test_trace_reaches_source_files_with_mmseqs_version(first_run):
     shard = next(p for p in res.stages["shards"].outputs.values() if p.kind == "shard")
     chain = LineageStore(res.lineage).trace(shard.path)
     stages = [s["stage"] for s in chain]
-    assert stages[0] == "shards" and {"ingest", "cluster", "cluster_level", "split", "fetch"} <= set(stages)
+    assert stages[0] == "shards" and {"ingest", "cluster", "cluster_level", "split", "source"} <= set(stages)
     cluster = next(s for s in chain if s["stage"] == "cluster")
     assert json.loads(cluster["tool_versions"])["mmseqs"]
     levels = [json.loads(s["params"])["level"] for s in chain if s["stage"] == "cluster_level"]
@@ -97,7 +97,7 @@ def test_cli_lineage_and_config_errors(first_run, capsys, tmp_path):
     assert plm(["lineage", "show", res.run_id, "--db", res.lineage]) == 0
     run = json.loads(capsys.readouterr().out)
     assert run["run"]["status"] == "completed"
-    assert {s["stage"] for s in run["steps"]} >= {"fetch", "ingest", "cluster", "split", "shards"}
+    assert {s["stage"] for s in run["steps"]} >= {"source", "ingest", "cluster", "split", "shards"}
     assert plm(["lineage", "show", shard.path, "--db", res.lineage]) == 0
     art = json.loads(capsys.readouterr().out)
     assert art["artifact"]["content_hash"] == shard.content_hash
@@ -178,9 +178,9 @@ def test_uniref_source_end_to_end_with_release_check(prefect_harness, tmp_path):
                          "ingest.min_length=11")
         res = data_refresh(str(ROOT / "configs" / "demo.yaml"), args, if_changed=True)
         assert res.status == "completed" and res.release.changed
-        assert res.stages["fetch"].stats["release"] == "2099_01"
+        assert res.stages["source"].stats["release"] == "2099_01"
         assert res.stages["ingest"].stats["kept"] == 4 * 3 + 6
-        src = res.stages["fetch"].outputs["source_0"]
+        src = res.stages["source"].outputs["source_0"]
         assert src.meta["release"] == "2099_01" and "2099_01" in src.path
         again = data_refresh(str(ROOT / "configs" / "demo.yaml"), args, if_changed=True)
         assert again.status == "no_new_release" and again.release.previous_run == res.run_id

@@ -188,7 +188,7 @@ def test_failed_ingest_stage_leaves_no_final_directory(tmp_path):
     ctx = stage_context(workdir)
     cfg = load_config(None, [f"workdir={workdir}"])
     with pytest.raises(DataValidationError, match="cut.fa.gz"):
-        data.ingest.fn(ctx, cfg, stage_output("fetch", {"source_0": src}, {"source_0": "source_fasta"}))
+        data.ingest.fn(ctx, cfg, stage_output("source", {"source_0": src}, {"source_0": "source_fasta"}))
     assert final_stage_dirs(workdir, "ingest") == []
     assert [p for p in (workdir / "stages" / "ingest").iterdir() if p.is_dir()] == []  # temporary removed too
     step = failed_steps(workdir / "lineage.duckdb", "ingest")

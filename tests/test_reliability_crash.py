@@ -53,7 +53,7 @@ exec "{real}" "$@"
 # (name, how to stop the run there, what must be finished by then, the stage whose temporary directory the
 # kill leaves: the only temporary in the workdir, since each earlier one was removed by the run that redid
 # its stage; None: killed after the stage's rename, so no temporary at all)
-DATA = ("fetch", "ingest", "cluster_level", "cluster", "split", "shards")
+DATA = ("source", "ingest", "cluster_level", "cluster", "split", "shards")
 KILL_POINTS = [
     ("ingest: mid-parse, between two Parquet row groups", "pause:ingest:pyarrow.parquet:ParquetWriter.write_table@2",
      set(DATA[:1]), "ingest"),
@@ -140,9 +140,9 @@ def test_lineage_marks_every_killed_run_crashed(crashed_then_resumed):
     last = store.query("SELECT run_id FROM runs WHERE status='completed'")[0]["run_id"]
     steps = store.query("SELECT stage, status FROM steps WHERE run_id=? ORDER BY started_at", [last])
     assert [(s["stage"], s["status"]) for s in steps] == [
-        ("fetch", "completed"), ("ingest", "cached"), ("cluster_level", "cached"), ("cluster_level", "cached"),
+        ("source", "completed"), ("ingest", "cached"), ("cluster_level", "cached"), ("cluster_level", "cached"),
         ("cluster", "cached"), ("split", "cached"),
         ("shards_partition", "cached"), ("shards", "cached")]
     # the shard files trace back to the source FASTA even though the run that wrote them was killed
     shard = next((workdir / "stages" / "shards").glob("*/train/part-00000.parquet"))
-    assert {"shards", "split", "cluster", "ingest", "fetch"} <= {s["stage"] for s in store.trace(str(shard))}
+    assert {"shards", "split", "cluster", "ingest", "source"} <= {s["stage"] for s in store.trace(str(shard))}

@@ -44,7 +44,7 @@ def test_oldest_release_unique_dirs_deleted_and_recorded(three_releases):
         {"ingest", "cluster_level", "cluster", "split", "shards_partition", "shards"}
     assert not any(p.exists() for p in only_first)
     assert all(p.is_dir() and (p / "_SUCCESS.json").is_file() for p in d2 | d3)
-    shared = d1 & (d2 | d3)  # the fetch directory: same parameters for every release
+    shared = d1 & (d2 | d3)  # the source directory: same parameters for every release
     assert shared and all(p.is_dir() for p in shared)
 
     rows = store.query("SELECT run_id, stats FROM steps WHERE stage='retention' ORDER BY started_at")

@@ -128,12 +128,12 @@ def test_dask_local_cluster_gives_the_thread_runners_artifacts(thread_run, tmp_p
     rows = res.stages["ingest"].outputs["sequences.parquet"].rows
     partitions = -(-rows // PARTITION_ROWS)
     assert partitions >= 2
-    # fetch, ingest, each cluster level, cluster, split, each shard partition and the shards manifest each ran as
+    # source, ingest, each cluster level, cluster, split, each shard partition and the shards manifest each ran as
     # a task on one of the two worker processes; the partitions' rows and tokens add up to the manifest's
     assert len(done) == 5 + 2 + partitions and {t["worker"] for t in done} <= set(cluster.worker_pids)
     steps = LineageStore(res.lineage).query("SELECT stage, status, stats FROM steps WHERE run_id=?", [res.run_id])
     assert sorted(s["stage"] for s in steps) == \
-        sorted(["fetch", *DATA_STAGES, "cluster_level", "cluster_level",
+        sorted(["source", *DATA_STAGES, "cluster_level", "cluster_level",
                 *["shards_partition"] * partitions])  # kept by the workers, written here
     assert {s["status"] for s in steps} == {"completed"}
     parts = [json.loads(s["stats"]) for s in steps if s["stage"] == "shards_partition"]
@@ -213,11 +213,11 @@ def test_source_urls_download_side_by_side_then_fetch_finds_them(prefect_harness
     res = run_configured(data_refresh, DEMO, overrides(tmp_path / "work", f"source={{kind: fasta, paths: {urls}}}"))
 
     assert res.status == "completed" and res.stages["ingest"].stats["records_in"] == len(records)
-    for i in range(2):  # one GET each: the fetch stage found the files in place
+    for i in range(2):  # one GET each: the source stage found the files in place
         assert [r.method for r in http_server.requests_for(f"/part{i}.fa")] == ["HEAD", "GET"]
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(res.run_id)])))
-    downloads = [r for r in runs if r.name.startswith("fetch_url")]
+    downloads = [r for r in runs if r.name.startswith("source_url")]
     assert len(downloads) == 2 and all(r.state.is_completed() for r in downloads)
     # both were downloading at once: each started before the other ended
     assert max(r.start_time for r in downloads) < min(r.end_time for r in downloads)

@@ -77,8 +77,8 @@ def test_a_copied_workdir_is_fully_cached(prefect_harness, tmp_path):
     assert moved.find_artifacts(str(manifest))[0]["path"] == str(manifest)
     assert moved.trace(str(manifest))[0]["stage"] == "shards"
     again = data_refresh(str(ROOT / "configs" / "demo.yaml"), [f"workdir={tmp_path / 'b'}", *common])
-    assert {k: v.cached for k, v in again.stages.items() if k != "fetch"} == \
-        {k: True for k in first.stages if k != "fetch"}
+    assert {k: v.cached for k, v in again.stages.items() if k != "source"} == \
+        {k: True for k in first.stages if k != "source"}
     assert {k: v.cache_key for k, v in again.stages.items()} == {k: v.cache_key for k, v in first.stages.items()}
     for out in again.stages.values():
         for art in out.outputs.values():

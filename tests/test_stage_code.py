@@ -20,7 +20,7 @@ from tests.conftest import ROOT
 from tests.helpers import family_fasta
 
 # every stage run_stage is called with, by the task function that defines its compute closure
-TASKS = {"fetch": "tasks.data:fetch", "ingest": "tasks.data:ingest", "cluster_level": "tasks.data:cluster_level",
+TASKS = {"source": "tasks.data:source", "ingest": "tasks.data:ingest", "cluster_level": "tasks.data:cluster_level",
          "cluster": "tasks.data:cluster",
          "split": "tasks.data:split", "shards_partition": "tasks.data:shards_partition", "shards": "tasks.data:shards",
          "msa_target": "tasks.msa:msa_target", "msa": "tasks.msa:msa",
@@ -65,9 +65,9 @@ def test_the_closure_follows_imports_inside_functions_and_leaves_out_what_cannot
     cluster = sc.stage_code(_compute_of(TASKS["cluster_level"]), "cluster_level").modules
     assert {"pipeline_lib/sequences/cluster.py", "pipeline_lib/tools/mmseqs.py", "pipeline_lib/io.py"} <= set(cluster)
     assert not any(m.startswith(("pipeline_lib/train/", "pipeline_lib/structures/")) for m in cluster)
-    fetch = sc.stage_code(_compute_of(TASKS["fetch"]), "fetch").modules   # imported inside _fetch_sources
+    fetch = sc.stage_code(_compute_of(TASKS["source"]), "source").modules   # imported inside _resolve_sources
     assert {"pipeline_lib/sources/uniref.py", "pipeline_lib/sources/embedded.py"} <= set(fetch)
-    assert "tasks/data.py:_fetch_sources" in fetch                         # a module-level helper the task calls
+    assert "tasks/data.py:_resolve_sources" in fetch                         # a module-level helper the task calls
     assert "pipeline_lib/__init__.py" not in fetch                         # the version string re-keys nothing
 
 
@@ -231,7 +231,7 @@ def test_a_rerun_says_why_in_lineage(prefect_harness, tmp_path, monkeypatch):
     store = LineageStore(tmp_path / "work" / "lineage.duckdb")
 
     def steps(run_id):
-        return [(s["stage"], s["status"], s.get("why")) for s in store.show(run_id)["steps"] if s["stage"] != "fetch"]
+        return [(s["stage"], s["status"], s.get("why")) for s in store.show(run_id)["steps"] if s["stage"] != "source"]
 
     monkeypatch.setitem(sc.STAGE_VERSIONS, "cluster", 2)
     second = data_refresh(demo, [*base, levels.format(0.5)])
