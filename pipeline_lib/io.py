@@ -23,16 +23,15 @@ __all__ = [
     "sha256_file",
     "sha256_bytes",
     "stable_hash",
-    "clean_temporaries",
     "sql_str",
     "TMP_MARK",
 ]
 
-TMP_MARK = _TMP_MARK = ".tmp-"  # in the name of everything written before its rename
+TMP_MARK = ".tmp-"  # in the name of everything written before its rename
 
 
 def _tmp_name(final: Path) -> Path:
-    return final.with_name(f"{final.name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    return final.with_name(f"{final.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
 
 
 @contextlib.contextmanager
@@ -93,19 +92,6 @@ def sha256_bytes(data: bytes) -> str:
 def stable_hash(obj: Any) -> str:
     """sha256 of the canonical JSON of ``obj`` (sorted keys), for cache keys and config hashes."""
     return sha256_bytes(json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode())
-
-
-def clean_temporaries(directory: str | os.PathLike[str]) -> int:
-    """Remove temporaries that a killed writer left in ``directory`` (not recursive). Returns the count."""
-    n = 0
-    d = Path(directory)
-    if not d.is_dir():
-        return 0
-    for p in d.iterdir():
-        if _TMP_MARK in p.name:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            n += 1
-    return n
 
 
 def sql_str(value: object) -> str:

@@ -18,26 +18,37 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from pipeline_lib.io import TMP_MARK, write_json_atomic
 from pipeline_lib.locks import FileLock
 
-__all__ = ["MARKER", "claim", "read_marker", "write_marker", "remove_temporaries"]
+__all__ = ["MARKER", "claim", "read_marker", "write_marker", "remove_temporaries", "remove_temporaries_in"]
 
 MARKER = "_SUCCESS.json"
+
+
+def _remove(paths: Iterable[Path]) -> int:
+    n = 0
+    for tmp in paths:
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        n += 1
+    return n
 
 
 def remove_temporaries(final: Path) -> int:
     """Remove what killed runs left while building ``final`` (``<name>.tmp-<pid>-<rand>``); call under
     :func:`claim`, so that a directory another run is building is never touched. Returns the count."""
-    n = 0
-    for tmp in final.parent.glob(f"{final.name}{TMP_MARK}*"):
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        n += 1
-    return n
+    return _remove(final.parent.glob(f"{final.name}{TMP_MARK}*"))
+
+
+def remove_temporaries_in(directory: str | os.PathLike[str]) -> int:
+    """Remove every temporary in ``directory`` (not recursive): for a directory one process writes in place
+    (a training run's, under its own lock), whose files are each written atomically. Returns the count."""
+    d = Path(directory)
+    return _remove([p for p in d.iterdir() if TMP_MARK in p.name]) if d.is_dir() else 0
 
 
 @contextlib.contextmanager

@@ -39,7 +39,6 @@ from pipeline_lib import __version__
 from pipeline_lib.errors import PipelineError, TransientError
 from pipeline_lib.io import atomic_dir, stable_hash
 from pipeline_lib.lineage import ArtifactRecord, LineageStore, PendingLineage, StepRecord, artifact_for, utcnow
-from pipeline_lib.locks import FileLock
 from pipeline_lib.stage_cache import claim, read_marker, write_marker
 from pipeline_lib.stage_code import stage_code
 from pipeline_lib.storage import ObjectStore, stage_dir_of
@@ -271,7 +270,7 @@ def _materialise_inputs(store: ObjectStore, workdir: str, inputs: list[ArtifactR
     """Download the stage directories of inputs built on another machine (tasks read local files)."""
     for rel in sorted({stage_dir_of(a.path, workdir) for a in inputs} - {None}):
         final = Path(workdir) / rel
-        with FileLock(final.with_name(final.name + ".lock"), sink=logger().warning, note=f"download of {rel}"):
+        with claim(final, note=f"download of {rel}", sink=logger().warning):
             if read_marker(final) is None and store.materialise(rel, final) is None:
                 raise PipelineError(f"input stage {rel} is neither in {final} nor finished in {store.url_of(rel)}")
 
@@ -340,7 +339,7 @@ def run_stage(ctx: RunContext, stage: str, params: dict[str, Any], inputs: list[
                     _materialise_inputs(store, ctx.workdir, inputs)
                 with progress_artifacts():  # long work inside shows as progress bars in the Prefect UI
                     data = _build(final, stage, key, params, compute, resumable)
-                if store and cache:  # uncached stages (fetch) are never looked up there: nothing to publish
+                if store and cache:  # uncached stages (source) are never looked up there: nothing to publish
                     store.publish(final, rel, data)
             else:
                 log.info("%s: cached, skipping (cache key %s)", stage, key[:16])

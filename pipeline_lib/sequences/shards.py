@@ -212,7 +212,7 @@ def write_shard_partition(sequences: Path, clusters: Path, splits: Path, out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     budget = Budget(_QUEUED_BYTES)
     writers = {split: SplitWriter(out_dir / split, schema, cfg, budget) for split in SPLITS}
-    work = tempfile.TemporaryDirectory(prefix=".plan.tmp-", dir=out_dir)  # (".tmp-": clean_temporaries)
+    work = tempfile.TemporaryDirectory(prefix=".plan.tmp-", dir=out_dir)  # (".tmp-": stage_cache removes it)
     result: dict[str, dict[str, Any]] = {}
     try:
         plan = pq.ParquetFile(_plan(sequences, clusters, splits, levels, Path(work.name), rows), pre_buffer=False)

@@ -33,9 +33,10 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from pipeline_lib.errors import ConfigError
-from pipeline_lib.io import atomic_dir, clean_temporaries
+from pipeline_lib.io import atomic_dir
 from pipeline_lib.models.esm2 import ESM2Config
 from pipeline_lib.models.hf import export_hf
+from pipeline_lib.stage_cache import remove_temporaries_in
 from pipeline_lib.train.parallel import DistEnv
 
 __all__ = ["Checkpointer", "export_checkpoint_hf", "rng_state", "set_rng_state"]
@@ -61,7 +62,7 @@ class Checkpointer:
         self.root, self.env, self.keep = Path(root), env, keep
         if env.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
-            clean_temporaries(self.root)
+            remove_temporaries_in(self.root)
 
     def steps(self) -> list[int]:
         if not self.root.is_dir():

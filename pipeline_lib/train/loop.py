@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from pipeline_lib.errors import PipelineError
-from pipeline_lib.io import clean_temporaries
+from pipeline_lib.stage_cache import remove_temporaries_in
 from pipeline_lib.train.batching import IGNORE, Batch
 from pipeline_lib.train.checkpoint import Checkpointer, export_checkpoint_hf
 from pipeline_lib.train.config import TrainConfig
@@ -71,7 +71,7 @@ class Trainer:
         self.sched = build_scheduler(self.opt, cfg)
         self.ckpt = Checkpointer(self.out / "checkpoints", self.env, keep=cfg.keep_checkpoints)
         if self.env.is_main:  # what a killed run left half-written here (an ``hf.tmp-*`` export)
-            clean_temporaries(self.out)
+            remove_temporaries_in(self.out)
         self.step, data_state = 0, None
         if cfg.resume and (found := self.ckpt.load_latest(self.model, self.opt, self.sched)):
             self.step, data_state = found
