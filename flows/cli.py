@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     dash.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     dash.add_argument("--port", type=int, default=8050)
     dash.add_argument("--refresh-s", type=float, default=5.0, help="seconds between checks for new data")
+    dash.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                      help="a host name the dashboard may be opened by (repeatable; IP addresses, localhost and the "
+                           "--host name always work): requests naming it otherwise get 403 (DNS rebinding)")
     rep = sub.add_parser("report", help="write one run's dashboard content as a self-contained HTML file")
     rep.add_argument("run_id", help="run id or a unique prefix of one (plm lineage runs)")
     rep.add_argument("--out", default="report.html", help="output HTML file (default report.html)")
@@ -242,7 +245,7 @@ def _command(argv: list[str] | None) -> int:
         if args.cmd == "dashboard":
             from pipeline_lib.dashboard.app import serve
 
-            serve(_db_path(args), args.host, args.port, refresh_s=args.refresh_s)
+            serve(_db_path(args), args.host, args.port, refresh_s=args.refresh_s, allow_hosts=args.allow_host)
             return 0
         if args.cmd == "report":
             from pipeline_lib.dashboard.report import write_report

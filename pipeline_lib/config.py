@@ -159,6 +159,14 @@ class Config(StrictModel):
             raise ValueError(f"split.level {self.split.level!r} is not a cluster level; levels are {names}")
         return self
 
+    @model_validator(mode="after")
+    def _lineage_path_duckdb_can_open(self) -> Config:
+        if "?" in str(self.lineage_path):  # DuckDB 2.0 puts the write-ahead log of a/w?/x.duckdb at a/w.wal?/x.duckdb
+            raise ValueError(f"the lineage database {self.lineage_path} has a '?' in its path, which DuckDB cannot "
+                             "keep a database under: choose another workdir, or set lineage.path to a path without "
+                             "one")
+        return self
+
     @property
     def workdir_path(self) -> Path:
         return Path(self.workdir).expanduser().resolve()
@@ -178,16 +186,39 @@ class Config(StrictModel):
         return stable_hash(self.model_dump(mode="json", exclude={"runner"}))
 
 
+# a config holds thousands of values at most (paths, accessions); YAML aliases can make a few hundred bytes
+# stand for billions (each level of "a: &a [*b, *b, ...]" multiplies): refused past this many values
+MAX_YAML_VALUES = 1_000_000
+
+
+def _load_yaml(text: str, what: str) -> Any:
+    """``yaml.safe_load`` with the expanded size bounded: aliases share their node, but validation, hashing
+    and messages walk every use of it."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what}: not valid YAML: {exc}") from exc
+    seen, stack = 0, [value]
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_YAML_VALUES:
+            raise ConfigError(f"{what}: more than {MAX_YAML_VALUES:,} values once its aliases are expanded; a "
+                              "config is not that large (a YAML alias bomb?)")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a raw config mapping."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE")
         key, _, text = item.partition("=")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+        value = _load_yaml(text, f"override {_short(item)}")
         node = raw
         parts = key.strip().split(".")
         for i, part in enumerate(parts[:-1]):
@@ -199,6 +230,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = nxt
         node[parts[-1]] = value
     return raw
+
+
+def _prune(value: Any, level: int = 3, items: int = 5) -> Any:
+    """A copy of ``value`` with containers cut to ``items`` entries and ``level`` levels (strings whole, so that
+    redaction still sees every credential): what an error message shows, bounded before it is redacted."""
+    if isinstance(value, dict):
+        return {k: _prune(v, level - 1, items) for k, v in list(value.items())[:items]} if level else {...: ...}
+    if isinstance(value, (list, tuple)):
+        return [_prune(v, level - 1, items) for v in value[:items]] if level else [...]
+    return value
 
 
 def _short(value: Any) -> str:
@@ -219,7 +260,7 @@ def _format_errors(errors: list[tuple[tuple, dict[str, Any]]], origin: str) -> s
         got = err.get("input")
         # a value is echoed without the credentials a URL may carry (user:password@, ?token=...)
         hide = err["type"] == "extra_forbidden" or isinstance(got, dict)
-        shown = "" if hide else f" (got {_short(redact_secrets(got))})"
+        shown = "" if hide else f" (got {_short(redact_secrets(_prune(got)))})"
         lines.append(f"  {loc or '<root>'}: {msg}{shown}")
     return "\n".join(lines)
 
@@ -250,10 +291,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    try:
-        loaded = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
+    loaded = _load_yaml(p.read_text(), str(p))
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(loaded).__name__}")
     return loaded or {}

@@ -214,7 +214,8 @@ def _deleted_artifacts(store: LineageStore, paths: list[str]) -> list[ArtifactRe
     for p in paths:
         rel = store.stored_path(p)  # recorded relative to the lineage's directory, or absolute before 2026-12
         for a in store.query("SELECT path, kind, content_hash, rows, bytes FROM artifacts WHERE path IN (?, ?) OR "
-                             "path LIKE ? OR path LIKE ?", [p, rel, p.rstrip("/") + "/%", rel.rstrip("/") + "/%"]):
+                             "starts_with(path, ?) OR starts_with(path, ?)",  # literal: '_' and '%' are common in paths
+                             [p, rel, p.rstrip("/") + "/", rel.rstrip("/") + "/"]):
             rec = ArtifactRecord(a["path"], a["kind"], a["content_hash"], a["rows"], a["bytes"])
             arts[(rec.path, rec.content_hash)] = rec
     return list(arts.values())

@@ -114,3 +114,34 @@ def test_an_unknown_model_size_is_a_config_error_before_any_stage_runs(tmp_path)
     shaped = load_config(write(tmp_path, "train:\n  model: custom\n  shape: {num_layers: 2, hidden_size: 64, "
                                          "num_heads: 4}\n"))
     assert shaped.train.shape.num_layers == 2  # an explicit shape needs no size name
+
+
+def _alias_bomb(levels: int, leaf: str = '"x"') -> str:
+    lines = [f"l0: &l0 [{', '.join([leaf] * 9)}]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nseed: *l{levels - 1}\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_by_its_expanded_size(tmp_path):
+    from pipeline_lib.config import MAX_YAML_VALUES
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_alias_bomb(9))   # 9**9 = 387 M values in 400 bytes
+    assert len(bomb.read_bytes()) < 500 and 9 ** 9 > MAX_YAML_VALUES
+    with pytest.raises(ConfigError, match="alias bomb"):
+        load_config(bomb)
+    with pytest.raises(ConfigError, match="alias bomb"):  # the same through an override
+        load_config(None, ["seed=" + _alias_bomb(9).replace("\n", ", ").replace("seed: ", "s: ").join("{}")])
+
+
+def test_error_messages_are_bounded_before_credentials_are_redacted(tmp_path):
+    """Under the size bound, a large value still makes a short message, with every URL's password hidden."""
+    url = '"https://user:hunter2@example.org/x.fa?token=abc"'
+    for levels in (5, 2):  # 59,049 values; 81 values shallow enough that the message shows the URLs
+        medium = tmp_path / f"medium{levels}.yaml"
+        medium.write_text(_alias_bomb(levels, url))
+        with pytest.raises(ConfigError) as err:
+            load_config(medium)
+        msg = str(err.value)
+        assert "seed" in msg and "hunter2" not in msg and "abc" not in msg and len(msg) < 1500, msg
+    assert "https://***@example.org/x.fa?token=***" in msg

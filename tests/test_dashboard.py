@@ -339,3 +339,38 @@ def test_the_run_that_did_work_is_offered_however_many_empty_refreshes_came_afte
     assert data.default_run(runs) == "worked"
     note = data.run_note(runs, "empty-7")
     assert note is not None and note.empty and [r["run_id"] for r in note.links] == ["worked"]
+
+
+def test_host_check_refuses_names_it_was_not_given(tmp_path):
+    """Raw HTTP against the served dashboard: the Host header decides (DNS rebinding), not the address."""
+    import http.client
+    import threading
+
+    from pipeline_lib.dashboard.app import make_server
+    from pipeline_lib.lineage import LineageStore
+
+    LineageStore(tmp_path / "lineage.duckdb")
+    server = make_server(tmp_path / "lineage.duckdb", port=0, allow_hosts=["plm.lab"])
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_port
+    try:
+        def status(host: str | None, path: str = "/") -> tuple[int, bytes]:
+            con = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            con.putrequest("GET", path, skip_host=True)
+            if host is not None:
+                con.putheader("Host", host)
+            con.endheaders()
+            r = con.getresponse()
+            out = r.status, r.read()
+            con.close()
+            return out
+
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "PLM.LAB.evil.example"):
+            code, body = status(host)
+            assert code == 403 and b"is not allowed" in body, host
+        assert status(f"evil.example:{port}", "/_dash-layout")[0] == 403      # the data endpoints too
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "[::1]:8050", f"PLM.lab:{port}", "app.localhost"):
+            assert status(host)[0] == 200, host
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -76,7 +76,8 @@ def browser(tmp_path_factory):
     opts.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,1700", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+                 "--window-size=1400,1700", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+                 "--host-resolver-rules=MAP evil.example 127.0.0.1"):  # a DNS rebinding, as the browser sees it
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
@@ -243,3 +244,15 @@ def test_first_page_shows_the_newest_run_that_ran_stages(refreshed, browser):
     assert not browser.find_elements(By.ID, "fig-timeline") and not browser.find_elements(By.ID, "steps-table")
     _save_screenshot(browser, shots / "no-new-release.png")
     assert _severe(browser) == []
+
+
+def test_a_page_under_another_host_name_cannot_read_the_dashboard(served, browser):
+    """DNS rebinding: a page from evil.example, whose name now resolves to 127.0.0.1, asks the dashboard's port
+    for the run list. The browser reaches the server, which refuses the Host; by its address it answers."""
+    url, _ = served
+    port = url.rsplit(":", 1)[1]
+    browser.get(f"http://evil.example:{port}/")
+    assert "'evil.example:" in browser.page_source and "is not allowed" in browser.page_source
+    assert not browser.find_elements("id", "runs-table") and "PLM pipeline" not in browser.title
+    browser.get(f"http://localhost:{port}/")
+    _wait_for(browser, lambda d: d.find_elements("id", "runs-table"), "the runs table by localhost")

@@ -252,6 +252,42 @@ def test_ingest_of_arbitrary_bytes_reconciles(data):
     assert kept == expected_kept and stats.quarantined == sum(expected_q.values())
 
 
+# sequence lines of residues, lower case and bytes that Unicode case folding turns into letters (latin-1 'ß'
+# 0xdf -> "SS", 'µ' 0xb5 -> 'Μ', UTF-8 'ß', 'ﬀ' -> "FF", dotless 'ı' -> 'I'), whitespace and stops
+BODY_BYTES = st.lists(st.sampled_from([b"M", b"k", b"v", b"s", b"\xdf", b"\xb5", b"\xff", b"\xc3\x9f", b"\xef\xac\x80",
+                                       b"\xc4\xb1", b" ", b"\n", b"*"]), min_size=1, max_size=40).map(b"".join)
+
+
+@settings(PROPS, max_examples=80)
+@given(BODY_BYTES)
+def test_kept_residues_are_vocabulary_letters_never_more_than_the_bytes(body):
+    """Case folding maps a-z to A-Z and nothing else: a kept sequence holds only the alphabet's letters and is
+    never longer than the record's residue bytes (today's 'ß' -> 'SS' invented residues)."""
+    cfg = IngestConfig(min_length=1)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "in.fa"
+        path.write_bytes(b">r1\n" + body + b"\n")
+        stats = ingest_fasta([path], Path(d) / "out", cfg)
+        kept = pq.read_table(Path(d) / "out" / "sequences.parquet").column("sequence").to_pylist()
+        q = pq.read_table(Path(d) / "out" / "quarantine.parquet").to_pylist()
+    residues = len(body.translate(None, b" \n"))
+    assert stats.kept + stats.quarantined == 1
+    for seq in kept:
+        assert set(seq) <= set(cfg.alphabet) and len(seq) <= residues
+    if any(b > 127 for b in body):
+        assert not kept and q[0]["reason"] == "invalid_characters" and "non-ASCII" in q[0]["detail"]
+
+
+def test_non_ascii_letters_are_quarantined_with_what_the_file_holds(tmp_path):
+    (tmp_path / "in.fa").write_bytes(b">latin\nMK\xdf\xdf\xdfVL\n>utf8\nMK\xc3\x9fVL\n>plain\nmkvl\n")
+    stats = ingest_fasta([tmp_path / "in.fa"], tmp_path / "out", IngestConfig(min_length=1))
+    q = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "quarantine.parquet").to_pylist()}
+    assert stats.kept == 1 and set(q) == {"latin", "utf8"}
+    assert q["latin"]["detail"] == "latin: non-ASCII characters in the sequence: \\xdf"
+    assert q["utf8"]["detail"] == "utf8: non-ASCII characters in the sequence: 'ß' (\\xc3\\x9f)"
+    assert pq.read_table(tmp_path / "out" / "sequences.parquet").column("sequence").to_pylist() == ["MKVL"]
+
+
 # --- tokenizers --------------------------------------------------------------------------------------
 
 RESIDUES = [t for t in ESM_ALPHABET.tokens if len(t) == 1]

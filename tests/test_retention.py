@@ -107,3 +107,21 @@ def test_end_to_end_applies_retention_too(prefect_harness, tmp_path):
                                    [r2.run_id])[0]["stats"])
     assert {Path(d["path"]) for d in stats["deleted"]} == only_first
     assert len(stats["dropped_releases"]) == 1
+
+
+def test_deleted_artifacts_match_paths_literally(tmp_path):
+    """The lineage records of what retention deleted are the artifacts at or under the deleted paths; '_' and
+    '%' in a path are characters, not LIKE wildcards."""
+    from datetime import UTC, datetime
+
+    from pipeline_lib.lineage import ArtifactRecord, LineageStore, StepRecord
+    from pipeline_lib.retention import _deleted_artifacts
+
+    store = LineageStore(tmp_path / "lineage.duckdb")
+    t = datetime.now(UTC)
+    arts = [ArtifactRecord(str(tmp_path / d / "x.parquet"), "x", h) for d, h in
+            [("stages/a_b", "1"), ("stages/aXb", "2"), ("stages/a%b", "3"), ("stages/aYYb", "4")]]
+    store.record_step(StepRecord("r", "s", {}, "k", "completed", t, t, outputs=arts))
+    got = _deleted_artifacts(store, [str(tmp_path / "stages/a_b"), str(tmp_path / "stages/a%b")])
+    assert sorted(a.content_hash for a in got) == ["1", "3"]
+    assert {a.path for a in got} == {str(tmp_path / "stages/a_b/x.parquet"), str(tmp_path / "stages/a%b/x.parquet")}

@@ -10,13 +10,17 @@ mostly end ``no_new_release`` without one) and says which newer runs it passed o
 a unique prefix. Every few seconds the browser asks whether the database file changed (two
 ``stat`` calls) and re-reads only then; each read opens DuckDB read-only for one request (see :mod:`.db`),
 so a running pipeline keeps writing. There is no authentication: the server binds 127.0.0.1 unless told
-otherwise; expose it through an SSH tunnel or an authenticating proxy.
+otherwise; expose it through an SSH tunnel or an authenticating proxy. It answers only requests whose ``Host``
+is an IP address, ``localhost`` or a name given with ``--allow-host`` (the name it is bound to counts): a web
+page cannot read it through a DNS name of its own pointed at 127.0.0.1 (DNS rebinding).
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import traceback
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -38,7 +42,7 @@ from pipeline_lib.dashboard.tables import (
 )
 from pipeline_lib.errors import PipelineError, RunLookupError
 
-__all__ = ["create_app", "make_server", "serve", "PAGES"]
+__all__ = ["create_app", "make_server", "serve", "PAGES", "HostCheck"]
 
 log = logging.getLogger("plm.dashboard")
 
@@ -261,17 +265,57 @@ class _QuietHandler(WSGIRequestHandler):
             super().log_request(code, size)
 
 
+def _host_name(header: str) -> str:
+    """The name of a ``Host`` header, without its port (``[::1]:8050`` -> ``::1``), lower case."""
+    h = header.strip().lower()
+    if h.startswith("["):
+        return h[1:h.find("]")] if "]" in h else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
+class HostCheck:
+    """WSGI middleware answering 403 to a request whose ``Host`` names the server by a name it was not given:
+    what a page served from ``evil.example`` sends after pointing ``evil.example`` at 127.0.0.1 (DNS rebinding),
+    which would otherwise let it read the lineage. IP addresses and ``localhost`` are always accepted (a
+    rebinding attack needs a name of its own), and so are the ``allowed`` names."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], allowed: Iterable[str] = ()) -> None:
+        self.app = app
+        self.allowed = {"localhost", *(a.strip().lower() for a in allowed if a.strip())}
+
+    def accepts(self, header: str | None) -> bool:
+        if not header:  # HTTP/1.0 clients; browsers always send one
+            return True
+        name = _host_name(header)
+        try:
+            ipaddress.ip_address(name)
+            return True
+        except ValueError:
+            return name in self.allowed or name.endswith(".localhost")
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if self.accepts(environ.get("HTTP_HOST")):
+            return self.app(environ, start_response)
+        body = (f"Host {environ.get('HTTP_HOST')!r} is not allowed: open the dashboard by its IP address or "
+                "localhost, or start it with --allow-host NAME\n").encode()
+        start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8"),
+                                         ("Content-Length", str(len(body)))])
+        return [body]
+
+
 def make_server(db_path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8050, *,
-                refresh_s: float = 5.0) -> BaseWSGIServer:
-    """A threaded WSGI server for the dashboard (``port=0`` picks a free port: see ``server.server_port``)."""
+                refresh_s: float = 5.0, allow_hosts: Iterable[str] = ()) -> BaseWSGIServer:
+    """A threaded WSGI server for the dashboard (``port=0`` picks a free port: see ``server.server_port``).
+    Requests must name it by an IP address, ``localhost``, ``host`` or one of ``allow_hosts`` (:class:`HostCheck`)."""
     app = create_app(db_path, refresh_s=refresh_s)
-    return _wsgi_server(host, port, app.server, threaded=True, request_handler=_QuietHandler)
+    checked = HostCheck(app.server, [host, *allow_hosts])
+    return _wsgi_server(host, port, checked, threaded=True, request_handler=_QuietHandler)
 
 
 def serve(db_path: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8050, *,
-          refresh_s: float = 5.0) -> None:
+          refresh_s: float = 5.0, allow_hosts: Iterable[str] = ()) -> None:
     """Serve until interrupted (Ctrl-C)."""
-    server = make_server(db_path, host, port, refresh_s=refresh_s)
+    server = make_server(db_path, host, port, refresh_s=refresh_s, allow_hosts=allow_hosts)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("dashboard bound to %s without authentication: anyone who can reach it can read lineage", host)
     print(f"plm dashboard: http://{host}:{server.server_port}/  (lineage {Path(db_path).resolve()}; Ctrl-C stops)")

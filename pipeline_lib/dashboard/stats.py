@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline_lib.io import duckdb_connect
+from pipeline_lib.io import duckdb_connect, sql_paths
 
 __all__ = ["Histogram", "length_histogram", "cluster_size_distribution", "plddt_histogram", "msa_depth_histogram",
            "MSA_DEPTH_COLUMNS"]
@@ -64,8 +64,8 @@ def _column_histogram(files: tuple[str, ...], hashes: tuple[str, ...], column: s
     """Histogram of a numeric Parquet column; ``hashes`` only key the cache (artifacts never change)."""
     con = duckdb_connect()
     try:
-        src = f"(SELECT CAST({column} AS DOUBLE) AS v FROM read_parquet(?) WHERE {column} IS NOT NULL)"
-        n, vmin, vmax = con.execute(f"SELECT count(*), min(v), max(v) FROM {src}", [list(files)]).fetchone()
+        src = f"(SELECT CAST({column} AS DOUBLE) AS v FROM read_parquet({sql_paths(files)}) WHERE {column} IS NOT NULL)"
+        n, vmin, vmax = con.execute(f"SELECT count(*), min(v), max(v) FROM {src}").fetchone()
         if not n:
             return [], [], 1.0, 0
         lo = vmin if lo is None else lo
@@ -73,7 +73,7 @@ def _column_histogram(files: tuple[str, ...], hashes: tuple[str, ...], column: s
         width = _nice_width(hi - lo, bins) if hi > lo else 1.0
         start = math.floor(lo / width) * width
         got = con.execute(f"SELECT floor((v - ?) / ?) AS b, count(*) FROM {src} GROUP BY b ORDER BY b",
-                          [start, width, list(files)]).fetchall()
+                          [start, width]).fetchall()
     finally:
         con.close()
     return [start + int(b) * width for b, _ in got], [int(c) for _, c in got], width, int(n)
@@ -111,8 +111,8 @@ def cluster_size_distribution(artifacts: list[dict[str, Any]]) -> dict[str, dict
 def _cluster_sizes(files: tuple[str, ...], content_hash: str) -> dict[str, dict[str, list[int]]]:
     con = duckdb_connect()
     try:
-        got = con.execute("SELECT level, size, count(*) FROM read_parquet(?) GROUP BY ALL ORDER BY level, size",
-                          [list(files)]).fetchall()
+        got = con.execute(f"SELECT level, size, count(*) FROM read_parquet({sql_paths(files)}) GROUP BY ALL "
+                          "ORDER BY level, size").fetchall()
     finally:
         con.close()
     out: dict[str, dict[str, list[int]]] = {}
@@ -161,12 +161,12 @@ def _msa_depths(path: str, content_hash: str, meta_json: str) -> list[int]:
     if parquet:
         con = duckdb_connect()
         try:
-            cols = {r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [parquet]).fetchall()}
+            cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({sql_paths(parquet)})").fetchall()}
             col = next((c for c in MSA_DEPTH_COLUMNS if c in cols), None)
             if col is None:
                 return []
             return [int(r[0]) for r in con.execute(
-                f"SELECT {col} FROM read_parquet(?) WHERE {col} IS NOT NULL", [parquet]).fetchall()]
+                f"SELECT {col} FROM read_parquet({sql_paths(parquet)}) WHERE {col} IS NOT NULL").fetchall()]
         finally:
             con.close()
     files = sorted(p.rglob("*.a3m"))[:MAX_A3M_FILES] if p.is_dir() else ([p] if p.is_file() else [])

@@ -75,7 +75,8 @@ def expand_specs(items: Sequence[SpecLike]) -> list[StructureSpec]:
     out = []
     for item in items:
         spec = parse_spec(item)
-        paths = sorted(glob.glob(spec.path)) if glob.has_magic(spec.path) else [spec.path]
+        pattern = glob.has_magic(spec.path) and not os.path.exists(spec.path)  # an existing file is never a pattern
+        paths = sorted(glob.glob(spec.path)) if pattern else [spec.path]
         out += [StructureSpec(p, spec.chain) for p in paths] or [spec]
     return out
 

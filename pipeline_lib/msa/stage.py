@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline_lib.io import duckdb_connect, sql_str
+from pipeline_lib.io import duckdb_connect, sql_path, sql_str
 from pipeline_lib.msa.a3m import Msa
 from pipeline_lib.msa.build import BatchResult, Query
 from pipeline_lib.msa.config import MsaConfig
@@ -28,8 +28,8 @@ def select_queries(sequences: Path, clusters: Path, splits: Path, *, level: str,
     wanted = ", ".join(map(sql_str, splits_wanted))
     con = duckdb_connect()
     try:
-        rows = con.execute(f"""SELECT s.id, s.sequence FROM read_parquet({sql_str(sequences)}) s
-            JOIN read_parquet({sql_str(clusters)}) c USING (id) JOIN read_parquet({sql_str(splits)}) p USING (id)
+        rows = con.execute(f"""SELECT s.id, s.sequence FROM read_parquet({sql_path(sequences)}) s
+            JOIN read_parquet({sql_path(clusters)}) c USING (id) JOIN read_parquet({sql_path(splits)}) p USING (id)
             WHERE c.cluster_{level} = s.id AND p.split IN ({wanted}) ORDER BY s.seq_hash
             {f'LIMIT {int(limit)}' if limit else ''}""").fetchall()
     finally:

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline_lib.errors import DataValidationError, ToolError
-from pipeline_lib.io import duckdb_connect, sql_str
+from pipeline_lib.io import duckdb_connect, sql_path, sql_str
 from pipeline_lib.progress import Progress
 from pipeline_lib.sequences.config import ClusterConfig, ClusterLevel
 from pipeline_lib.tools.mmseqs import MMseqs
@@ -87,7 +87,7 @@ def _tsv_to_parquet(tsv: Path, out: Path) -> int:
     con = duckdb_connect()
     try:
         try:
-            con.execute(f"""CREATE TEMP TABLE m AS SELECT * FROM read_csv({sql_str(tsv)}, delim='\t',
+            con.execute(f"""CREATE TEMP TABLE m AS SELECT * FROM read_csv({sql_path(tsv)}, delim='\t',
                 header=false, columns={{'rep': 'BIGINT', 'member': 'BIGINT'}})""")
         except duckdb.Error as exc:  # mmseqs wrote something, but not "<rep>\t<member>" ordinals
             first = str(exc).splitlines()[0]
@@ -167,14 +167,14 @@ def assemble_clusters(sequences: Path, levels: dict[str, Path], out_dir: Path, t
     try:
         con.execute(f"SET memory_limit='{DUCKDB_MEMORY_LIMIT}'; SET temp_directory={sql_str(tmp_dir)}")
         for lv, members in levels.items():
-            con.execute(f"CREATE TEMP TABLE l_{lv} AS SELECT rep, member FROM read_parquet({sql_str(members)})")
+            con.execute(f"CREATE TEMP TABLE l_{lv} AS SELECT rep, member FROM read_parquet({sql_path(members)})")
         select = [f"r_{names[0]}.id AS cluster_{names[0]}"]
         joins = []
         for prev, lv in zip(names, names[1:], strict=False):
             joins.append(f"JOIN l_{lv} ON l_{lv}.member = l_{prev}.rep")
             select.append(f"r_{lv}.id AS cluster_{lv}")
         con.execute(f"""CREATE TEMP TABLE seqs AS
-            SELECT id, file_row_number AS ord FROM read_parquet({sql_str(sequences)}, file_row_number=true)""")
+            SELECT id, file_row_number AS ord FROM read_parquet({sql_path(sequences)}, file_row_number=true)""")
         con.execute(f"""CREATE TEMP TABLE clusters AS
             SELECT s.id, {', '.join(select)} FROM seqs s
             LEFT JOIN l_{names[0]} ON l_{names[0]}.member = s.ord {' '.join('LEFT ' + j for j in joins)}

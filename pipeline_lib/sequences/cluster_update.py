@@ -24,7 +24,7 @@ from typing import Any
 import duckdb
 
 from pipeline_lib.errors import DataValidationError
-from pipeline_lib.io import duckdb_connect, sql_str
+from pipeline_lib.io import duckdb_connect, sql_path, sql_str
 from pipeline_lib.sequences.cluster import LevelResult, representatives, rows_of, write_fasta_from_parquet
 from pipeline_lib.sequences.config import ClusterLevel
 from pipeline_lib.stage_cache import read_marker
@@ -69,7 +69,7 @@ def _count_lines(path: Path) -> int:
 def _check_unique_hashes(sequences: Path) -> None:
     con = duckdb_connect()
     try:
-        dupes = con.execute(f"SELECT seq_hash FROM read_parquet({sql_str(sequences)}) GROUP BY seq_hash "
+        dupes = con.execute(f"SELECT seq_hash FROM read_parquet({sql_path(sequences)}) GROUP BY seq_hash "
                             "HAVING count(*) > 1 LIMIT 3").fetchall()
     finally:
         con.close()
@@ -85,13 +85,13 @@ def _tsv_to_members(tsv: Path, sequences: Path, out: Path, expected: int) -> int
     con = duckdb_connect()
     try:
         try:
-            con.execute(f"""CREATE TEMP TABLE t AS SELECT * FROM read_csv({sql_str(tsv)}, delim='\t', header=false,
+            con.execute(f"""CREATE TEMP TABLE t AS SELECT * FROM read_csv({sql_path(tsv)}, delim='\t', header=false,
                 columns={{'rep': 'VARCHAR', 'member': 'VARCHAR'}})""")
         except duckdb.Error as exc:
             raise DataValidationError(f"mmseqs cluster table is not two columns: {str(exc).splitlines()[0]}",
                                       path=str(tsv)) from exc
         con.execute(f"""CREATE TEMP TABLE s AS SELECT seq_hash, file_row_number AS ord
-            FROM read_parquet({sql_str(sequences)}, file_row_number=true)""")
+            FROM read_parquet({sql_path(sequences)}, file_row_number=true)""")
         con.execute("""CREATE TEMP TABLE m AS SELECT r.ord AS rep, x.ord AS member FROM t
             JOIN s x ON x.seq_hash = t.member JOIN s r ON r.seq_hash = t.rep""")
         lines, mapped = (con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("t", "m"))
@@ -164,7 +164,7 @@ def agreement(a: Path, b: Path, column: str) -> dict[str, float]:
     try:
         col = '"' + column.replace('"', '""') + '"'
         con.execute(f"""CREATE TEMP TABLE j AS SELECT x.{col} AS ca, y.{col} AS cb
-            FROM read_parquet({sql_str(a)}) x JOIN read_parquet({sql_str(b)}) y USING (id)""")
+            FROM read_parquet({sql_path(a)}) x JOIN read_parquet({sql_path(b)}) y USING (id)""")
         pairs = "sum(n * (n - 1) / 2)::DOUBLE"
         both = con.execute(f"SELECT {pairs} FROM (SELECT count(*) AS n FROM j GROUP BY ca, cb)").fetchone()[0]
         in_a = con.execute(f"SELECT {pairs} FROM (SELECT count(*) AS n FROM j GROUP BY ca)").fetchone()[0]

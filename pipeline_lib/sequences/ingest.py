@@ -86,7 +86,10 @@ def validate_record(header: str | None, sequence: str, cfg: IngestConfig, allowe
         h = parse_header(header)
     except ValueError as exc:
         return None, ("malformed_header", str(exc))
-    seq = sequence.upper()
+    if not sequence.isascii():  # str.upper() would fold them into letters: 'ß' -> 'SS', 'ﬀ' -> 'FF'
+        return None, ("invalid_characters", f"{h.id}: non-ASCII characters in the sequence: "
+                      f"{_non_ascii(sequence)}")
+    seq = sequence.upper()  # ASCII only from here: a-z -> A-Z and nothing else
     if seq.endswith("*"):
         seq = seq[:-1]
     if not seq:
@@ -101,6 +104,19 @@ def validate_record(header: str | None, sequence: str, cfg: IngestConfig, allowe
     if cfg.max_length is not None and len(seq) > cfg.max_length:
         return None, ("too_long", f"{h.id}: length {len(seq)} > max_length {cfg.max_length}")
     return (h, seq), None
+
+
+def _non_ascii(sequence: str) -> str:
+    """The non-ASCII characters of a sequence line as the file has them: ``sequence`` holds its bytes one per
+    character (latin-1), shown as UTF-8 text when they are valid UTF-8, with their bytes escaped."""
+    raw = sequence.encode("latin-1")
+    bad = bytes(b for b in raw if b > 127)
+    try:
+        text = "".join(dict.fromkeys(c for c in raw.decode("utf-8") if not c.isascii()))
+    except UnicodeDecodeError:
+        text = ""
+    escaped = "".join(f"\\x{b:02x}" for b in dict.fromkeys(bad))
+    return (f"{text!r} ({escaped})" if text else escaped)[:80]
 
 
 @functools.lru_cache(maxsize=16)

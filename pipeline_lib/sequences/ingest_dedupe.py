@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline_lib import schemas
-from pipeline_lib.io import duckdb_connect, sql_str
+from pipeline_lib.io import duckdb_connect, sql_path, sql_str
 
 __all__ = ["dedupe", "Dedupe", "DUCKDB_MEMORY_LIMIT", "spilling_connection"]
 
@@ -122,7 +122,7 @@ def dedupe(raw_path: Path, q_path: Path, out_dir: Path, tmp_dir: Path, batch_row
     con = spilling_connection(tmp_dir)
     try:
         dup_ids, dups, residues = _find_duplicates(
-            con, f"read_parquet({sql_str(raw_path)}, file_row_number=true)")  # file row number = input order
+            con, f"read_parquet({sql_path(raw_path)}, file_row_number=true)")  # file row number = input order
         if dup_ids:
             _write_query(con, """SELECT 'ingest' AS stage, source_file, source_record, id, 'duplicate_id' AS reason,
                 id || ': id already used by an earlier record' AS detail, NULL::VARCHAR AS raw

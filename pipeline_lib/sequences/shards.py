@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from pipeline_lib import schemas
 from pipeline_lib.errors import DataValidationError
-from pipeline_lib.io import sha256_file, sql_str, write_json_atomic
+from pipeline_lib.io import sha256_file, sql_path, sql_str, write_json_atomic
 from pipeline_lib.sequences.config import ShardsConfig
 from pipeline_lib.sequences.ingest_dedupe import spilling_connection
 from pipeline_lib.sequences.shard_writer import Budget, SplitWriter
@@ -156,10 +156,10 @@ def _plan(sequences: Path, clusters: Path, splits: Path, levels: list[str], work
         con.execute("SET preserve_insertion_order=true")  # the file keeps the ORDER BY
         con.execute(f"""COPY (
             SELECT s.ord, p.split, {cl}
-            FROM (SELECT id, file_row_number AS ord FROM read_parquet({sql_str(sequences)}, file_row_number=true)
+            FROM (SELECT id, file_row_number AS ord FROM read_parquet({sql_path(sequences)}, file_row_number=true)
                   WHERE file_row_number >= {int(rows[0])} AND file_row_number < {int(rows[1])}) s
-            JOIN read_parquet({sql_str(clusters)}) c USING (id)
-            JOIN read_parquet({sql_str(splits)}) p USING (id)
+            JOIN read_parquet({sql_path(clusters)}) c USING (id)
+            JOIN read_parquet({sql_path(splits)}) p USING (id)
             WHERE p.split IN ({names}) ORDER BY s.ord
             ) TO {sql_str(path)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 65536)""")
     finally:

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline_lib import schemas
-from pipeline_lib.io import sql_str
+from pipeline_lib.io import sql_path
 from pipeline_lib.sequences.cluster import write_fasta_from_parquet
 from pipeline_lib.sequences.config import DecontaminateConfig, SplitConfig
 from pipeline_lib.sequences.ingest_dedupe import spilling_connection
@@ -70,7 +70,7 @@ def _clusters_per_split(clusters: Path, col: str, seed: int, cfg: SplitConfig, t
     counts = dict.fromkeys(SPLITS, 0)
     con = spilling_connection(tmp_dir)
     try:
-        for batch in con.sql(f"SELECT DISTINCT {col} FROM read_parquet({sql_str(clusters)})").to_arrow_reader(
+        for batch in con.sql(f"SELECT DISTINCT {col} FROM read_parquet({sql_path(clusters)})").to_arrow_reader(
                 BATCH_ROWS):
             _add_counts(counts, _split_column(batch.column(0), seed, cfg))
     finally:

@@ -60,7 +60,7 @@ def resolve_fasta_inputs(paths: list[str], download_dir: str | os.PathLike[str],
         elif scheme:
             raise PipelineError(f"FASTA input {redact_url(item)}: scheme {scheme!r} is not supported "
                                 "(use a local path, a glob or an http(s) URL)")
-        elif _GLOB_CHARS & set(item):
+        elif _GLOB_CHARS & set(item) and not os.path.isfile(os.path.expanduser(item)):  # a file is never a pattern
             resolved = _expand(item)
         else:
             resolved = [_local(item)]

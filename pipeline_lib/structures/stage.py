@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline_lib import schemas
-from pipeline_lib.io import atomic_path, duckdb_connect, sha256_file, sql_str, write_json_atomic
+from pipeline_lib.io import atomic_path, duckdb_connect, sha256_file, sql_path, sql_str, write_json_atomic
 from pipeline_lib.sequences.config import ShardsConfig
 from pipeline_lib.structures.batches import (
     BatchResult,
@@ -102,8 +102,8 @@ def _split_batches(sequences: Path, clusters: Path, splits: Path, split: str, le
     con = duckdb_connect()
     try:
         reader = con.sql(f"""SELECT s.id, s.accession, s.seq_hash, s.sequence, {cl}
-            FROM read_parquet({sql_str(sequences)}) s JOIN read_parquet({sql_str(clusters)}) c USING (id)
-            JOIN read_parquet({sql_str(splits)}) p USING (id) WHERE p.split = {sql_str(split)}
+            FROM read_parquet({sql_path(sequences)}) s JOIN read_parquet({sql_path(clusters)}) c USING (id)
+            JOIN read_parquet({sql_path(splits)}) p USING (id) WHERE p.split = {sql_str(split)}
             ORDER BY s.seq_hash""").to_arrow_reader(8192)
         for batch in reader:
             yield batch.to_pylist()
