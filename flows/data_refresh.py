@@ -13,7 +13,7 @@ from prefect import flow
 
 from flows.runner import on_configured_runner, with_runner
 from flows.runs import load_run_config, pipeline_run
-from pipeline_lib.config import Config
+from pipeline_lib.config import Config, DownloadSettings
 from tasks import data
 from tasks.common import StageOutput, resolve, resolve_all
 from tasks.retention import retention
@@ -42,7 +42,8 @@ def run_data_stages(ctx, cfg: Config, release: data.ReleaseCheck | None = None) 
     lineage a worker process kept: this process is the only one that writes the lineage database.
     """
     hosts = getattr(cfg.source, "allowed_hosts", None)
-    for download in [data.source_url.submit(ctx, url, hosts) for url in data.source_urls(cfg)]:
+    settings = cfg.source.download_kwargs() if isinstance(cfg.source, DownloadSettings) else None
+    for download in [data.source_url.submit(ctx, url, hosts, settings) for url in data.source_urls(cfg)]:
         resolve(ctx, download)
     source = resolve(ctx, data.source.submit(ctx, cfg, release))
     ingested = resolve(ctx, data.ingest.submit(ctx, cfg, source))

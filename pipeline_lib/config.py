@@ -45,7 +45,7 @@ from pipeline_lib.train.config import TrainConfig
 
 __all__ = [
     "StrictModel", "Config", "load_config", "read_config_file", "config_from_raw", "apply_overrides",
-    "UnirefSource", "FastaSource", "EmbeddedSource",
+    "UnirefSource", "FastaSource", "EmbeddedSource", "DownloadSettings",
     # the sequence stages' sections (pipeline_lib.sequences.config), re-exported: Config is built from them
     "IngestConfig", "ClusterLevel", "ClusterConfig", "DecontaminateConfig", "SplitConfig", "ShardsConfig",
 ]
@@ -73,13 +73,29 @@ def _check_source_hosts(field: str, urls: list[str], allowed_hosts: list[str] | 
             raise ValueError(f"{field}: host {parts.hostname!r} is not in allowed_hosts {sorted(allowed)}")
 
 
-class UnirefSource(StrictModel):
+class DownloadSettings(StrictModel):
+    """How the http(s) files of a source are fetched (``pipeline_lib.sources.download``)."""
+
+    retries: int = Field(5, ge=0, description="Attempts after the first, with exponential backoff. These are all "
+                                              "the retries: the task does not retry a download that used them.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds without data before a transfer counts as stalled; "
+                                                     "also the window of min_bytes.")
+    min_bytes: int = Field(1024, ge=0, description="Fewer bytes than this in any timeout_s window is a stall too "
+                                                   "(a server trickling a byte at a time), retried like one.")
+    deadline_s: float | None = Field(None, gt=0, description="End a file's download after this many seconds, "
+                                                             "whatever its progress (None: no deadline). A later "
+                                                             "run resumes it.")
+
+    def download_kwargs(self) -> dict[str, Any]:
+        return {"retries": self.retries, "timeout_s": self.timeout_s, "min_bytes": self.min_bytes,
+                "deadline_s": self.deadline_s}
+
+
+class UnirefSource(DownloadSettings):
     kind: Literal["uniref"] = "uniref"
     base_url: str = Field("https://ftp.uniprot.org/pub/databases/uniprot",
                           description="Root laid out like UniProt's FTP (uniref/uniref50/uniref50.fasta.gz).")
     database: Literal["uniref50", "uniref90", "uniref100"] = "uniref50"
-    retries: int = Field(5, ge=0, description="Attempts after the first, with exponential backoff.")
-    timeout_s: float = Field(60.0, gt=0, description="Seconds without data before a transfer counts as stalled.")
     allowed_hosts: list[str] | None = Field(None, description=_SOURCE_HOSTS_HELP + " For UniProt itself: "
                                                               "[ftp.uniprot.org].")
 
@@ -89,7 +105,7 @@ class UnirefSource(StrictModel):
         return self
 
 
-class FastaSource(StrictModel):
+class FastaSource(DownloadSettings):
     kind: Literal["fasta"] = "fasta"
     paths: list[str] = Field(..., min_length=1, description="Local paths, globs or http(s) URLs; plain or .gz.")
     allowed_hosts: list[str] | None = Field(None, description=_SOURCE_HOSTS_HELP)

@@ -60,7 +60,10 @@ class ToolError(PipelineError):
 
 
 class TransientError(PipelineError):
-    """A failure worth retrying (network, lock contention)."""
+    """A failure worth retrying (network, lock contention). ``retries_exhausted``: the code that raised it has
+    already retried as configured, so nothing retries it again (Prefect's task retries would multiply them)."""
+
+    retries_exhausted: bool = False
 
 
 class DownloadError(TransientError):

@@ -77,8 +77,8 @@ def retry_transient(task, task_run, state) -> bool:
     """Prefect retry condition: retry only network / lock failures, never data or config errors."""
     try:
         state.result(raise_on_failure=True)
-    except TransientError:
-        return True
+    except TransientError as exc:
+        return not exc.retries_exhausted  # a download that used its own configured retries is done
     except BaseException:
         return False
     return False

@@ -74,7 +74,8 @@ def _resolve_sources(cfg: Config, ctx: RunContext) -> tuple[list[Produced], dict
     if src.kind == "fasta":
         from pipeline_lib.sources.fasta_files import resolve_fasta_inputs
 
-        paths = resolve_fasta_inputs(src.paths, downloads / "urls", allowed_hosts=src.allowed_hosts)
+        paths = resolve_fasta_inputs(src.paths, downloads / "urls", allowed_hosts=src.allowed_hosts,
+                                     **src.download_kwargs())
         return [Produced(f"source_{i}", "source_fasta", path=str(p)) for i, p in enumerate(paths)], \
             {"source": "fasta", "release": None}
     from pipeline_lib.sources.uniref import download_uniref
@@ -93,16 +94,17 @@ def source_urls(cfg: Config) -> list[str]:
 
 
 @lineage_task(name="source_url", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)
-def source_url(ctx: RunContext, url: str, allowed_hosts: list[str] | None = None) -> str:
+def source_url(ctx: RunContext, url: str, allowed_hosts: list[str] | None = None,
+               settings: dict[str, Any] | None = None) -> str:
     """One source file to where the source stage looks for it, so several download at once on the task runner;
     the source stage then finds them in place (verified files are never fetched twice). ``allowed_hosts``: the
-    source's, checked before the request and every redirect."""
+    source's, checked before the request and every redirect; ``settings``: its retries, timeouts, deadline."""
     from pipeline_lib.sources.download import download
     from pipeline_lib.sources.fasta_files import url_download_path
 
     with progress_artifacts():  # bytes, rate and ETA as a progress bar "download-<file>" in the Prefect UI
         return str(download(url, url_download_path(url, Path(ctx.workdir) / "downloads" / "urls"),
-                            allowed_hosts=allowed_hosts).path)
+                            allowed_hosts=allowed_hosts, **(settings or {})).path)
 
 
 @lineage_task(name="source", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)

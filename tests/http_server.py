@@ -38,6 +38,7 @@ class Fault:
     drop_after: int | None = None      # announce the full length, send this many body bytes, close
     stall_s: float | None = None       # sleep this long after ``stall_after`` body bytes
     stall_after: int = 0
+    trickle_s: float | None = None     # after ``stall_after`` body bytes, send one byte per this many seconds
     ignore_range: bool = False         # answer 200 with the whole file even when a Range was sent
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers
 
@@ -120,7 +121,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self, entry: LoggedRequest, chunk: bytes, fault: Fault) -> None:
         limit = len(chunk) if fault.drop_after is None else min(fault.drop_after, len(chunk))
-        if fault.stall_s is not None:
+        if fault.trickle_s is not None:
+            first = min(fault.stall_after, limit)
+            self._write(entry, chunk[:first])
+            for i in range(first, limit):
+                time.sleep(fault.trickle_s)
+                self._write(entry, chunk[i:i + 1])
+        elif fault.stall_s is not None:
             first = min(fault.stall_after, limit)
             self._write(entry, chunk[:first])
             time.sleep(fault.stall_s)

@@ -256,3 +256,65 @@ def test_progress_reports_bytes_rate_and_completion(served: LocalHTTPServer, tmp
         download(served.url("/data/file.bin"), tmp_path / "file.bin", **{**FAST, "progress": True})
     (line,) = [r.getMessage() for r in caplog.records if r.name == "pipeline_lib.progress"]
     assert line.startswith("download file.bin: 3.0 MB / 3.0 MB (100.0%)") and "/s" in line and "done in" in line
+
+
+# --- downloads end: trickles, deadlines, and retries that are not multiplied ----------------------------
+
+def test_a_trickling_server_is_a_stall(served: LocalHTTPServer, payload: bytes, tmp_path: Path):
+    """One byte every 50 ms never trips a per-read timeout (today's reads waited for a whole MiB); under
+    min_bytes per timeout_s window it is a stall, named with the URL and the bytes received."""
+    from pipeline_lib.errors import DownloadError
+
+    served.add_faults("/data/file.bin", Fault(trickle_s=0.05, stall_after=5000))
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError) as err:
+        download(served.url("/data/file.bin"), tmp_path / "f", **{**FAST, "timeout_s": 0.5, "retries": 0})
+    assert time.monotonic() - t0 < 3
+    msg = str(err.value)
+    assert "stalled" in msg and "min_bytes=1024" in msg and "bytes received" in msg and "/data/file.bin" in msg
+    assert err.value.retries_exhausted
+    kept = (tmp_path / "f.partial").stat().st_size
+    assert kept >= 5000                                   # what arrived stays for the resume ...
+    r = download(served.url("/data/file.bin"), tmp_path / "f", expected_md5=md5(payload), **FAST)
+    assert r.resumed and (tmp_path / "f").read_bytes() == payload
+    assert served.requests[-1].headers.get("Range") == f"bytes={kept}-"   # ... which asks for the rest only
+
+
+def test_a_stall_is_retried_and_resumed_within_the_call(served: LocalHTTPServer, payload: bytes, tmp_path: Path):
+    served.add_faults("/data/file.bin", Fault(trickle_s=0.05, stall_after=200_000))
+    r = download(served.url("/data/file.bin"), tmp_path / "f", expected_md5=md5(payload),
+                 **{**FAST, "timeout_s": 0.5, "retries": 1})
+    assert r.attempts == 2 and r.resumed and served.requests[1].headers.get("Range", "").startswith("bytes=2")
+
+
+def test_the_deadline_ends_a_slow_but_steady_download(served: LocalHTTPServer, payload: bytes, tmp_path: Path):
+    from pipeline_lib.errors import DownloadError
+
+    served.add_faults("/data/file.bin", Fault(trickle_s=0.01, stall_after=1000))
+    with pytest.raises(DownloadError, match=r"not finished within deadline_s=0.5 \(\d+ bytes received"):
+        download(served.url("/data/file.bin"), tmp_path / "f", **{**FAST, "min_bytes": 0, "deadline_s": 0.5})
+    assert len(served.requests) == 1                     # a deadline is not retried
+    r = download(served.url("/data/file.bin"), tmp_path / "f", expected_md5=md5(payload), **FAST)
+    assert r.resumed and (tmp_path / "f").read_bytes() == payload
+
+
+def test_task_retries_do_not_multiply_the_configured_ones(prefect_harness, served: LocalHTTPServer,
+                                                            tmp_path: Path):
+    """The source_url task (Prefect retries 3 times on transient errors) with `retries: 1`: two GETs in all,
+    where the task's retries used to add three more rounds of them after 5, 30 and 120 s."""
+    from prefect import flow
+
+    from pipeline_lib.errors import DownloadError
+    from tasks import data
+    from tasks.common import RunContext
+
+    served.add_faults("/data/file.bin", *[Fault(status=503)] * 12)
+    ctx = RunContext("run-r", str(tmp_path / "work"), str(tmp_path / "lineage.duckdb"))
+
+    @flow
+    def one() -> str:
+        return data.source_url(ctx, served.url("/data/file.bin"), None, {"retries": 1, "timeout_s": 5.0})
+
+    with pytest.raises(DownloadError, match="giving up after 2 attempts"):
+        one()
+    assert [r.status for r in served.requests if r.method == "GET"] == [503, 503]

@@ -9,9 +9,10 @@ How it behaves:
 - ``dest`` already present (and matching ``expected_size``/``expected_md5`` when given): nothing is fetched.
 - Bytes stream (1 MiB chunks) into ``dest.partial``; a retry, or a later run, resumes it with
   ``Range: bytes=N-`` (206 appends; 200 means the server ignored the range, so it restarts from 0).
-- Transient failures (connection errors, 408/429/5xx, stalls longer than ``timeout_s``, short reads) are
-  retried with exponential backoff; after the last attempt :class:`DownloadError` (a TransientError) is
-  raised. Other 4xx and refused URLs raise :class:`PermanentDownloadError`, which is never retried.
+- Transient failures (connection errors, 408/429/5xx, no byte for ``timeout_s``, fewer than ``min_bytes``
+  in a ``timeout_s`` window, short reads) are retried with exponential backoff; after the last attempt
+  :class:`DownloadError` (a TransientError, marked ``retries_exhausted``) is raised; ``deadline_s`` ends the
+  whole call. Other 4xx and refused URLs raise :class:`PermanentDownloadError`, which is never retried.
 - MD5 and SHA-256 are computed while streaming (a resumed partial is hashed first); a mismatch raises
   :class:`ChecksumError` and moves the file aside as ``dest.corrupt``; a good file is renamed into place.
 - URLs in logs and errors go through :func:`redact_url` (no user:password, no token-like query values);
@@ -92,7 +93,9 @@ def _with_retries(fn: Callable[[int], T], *, url: str, retries: int, backoff_s: 
             return fn(attempt)
         except _Transient as exc:
             if attempt >= retries:
-                raise DownloadError(f"{redact_url(url)}: giving up after {attempt + 1} attempts: {exc}") from None
+                err = DownloadError(f"{redact_url(url)}: giving up after {attempt + 1} attempts: {exc}")
+                err.retries_exhausted = True
+                raise err from None
             delay = min(backoff_s * 2 ** attempt, MAX_BACKOFF_S)
             log.warning("%s: attempt %d/%d failed (%s); retrying in %.1fs",
                         redact_url(url), attempt + 1, retries + 1, exc, delay)
@@ -136,9 +139,11 @@ def _request(session: requests.Session, method: str, url: str, *, headers: dict[
 
 
 def _read_raw(resp: requests.Response, url: str) -> bytes:
-    """The next chunk of the body as stored (no content decoding); network errors are transient."""
+    """The next bytes of the body as stored (no content decoding), as soon as some arrive (``read1``: a
+    ``read(CHUNK)`` would wait for the whole MiB, and a server sending a byte now and then would never time
+    out); network errors are transient."""
     try:
-        return resp.raw.read(CHUNK, decode_content=False)
+        return resp.raw.read1(CHUNK, decode_content=False)
     except _NETWORK_ERRORS as exc:
         raise _Transient(scrub_credentials(f"{type(exc).__name__}: {exc}", url)) from None
 
@@ -172,13 +177,16 @@ class _Transfer:
     """State of one download across attempts: the partial file and the running hashes."""
 
     def __init__(self, url: str, dest: Path, expected_size: int | None, timeout_s: float, progress: bool,
-                 policy: dict[str, Any]) -> None:
+                 policy: dict[str, Any], min_bytes: int = 0, deadline_s: float | None = None) -> None:
         self.url, self.dest, self.expected_size = url, dest, expected_size
         self.partial = dest.with_name(dest.name + ".partial")
         # ETag / Last-Modified of the response the partial came from, sent back as If-Range on resume so
         # that a file changed on the server restarts from 0 instead of being spliced onto old bytes.
         self.validator = dest.with_name(dest.name + ".partial.validator")
         self.timeout_s, self.progress, self.policy = timeout_s, progress, policy
+        self.min_bytes = min_bytes  # per timeout_s window: less is a stall, however steadily it trickles
+        self.deadline = time.monotonic() + deadline_s if deadline_s is not None else None
+        self.deadline_s = deadline_s
         self.hashes: _Hashes | None = None
         self.attempts, self.resumed = 0, False
         self.session = _session()
@@ -257,15 +265,32 @@ class _Transfer:
         sink = None if self.progress else (lambda _line: None)
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         got = 0
+        window_start, window_bytes = time.monotonic(), 0
         with open(self.partial, "ab" if offset else "wb") as fh, \
                 Progress(label, total=total, unit="B", done=offset, sink=sink, notify=self.progress) as prog:
-            while block := _read_raw(resp, self.url):
-                fh.write(block)
-                self.hashes.update(block)
-                got += len(block)
-                prog.update(len(block))
-            fh.flush()
-            os.fsync(fh.fileno())
+            try:
+                while block := _read_raw(resp, self.url):
+                    fh.write(block)
+                    self.hashes.update(block)
+                    got += len(block)
+                    window_bytes += len(block)
+                    prog.update(len(block))
+                    now = time.monotonic()
+                    if self.deadline is not None and now > self.deadline:
+                        err = DownloadError(f"{redact_url(self.url)}: not finished within deadline_s="
+                                            f"{self.deadline_s:g} ({offset + got} bytes received; a later run "
+                                            "resumes)")
+                        err.retries_exhausted = True
+                        raise err
+                    if now - window_start >= self.timeout_s:
+                        if window_bytes < self.min_bytes:
+                            raise _Transient(f"stalled: {window_bytes} bytes in {now - window_start:.1f} s, under "
+                                             f"min_bytes={self.min_bytes} per timeout_s={self.timeout_s:g} "
+                                             f"({offset + got} bytes received)")
+                        window_start, window_bytes = now, 0
+            finally:  # what arrived is kept for the resume
+                fh.flush()
+                os.fsync(fh.fileno())
             if length is not None and got < length:  # inside the block: no "done" progress line
                 raise _Transient(f"short read: got {got} of {length} bytes")
 
@@ -302,14 +327,18 @@ def _existing(dest: Path, url: str, expected_size: int | None, expected_md5: str
 def download(url: str, dest: str | os.PathLike[str], *, expected_size: int | None = None,
              expected_md5: str | None = None, retries: int = 5, timeout_s: float = 60.0, backoff_s: float = 1.0,
              allowed_schemes: Iterable[str] = ("http", "https"), allowed_hosts: Iterable[str] | None = None,
-             progress: bool = True) -> DownloadResult:
-    """Fetch ``url`` to ``dest`` (resumable, retried, verified, atomic). See the module docstring."""
+             progress: bool = True, min_bytes: int = 1024, deadline_s: float | None = None) -> DownloadResult:
+    """Fetch ``url`` to ``dest`` (resumable, retried, verified, atomic). See the module docstring.
+
+    A transfer that receives fewer than ``min_bytes`` in any ``timeout_s`` window is stalled (an attempt
+    fails and is retried); ``deadline_s`` bounds the whole call. The final error after ``retries`` is marked
+    ``retries_exhausted``: the caller's own retry policy (Prefect's task retries) leaves it alone."""
     policy = url_policy(url, allowed_schemes, allowed_hosts)
     dest = Path(dest)
     done = _existing(dest, url, expected_size, expected_md5)
     if done is not None:
         return done
-    t = _Transfer(url, dest, expected_size, timeout_s, progress, policy)
+    t = _Transfer(url, dest, expected_size, timeout_s, progress, policy, min_bytes, deadline_s)
     try:
         _with_retries(t.attempt, url=url, retries=retries, backoff_s=backoff_s)
     finally:

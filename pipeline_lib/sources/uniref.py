@@ -192,6 +192,6 @@ def download_uniref(source_cfg: UnirefSource, dest_dir: str | os.PathLike[str], 
     url = database_url(source_cfg.base_url, source_cfg.database) + info.fasta_name
     log.info("%s release %s: %s -> %s", info.database, info.release, redact_url(url), out_dir)
     result = download(url, out_dir / info.fasta_name, expected_size=info.size, expected_md5=info.md5,
-                      progress=progress, **kw)
+                      progress=progress, **kw, min_bytes=source_cfg.min_bytes, deadline_s=source_cfg.deadline_s)
     write_json_atomic(out_dir / f"{info.database}.release.json", info.to_dict())
     return result, info
