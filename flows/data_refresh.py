@@ -43,9 +43,9 @@ def run_data_stages(ctx, cfg: Config, release: data.ReleaseCheck | None = None) 
     """
     hosts = getattr(cfg.source, "allowed_hosts", None)
     settings = cfg.source.download_kwargs() if isinstance(cfg.source, DownloadSettings) else None
-    for download in [data.source_url.submit(ctx, url, hosts, settings) for url in data.source_urls(cfg)]:
-        resolve(ctx, download)
-    source = resolve(ctx, data.source.submit(ctx, cfg, release))
+    futures = [data.source_url.submit(ctx, url, hosts, settings) for url in data.source_urls(cfg)]
+    downloads = [resolve(ctx, f) for f in futures]
+    source = resolve(ctx, data.source.submit(ctx, cfg, release, downloads if futures else None))
     ingested = resolve(ctx, data.ingest.submit(ctx, cfg, source))
     levels: list[StageOutput] = []
     for i in range(len(cfg.cluster.levels)):  # each level clusters the previous level's representatives

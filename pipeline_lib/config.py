@@ -86,9 +86,14 @@ class DownloadSettings(StrictModel):
                                                              "whatever its progress (None: no deadline). A later "
                                                              "run resumes it.")
 
+    unvalidated: Literal["download", "trust"] = Field("download", description=(
+        "A URL file without a published checksum is downloaded again when the server's size, ETag or "
+        "Last-Modified differ from those recorded with the copy here; when the server gives none of them: "
+        "download it again every run (safe) or trust the copy."))
+
     def download_kwargs(self) -> dict[str, Any]:
         return {"retries": self.retries, "timeout_s": self.timeout_s, "min_bytes": self.min_bytes,
-                "deadline_s": self.deadline_s}
+                "deadline_s": self.deadline_s, "unvalidated": self.unvalidated}
 
 
 class UnirefSource(DownloadSettings):

@@ -54,10 +54,11 @@ def check_release(ctx: RunContext, cfg: Config) -> ReleaseCheck:
     return check
 
 
-def _resolve_sources(cfg: Config, ctx: RunContext) -> tuple[list[Produced], dict[str, Any]]:
+def _resolve_sources(cfg: Config, ctx: RunContext, downloads: list[dict[str, Any]] | None = None
+                     ) -> tuple[list[Produced], dict[str, Any]]:
     """Resolve the configured source to local FASTA files (downloading where needed)."""
     src = cfg.source
-    downloads = Path(ctx.workdir) / "downloads"
+    downloads_dir = Path(ctx.workdir) / "downloads"
     if src.kind == "embedded":
         from pipeline_lib.sources.embedded import embedded_corpus, write_structure_chains_fasta
 
@@ -65,7 +66,7 @@ def _resolve_sources(cfg: Config, ctx: RunContext) -> tuple[list[Produced], dict
         produced = [Produced(f"source_{i}", "source_fasta", path=str(f.path),
                              meta={"package": f.package, "version": f.package_version, "about": f.description})
                     for i, f in enumerate(files)]
-        chains_fasta = downloads / "embedded" / f"{src.corpus}_structure_chains.fasta"
+        chains_fasta = downloads_dir / "embedded" / f"{src.corpus}_structure_chains.fasta"
         chains = write_structure_chains_fasta(chains_fasta, src.corpus)
         produced.append(Produced(f"source_{len(files)}", "source_fasta", path=str(chains),
                                  meta={"about": "chain sequences of the embedded demo structures (pyjess)"}))
@@ -74,13 +75,16 @@ def _resolve_sources(cfg: Config, ctx: RunContext) -> tuple[list[Produced], dict
     if src.kind == "fasta":
         from pipeline_lib.sources.fasta_files import resolve_fasta_inputs
 
-        paths = resolve_fasta_inputs(src.paths, downloads / "urls", allowed_hosts=src.allowed_hosts,
-                                     **src.download_kwargs())
-        return [Produced(f"source_{i}", "source_fasta", path=str(p)) for i, p in enumerate(paths)], \
-            {"source": "fasta", "release": None}
+        # URLs the source_url tasks of this run fetched or revalidated are current: not checked a second time
+        paths = resolve_fasta_inputs(src.paths, downloads_dir / "urls", allowed_hosts=src.allowed_hosts,
+                                     revalidate=downloads is None, **src.download_kwargs())
+        info: dict[str, Any] = {"source": "fasta", "release": None}
+        if downloads:  # which URL files were fetched this run, and why a copy that was here was not kept
+            info["downloads"] = downloads
+        return [Produced(f"source_{i}", "source_fasta", path=str(p)) for i, p in enumerate(paths)], info
     from pipeline_lib.sources.uniref import download_uniref
 
-    result, release = download_uniref(src, downloads)
+    result, release = download_uniref(src, downloads_dir)
     meta = {"release": release.release, "md5": release.md5, "url": result.url, "database": src.database}
     return [Produced("source_0", "source_fasta", path=str(result.path), meta=meta)], \
         {"source": "uniref", "release": release.release, "database": src.database, "md5": release.md5}
@@ -95,23 +99,28 @@ def source_urls(cfg: Config) -> list[str]:
 
 @lineage_task(name="source_url", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)
 def source_url(ctx: RunContext, url: str, allowed_hosts: list[str] | None = None,
-               settings: dict[str, Any] | None = None) -> str:
+               settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """One source file to where the source stage looks for it, so several download at once on the task runner;
-    the source stage then finds them in place (verified files are never fetched twice). ``allowed_hosts``: the
-    source's, checked before the request and every redirect; ``settings``: its retries, timeouts, deadline."""
+    the source stage then finds them in place. A copy already there is kept while the server's validators
+    (size, ETag, Last-Modified) match the ones recorded with it. ``allowed_hosts``: the source's, checked
+    before the request and every redirect; ``settings``: its retries, timeouts, deadline, ``unvalidated``.
+    Returns what the source stage records: URL (redacted), path, bytes, whether it was fetched and why."""
     from pipeline_lib.sources.download import download
     from pipeline_lib.sources.fasta_files import url_download_path
 
     with progress_artifacts():  # bytes, rate and ETA as a progress bar "download-<file>" in the Prefect UI
-        return str(download(url, url_download_path(url, Path(ctx.workdir) / "downloads" / "urls"),
-                            allowed_hosts=allowed_hosts, **(settings or {})).path)
+        r = download(url, url_download_path(url, Path(ctx.workdir) / "downloads" / "urls"),
+                     allowed_hosts=allowed_hosts, revalidate=True, **(settings or {}))
+    return {"url": r.url, "path": str(r.path), "bytes": r.bytes, "fetched": not r.skipped, "refreshed": r.refreshed}
 
 
 @lineage_task(name="source", retries=3, retry_delay_seconds=[5, 30, 120], retry_condition_fn=retry_transient)
-def source(ctx: RunContext, cfg: Config, release: ReleaseCheck | None = None) -> StageOutput:
-    """Stage 1: download / locate the source FASTA files (verified against published checksums)."""
+def source(ctx: RunContext, cfg: Config, release: ReleaseCheck | None = None,
+           downloads: list[dict[str, Any]] | None = None) -> StageOutput:
+    """Stage 1: download / locate the source FASTA files (verified against published checksums, or against the
+    server's validators). ``downloads``: what this run's :func:`source_url` tasks did, recorded in the stats."""
     def compute(tmp: Path):
-        produced, info = _resolve_sources(cfg, ctx)
+        produced, info = _resolve_sources(cfg, ctx, downloads)
         if release is not None:
             info["identity"] = release.current
         return produced, info, {}

@@ -41,6 +41,7 @@ class Fault:
     trickle_s: float | None = None     # after ``stall_after`` body bytes, send one byte per this many seconds
     ignore_range: bool = False         # answer 200 with the whole file even when a Range was sent
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers
+    no_validators: bool = False        # send no ETag, Last-Modified or Content-Length (the body ends at close)
 
 
 @dataclass
@@ -88,7 +89,11 @@ class _Handler(BaseHTTPRequestHandler):
             status, start, chunk, extra = self._select(data, fault)
             if status == 416:
                 return self._empty(entry, 416, {"Content-Range": f"bytes */{len(data)}"})
-            self._head(entry, status, len(chunk), {**extra, **fault.headers, "ETag": _etag(data)})
+            if fault.no_validators:
+                self._head(entry, status, None, {**extra, **fault.headers})
+                self.close_connection = True
+            else:
+                self._head(entry, status, len(chunk), {**extra, **fault.headers, "ETag": _etag(data)})
             if body:
                 self._body(entry, chunk, fault)
         except (BrokenPipeError, ConnectionResetError):
@@ -109,12 +114,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _empty(self, entry: LoggedRequest, status: int, headers: dict[str, str]) -> None:
         self._head(entry, status, 0, headers)
 
-    def _head(self, entry: LoggedRequest, status: int, length: int, headers: dict[str, str]) -> None:
+    def _head(self, entry: LoggedRequest, status: int, length: int | None, headers: dict[str, str]) -> None:
         entry.status = status
         self.send_response(status)
-        self.send_header("Content-Length", str(length))
+        if length is not None:  # None: no validators at all (no length, no Last-Modified)
+            self.send_header("Content-Length", str(length))
+            self.send_header("Last-Modified", formatdate(0, usegmt=True))
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Last-Modified", formatdate(0, usegmt=True))
         for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()

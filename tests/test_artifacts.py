@@ -140,7 +140,7 @@ def test_http_source_download_gets_a_progress_artifact(prefect_harness, tmp_path
         @flow
         def fetch_one() -> tuple[str, str]:
             quiet_download()
-            return data.source_url(ctx, srv.url("/proteins.fa")), _flow_run_id()
+            return data.source_url(ctx, srv.url("/proteins.fa"))["path"], _flow_run_id()
 
         path, run_id = fetch_one()
     assert Path(path).read_bytes() == body

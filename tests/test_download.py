@@ -5,6 +5,7 @@ Run: ``.venv/bin/pytest -q tests/test_download.py``
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import subprocess
@@ -312,9 +313,64 @@ def test_task_retries_do_not_multiply_the_configured_ones(prefect_harness, serve
     ctx = RunContext("run-r", str(tmp_path / "work"), str(tmp_path / "lineage.duckdb"))
 
     @flow
-    def one() -> str:
+    def one() -> dict:
         return data.source_url(ctx, served.url("/data/file.bin"), None, {"retries": 1, "timeout_s": 5.0})
 
     with pytest.raises(DownloadError, match="giving up after 2 attempts"):
         one()
     assert [r.status for r in served.requests if r.method == "GET"] == [503, 503]
+
+
+# --- downloads notice change ------------------------------------------------------------------------------
+
+def test_a_file_changed_upstream_is_downloaded_again(served: LocalHTTPServer, payload: bytes, tmp_path: Path):
+    """No checksum published: the copy here is kept while the server's size, ETag and Last-Modified match the
+    ones recorded with it (one HEAD), and downloaded again, saying which changed, when they do not."""
+    url, dest = served.url("/data/file.bin"), tmp_path / "f"
+    first = download(url, dest, revalidate=True, **FAST)
+    assert not first.skipped and first.refreshed is None
+    stored = json.loads((tmp_path / "f.validators.json").read_text())
+    assert stored["size"] == SIZE and stored["etag"] == f'"{md5(payload)}"' and stored["last_modified"]
+    again = download(url, dest, revalidate=True, **FAST)
+    assert again.skipped and [r.method for r in served.requests][-1] == "HEAD"
+    changed = payload[:-1] + bytes([payload[-1] ^ 1])      # same size, same Last-Modified: only the ETag tells
+    served.put("/data/file.bin", changed)
+    third = download(url, dest, revalidate=True, **FAST)
+    assert not third.skipped and dest.read_bytes() == changed
+    assert third.refreshed.startswith("changed upstream: etag") and "size" not in third.refreshed
+    assert download(url, dest, **FAST).skipped                # without revalidate: today's behaviour
+
+
+@pytest.mark.parametrize("policy,fetched", [("download", True), ("trust", False)])
+def test_a_server_without_validators_follows_the_policy(served: LocalHTTPServer, payload: bytes, tmp_path: Path,
+                                                          policy: str, fetched: bool):
+    url, dest = served.url("/data/file.bin"), tmp_path / "f"
+    served.add_faults("/data/file.bin", Fault(no_validators=True), Fault(no_validators=True),
+                      Fault(no_validators=True))
+    download(url, dest, revalidate=True, **FAST)
+    r = download(url, dest, revalidate=True, unvalidated=policy, **FAST)
+    assert r.skipped is not fetched and dest.read_bytes() == payload
+    if fetched:
+        assert "no size, ETag or Last-Modified" in r.refreshed
+
+
+def test_a_refresh_notices_a_changed_source_url(prefect_harness, http_server: LocalHTTPServer,  # noqa: F811
+                                                tmp_path: Path):
+    """The path a user takes: a `fasta` source URL whose file changed upstream between two refreshes. The second
+    refresh downloads it again, ingests the new records, and its source step says which validator changed."""
+    from flows.data_refresh import data_refresh
+    from tests.conftest import ROOT
+    from tests.helpers import family_fasta
+
+    for name, seed in (("v1.fa", 1), ("v2.fa", 2)):
+        family_fasta(tmp_path / name, seed=seed, families=3, mutants=2, unrelated=4 * seed)
+    http_server.put("/proteins.fa", (tmp_path / "v1.fa").read_bytes())
+    args = [f"workdir={tmp_path / 'work'}", f"source={{kind: fasta, paths: [{http_server.url('/proteins.fa')}]}}"]
+    first = data_refresh(str(ROOT / "configs" / "demo.yaml"), args)
+    http_server.put("/proteins.fa", (tmp_path / "v2.fa").read_bytes())
+    second = data_refresh(str(ROOT / "configs" / "demo.yaml"), args)
+    assert first.stages["ingest"].stats["records_in"] == 3 * 3 + 4
+    assert second.stages["ingest"].stats["records_in"] == 3 * 3 + 8
+    fetched = second.stages["source"].stats["downloads"][0]
+    assert fetched["fetched"] and fetched["refreshed"].startswith("changed upstream:")
+    assert "etag" in fetched["refreshed"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import os
 import time
@@ -36,6 +37,7 @@ import requests
 import urllib3
 
 from pipeline_lib.errors import ChecksumError, DownloadError
+from pipeline_lib.io import write_json_atomic
 from pipeline_lib.progress import Progress
 from pipeline_lib.sources.urls import (
     PermanentDownloadError,
@@ -48,7 +50,7 @@ from pipeline_lib.sources.urls import (
 
 __all__ = [
     "DownloadResult", "HeadInfo", "PermanentDownloadError",
-    "download", "fetch_bytes", "head", "redact_url", "check_url_allowed",
+    "download", "fetch_bytes", "head", "redact_url", "check_url_allowed", "validators_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ class DownloadResult:
     attempts: int     # HTTP attempts made (0 when skipped)
     resumed: bool     # some bytes came from an earlier partial transfer
     skipped: bool     # dest was already present and valid; nothing was fetched
+    refreshed: str | None = None   # why a copy that was present was downloaded again (revalidate)
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,7 @@ class _Transfer:
         self.deadline = time.monotonic() + deadline_s if deadline_s is not None else None
         self.deadline_s = deadline_s
         self.hashes: _Hashes | None = None
+        self.server_validators: dict[str, str | None] = {}   # of the response the bytes came from
         self.attempts, self.resumed = 0, False
         self.session = _session()
 
@@ -199,6 +203,7 @@ class _Transfer:
         self.hashes = _Hashes()
 
     def _save_validator(self, resp: requests.Response) -> None:
+        self.server_validators = {"etag": resp.headers.get("ETag"), "last_modified": resp.headers.get("Last-Modified")}
         etag = resp.headers.get("ETag", "")
         value = etag if etag and not etag.startswith("W/") else resp.headers.get("Last-Modified", "")
         self.validator.parent.mkdir(parents=True, exist_ok=True)
@@ -230,6 +235,8 @@ class _Transfer:
             if resp.status_code == 206:
                 self._check_content_range(resp, offset)
                 self.resumed = self.resumed or offset > 0
+                self.server_validators = {"etag": resp.headers.get("ETag"),
+                                          "last_modified": resp.headers.get("Last-Modified")}
             else:
                 if offset:
                     self._reset("the server ignored the Range request, or the file changed (If-Range)")
@@ -324,18 +331,52 @@ def _existing(dest: Path, url: str, expected_size: int | None, expected_md5: str
     return DownloadResult(dest, redact_url(url), h.n, h.md5.hexdigest(), h.sha256.hexdigest(), 0, False, True)
 
 
+def validators_path(dest: Path) -> Path:
+    """Where the server's validators of a downloaded file are kept: ``<dest>.validators.json``."""
+    return dest.with_name(dest.name + ".validators.json")
+
+
+def _changed_upstream(url: str, dest: Path, unvalidated: str, **head_kwargs: Any) -> str | None:
+    """Why the copy at ``dest`` is out of date, by a HEAD request against the validators recorded with it
+    (size, ETag, Last-Modified), or None when it is current."""
+    p = validators_path(dest)
+    stored = json.loads(p.read_text()) if p.is_file() else None
+    info = head(url, **head_kwargs)
+    now = {"size": info.size, "etag": info.etag, "last_modified": info.last_modified}
+    if all(v is None for v in now.values()):
+        return None if unvalidated == "trust" else \
+            "the server gives no size, ETag or Last-Modified to compare with (unvalidated: download)"
+    if stored is None:
+        return "no validators were recorded with the copy here"
+    changed = [f"{k} {stored.get(k)!r} -> {v!r}" for k, v in now.items() if v is not None and stored.get(k) != v]
+    return "changed upstream: " + ", ".join(changed) if changed else None
+
+
 def download(url: str, dest: str | os.PathLike[str], *, expected_size: int | None = None,
              expected_md5: str | None = None, retries: int = 5, timeout_s: float = 60.0, backoff_s: float = 1.0,
              allowed_schemes: Iterable[str] = ("http", "https"), allowed_hosts: Iterable[str] | None = None,
-             progress: bool = True, min_bytes: int = 1024, deadline_s: float | None = None) -> DownloadResult:
+             progress: bool = True, min_bytes: int = 1024, deadline_s: float | None = None,
+             revalidate: bool = False, unvalidated: str = "download") -> DownloadResult:
     """Fetch ``url`` to ``dest`` (resumable, retried, verified, atomic). See the module docstring.
 
     A transfer that receives fewer than ``min_bytes`` in any ``timeout_s`` window is stalled (an attempt
     fails and is retried); ``deadline_s`` bounds the whole call. The final error after ``retries`` is marked
-    ``retries_exhausted``: the caller's own retry policy (Prefect's task retries) leaves it alone."""
+    ``retries_exhausted``: the caller's own retry policy (Prefect's task retries) leaves it alone.
+
+    ``revalidate`` (a file without a published checksum): a copy already at ``dest`` is kept only while a HEAD
+    request shows the size, ETag and Last-Modified recorded with it (``<dest>.validators.json``); when the
+    server gives none of them, ``unvalidated`` says: ``download`` again (the safe default) or ``trust`` it."""
     policy = url_policy(url, allowed_schemes, allowed_hosts)
     dest = Path(dest)
     done = _existing(dest, url, expected_size, expected_md5)
+    refreshed = None
+    if done is not None and revalidate and expected_md5 is None:
+        refreshed = _changed_upstream(url, dest, unvalidated, timeout_s=timeout_s, retries=retries,
+                                      backoff_s=backoff_s, allowed_schemes=allowed_schemes,
+                                      allowed_hosts=allowed_hosts)
+        if refreshed:
+            log.info("%s: downloading %s again: %s", dest, redact_url(url), refreshed)
+            done = None
     if done is not None:
         return done
     t = _Transfer(url, dest, expected_size, timeout_s, progress, policy, min_bytes, deadline_s)
@@ -352,7 +393,9 @@ def download(url: str, dest: str | os.PathLike[str], *, expected_size: int | Non
         os.replace(t.partial, corrupt)
         raise ChecksumError(f"file {dest}: {problem} (downloaded from {redact_url(url)}; kept as {corrupt})")
     os.replace(t.partial, dest)
-    return DownloadResult(dest, redact_url(url), h.n, md5, h.sha256.hexdigest(), t.attempts, t.resumed, False)
+    write_json_atomic(validators_path(dest), {"size": h.n, **t.server_validators})
+    return DownloadResult(dest, redact_url(url), h.n, md5, h.sha256.hexdigest(), t.attempts, t.resumed, False,
+                          refreshed)
 
 
 # --- small fetches ---------------------------------------------------------------------------------
