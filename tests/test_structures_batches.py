@@ -169,3 +169,31 @@ def test_dask_cluster_of_two_workers_gives_the_thread_runners_artifacts(inputs, 
     dask_cfg = _config(tmp / "work-dask", settings, kind="dask", dask={"n_workers": 2, "threads_per_worker": 1})
     out = with_runner(_structures_only, dask_cfg)(dask_cfg, str(tmp))
     assert not out.cached and _artifacts(out) == _artifacts(threads) and out.stats == threads.stats
+
+
+def test_an_archive_member_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
+    """A 64 MiB member of zeros in a small .tar.gz, with max_file_bytes 8 MiB: refused from its tar header, so
+    the batch's Python heap peak stays far below the member (read whole first, it cost the member's size and
+    more: ~550 MB for a 300 MB member). The real model beside it is encoded."""
+    import io
+    import tracemalloc
+
+    model = fixture_path("structures", "afdb", "AF-Q96HM7-F1-model_v4.pdb")
+    tar = tmp_path / "models.tar.gz"
+    with tarfile.open(tar, "w:gz", compresslevel=1) as tf:
+        info = tarfile.TarInfo("models/zeros.pdb")
+        info.size = 64 << 20
+        tf.addfile(info, io.BytesIO(bytes(info.size)))
+        tf.add(model, arcname="models/AF-Q96HM7-F1-model_v4.pdb")
+    assert tar.stat().st_size < 2 << 20
+    cfg = StructuresConfig(sources=[{"kind": "archive", "paths": [str(tar)]}], max_file_bytes=8 << 20)
+    (batch,) = plan_batches(cfg, accessions=[])
+    tracemalloc.start()
+    try:
+        res = run_batch(batch, cfg, backend="mini3di", download_dir=tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"peak {peak / 2**20:.0f} MiB"
+    assert res.source.refused == {"too_large": 1}
+    assert len(res.records) == 1 and res.tally.encoded == {"models/AF-Q96HM7-F1-model_v4.pdb"}

@@ -101,11 +101,15 @@ def plan_batches(cfg: StructuresConfig, *, accessions: list[str]) -> list[Struct
     return batches
 
 
-def _inputs(batch: StructureBatch, download_dir: Path, stats: SourceStats) -> Iterator[Path | StructureBlob]:
+def _inputs(batch: StructureBatch, download_dir: Path, stats: SourceStats,
+            max_file_bytes: int | None = None) -> Iterator[Path | StructureBlob]:
     src = batch.source
     if src.kind == "archive":
+        # a member over the structure size limit is refused from its header, before a byte of it is read: read
+        # whole and refused afterwards, a 300 MB member of zeros in a small .tar.gz cost 550 MB of memory
+        limit = min(src.max_member_bytes, max_file_bytes or src.max_member_bytes)
         for path in batch.units:
-            yield from iter_archive(path, stats=stats, max_member_bytes=src.max_member_bytes)
+            yield from iter_archive(path, stats=stats, max_member_bytes=limit)
     elif src.kind == "afdb":
         yield from (m.path for m in afdb_models(batch.units, download_dir / "afdb", src, stats=stats))
     elif src.kind == "foldcomp":
@@ -155,7 +159,7 @@ def run_batch(batch: StructureBatch, cfg: StructuresConfig, *, backend: str, dow
     """Fetch / read, size-check, parse and encode one batch; ``workers`` encoding processes (1: this one)."""
     res = BatchResult()
     src = batch.source
-    inputs = _within_limits(_inputs(batch, download_dir, res.source), cfg, res.tally)
+    inputs = _within_limits(_inputs(batch, download_dir, res.source, cfg.max_file_bytes), cfg, res.tally)
     with Progress(batch.label, unit="files") as prog:
         chains = encode_structures(inputs, backend=cast(Backend, backend), threads=cfg.threads, workers=workers,
                                    batch_size=cfg.batch_size, foldseek_binary=cfg.foldseek_binary,
