@@ -35,7 +35,10 @@ from pipeline_lib.errors import ConfigError, PipelineError
 
 # Prefect is imported inside the functions: `plm --help` and the parser stay fast.
 
-__all__ = ["FLOWS", "DEFAULT_POOL", "deploy", "parse_interval", "upcoming_runs", "SchedulerError",
+# a deployment created with `plm deploy --allow-unsafe-overrides` carries this tag (flows/runs.py reads it)
+ALLOW_UNSAFE_TAG = "plm:allow-unsafe-overrides"
+
+__all__ = ["FLOWS", "DEFAULT_POOL", "ALLOW_UNSAFE_TAG", "deploy", "parse_interval", "upcoming_runs", "SchedulerError",
            "ensure_work_pool", "ensure_failure_automation", "add_deploy_parser", "deploy_command", "add_worker_parser",
            "worker_command"]
 
@@ -112,7 +115,7 @@ def _when(cron: str | None, interval: str | timedelta | None) -> str:
 def deploy(config_path: str, cron: str | None = None, name: str | None = None, work_pool: str = DEFAULT_POOL, *,
            interval: str | timedelta | None = None, flow: str = "data_refresh", overrides: list[str] | None = None,
            timezone: str = "UTC", paused: bool = False, if_changed: bool = True, source: str | Path = ROOT,
-           check_s: float = CHECK_S) -> UUID:
+           check_s: float = CHECK_S, allow_unsafe_overrides: bool = False) -> UUID:
     """Create or update the deployment ``<flow>/<name>`` running ``flow`` on ``cron`` (or every ``interval``)
     with this config, at most one run at a time (later runs wait for a slot).
 
@@ -121,6 +124,8 @@ def deploy(config_path: str, cron: str | None = None, name: str | None = None, w
     status ``no_new_release``, when the upstream source is unchanged. Unless ``paused`` or ``check_s`` is 0,
     waits up to ``check_s`` seconds for the server to schedule the upcoming runs and raises
     :class:`SchedulerError` with what is known of the cause when it does not. Returns the deployment id.
+    Runs started through the Prefect API with other parameters may not name another config file, an
+    executable or a path outside the workdir unless ``allow_unsafe_overrides`` (docs/security.md).
     """
     from prefect import flow as prefect_flow
 
@@ -137,7 +142,8 @@ def deploy(config_path: str, cron: str | None = None, name: str | None = None, w
     when = _when(cron, interval)
     dep_id = remote.deploy(
         name=name, work_pool_name=work_pool, schedules=[schedule], parameters=parameters, concurrency_limit=1,
-        tags=["plm", flow, cfg.name], paused=paused, description=f"{flow} with {config_path} on {when} ({timezone})",
+        tags=["plm", flow, cfg.name, *([ALLOW_UNSAFE_TAG] if allow_unsafe_overrides else [])], paused=paused,
+        description=f"{flow} with {config_path} on {when} ({timezone})",
         build=False, push=False, print_next_steps=False, ignore_warnings=True)
     if cfg.notify.automation:
         ensure_failure_automation(cfg, dep_id, f"{flow}/{name}")
@@ -242,6 +248,9 @@ def add_deploy_parser(sub: Any) -> argparse.ArgumentParser:
                    help="config override passed to every scheduled run (repeatable)")
     p.add_argument("--check-s", type=float, default=CHECK_S,
                    help=f"seconds to wait for the server to schedule the first run (default {CHECK_S:.0f}; 0: skip)")
+    p.add_argument("--allow-unsafe-overrides", action="store_true",
+                   help="let runs started through the Prefect API with other parameters name another config, an "
+                        "executable or a path outside the workdir (refused by default: docs/security.md)")
     return p
 
 
@@ -249,7 +258,7 @@ def deploy_command(args: argparse.Namespace) -> int:
     """Run ``plm deploy`` from parsed arguments."""
     dep_id = deploy(args.config, args.cron, args.name, args.pool, interval=args.interval, flow=args.flow,
                     overrides=args.overrides, timezone=args.timezone, paused=args.paused, if_changed=not args.always,
-                    check_s=args.check_s)
+                    check_s=args.check_s, allow_unsafe_overrides=args.allow_unsafe_overrides)
     when = _when(args.cron, args.interval)
     print(f"deployment {dep_id}: {args.flow} on {when} ({args.timezone}) in work pool {args.pool}, "
           f"one run at a time")

@@ -18,7 +18,7 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
 from prefect.runtime import flow_run
 
-from pipeline_lib.config import Config, config_from_raw, load_config, read_config_file
+from pipeline_lib.config import Config, config_from_raw, load_config, read_config_file, unsafe_overrides
 from pipeline_lib.errors import ConfigError
 from pipeline_lib.lineage import LineageStore, RunRecord
 from pipeline_lib.notify import notify_failure
@@ -96,6 +96,36 @@ def _report_failure(store: LineageStore | None, cfg: Config, flow: str, run_id: 
                    lineage_path=cfg.lineage_path, extra={"ui_url": flow_run.ui_url})
 
 
+def _check_deployment_parameters(config_path: str | None, overrides: list[str]) -> None:
+    """A run of a deployment takes its parameters from whoever started it through the Prefect API (the UI, a
+    custom run): those that differ from the deployment's own may not name another config file, an executable
+    or a path outside the deployment's workdir, unless the deployment allows it (``--allow-unsafe-overrides``)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import deployment
+
+    from flows.deploy import ALLOW_UNSAFE_TAG
+
+    dep_id = deployment.id
+    if not dep_id:
+        return  # started from the command line or Python: the caller is the user
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment(dep_id)
+    if ALLOW_UNSAFE_TAG in (dep.tags or []):
+        return
+    defaults = dict(dep.parameters or {})
+    problems = []
+    if config_path != defaults.get("config_path"):
+        problems.append(f"config_path: {config_path!r} is not the deployment's {defaults.get('config_path')!r}")
+    own = list(defaults.get("overrides") or [])
+    extra = [o for o in overrides if o not in own]
+    if extra:
+        workdir = load_config(defaults.get("config_path"), own).workdir_path
+        problems += unsafe_overrides(extra, workdir)
+    if problems:
+        raise ConfigError(f"deployment {dep.name!r}: a run's parameters may not " + "; ".join(problems) +
+                          " (recreate it with `plm deploy --allow-unsafe-overrides` to allow this: docs/security.md)")
+
+
 def load_run_config(config_path: str | None, overrides: list[str] | None, flow: str) -> Config:
     """The run's config. One that fails to load fails the run like any stage would: the error is recorded as a
     failed run in the lineage of the best config that still loads (:func:`_loadable_part`: the file, or the
@@ -103,6 +133,7 @@ def load_run_config(config_path: str | None, overrides: list[str] | None, flow: 
     and sent to that config's webhook, then raised. When the file is missing or not YAML, there is no lineage
     file to write to: only the Prefect run (and a ``notify.automation``) shows the failure."""
     try:
+        _check_deployment_parameters(config_path, list(overrides or []))
         return load_config(config_path, overrides)
     except ConfigError as exc:
         fallback = _loadable_part(config_path, overrides or [])

@@ -45,6 +45,7 @@ from pipeline_lib.train.config import TrainConfig
 
 __all__ = [
     "StrictModel", "Config", "load_config", "read_config_file", "config_from_raw", "apply_overrides",
+    "unsafe_overrides",
     "UnirefSource", "FastaSource", "EmbeddedSource", "DownloadSettings",
     # the sequence stages' sections (pipeline_lib.sequences.config), re-exported: Config is built from them
     "IngestConfig", "ClusterLevel", "ClusterConfig", "DecontaminateConfig", "SplitConfig", "ShardsConfig",
@@ -251,6 +252,38 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = nxt
         node[parts[-1]] = value
     return raw
+
+
+def unsafe_overrides(overrides: list[str], workdir: Path) -> list[str]:
+    """The overrides among ``overrides`` that name an executable (a key with ``binary`` in it) or a local path
+    outside ``workdir`` (any string in the value that looks like a path: absolute, ``~``, or with a ``/`` and
+    no ``://``), each with the reason. What a deployment's runs may not be given by whoever can start them
+    through the Prefect API, unless the deployment allows it (docs/security.md)."""
+    found = []
+    root = workdir.resolve()
+    for item in overrides:
+        key, _, text = item.partition("=")
+        if "binary" in key.lower():
+            found.append(f"{key.strip()}: names an executable")
+            continue
+        try:
+            value = _load_yaml(text, f"override {_short(item)}")
+        except ConfigError:
+            continue  # loading the config reports it
+        stack, outside = [value], []
+        while stack:
+            v = stack.pop()
+            if isinstance(v, dict):
+                stack.extend([*v.keys(), *v.values()])
+            elif isinstance(v, list):
+                stack.extend(v)
+            elif isinstance(v, str) and "://" not in v and (v.startswith(("/", "~")) or "/" in v):
+                p = Path(v).expanduser()
+                if not (p if p.is_absolute() else Path.cwd() / p).resolve().is_relative_to(root):
+                    outside.append(v)
+        if outside:
+            found.append(f"{key.strip()}: path outside the workdir {root}: {_short(outside[0])}")
+    return found
 
 
 def _prune(value: Any, level: int = 3, items: int = 5) -> Any:

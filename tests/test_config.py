@@ -145,3 +145,17 @@ def test_error_messages_are_bounded_before_credentials_are_redacted(tmp_path):
         msg = str(err.value)
         assert "seed" in msg and "hunter2" not in msg and "abc" not in msg and len(msg) < 1500, msg
     assert "https://***@example.org/x.fa?token=***" in msg
+
+
+def test_unsafe_overrides_name_executables_and_paths_outside_the_workdir(tmp_path):
+    from pipeline_lib.config import unsafe_overrides
+
+    work = tmp_path / "w"
+    found = unsafe_overrides([
+        "cluster.binary=/bin/sh", "structures.foldseek_binary=foldseek", f"workdir={tmp_path / 'other'}",
+        "source={kind: fasta, paths: [/etc/passwd]}", f"source={{kind: fasta, paths: [{work / 'in.fa'}]}}",
+        "source={kind: fasta, paths: [https://example.org/a.fa]}", "cluster.threads=4", "name=../../x",
+        f"lineage.path={work}/../escape.duckdb"], work)
+    assert [f.split(":")[0] for f in found] == ["cluster.binary", "structures.foldseek_binary", "workdir", "source",
+                                                "name", "lineage.path"]
+    assert "names an executable" in found[0] and "/etc/passwd" in found[3]

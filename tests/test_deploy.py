@@ -328,6 +328,39 @@ def test_run_time_config_error_is_a_failed_run_with_a_webhook(api, tmp_path):
         assert "clusterr" in client.read_flow_run(run.id).state.message
 
 
+def test_runs_started_through_the_api_may_not_name_executables_or_outside_paths(api, tmp_path):
+    """Whoever can start a deployment's runs (the Prefect UI, `prefect deployment run --param`) sets their
+    parameters: an override naming an executable is refused, as a failed run saying why, unless the deployment
+    was created with --allow-unsafe-overrides (then the run takes it: here it fails later, at the binary)."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    _, env = api
+    pool = "plm-unsafe"
+    overrides = _tiny_source(tmp_path)
+    deploy(DEMO, "0 3 * * 1", name="guarded", work_pool=pool, overrides=overrides)
+    deploy(DEMO, "0 3 * * 1", name="open", work_pool=pool, overrides=overrides, allow_unsafe_overrides=True)
+    evil = [*overrides, f"cluster.binary={tmp_path / 'not-mmseqs'}"]
+    runs = {name: run_deployment(f"data_refresh/{name}", timeout=0, as_subflow=False,
+                                 parameters={"overrides": evil}) for name in ("guarded", "open")}
+    outside = run_deployment("data_refresh/guarded", timeout=0, as_subflow=False,
+                             parameters={"overrides": [*overrides, "lineage.path=/tmp/elsewhere.duckdb"]})
+    log = tmp_path / "worker.log"
+    worker = _start_worker([PLM, "worker", "--pool", pool], env, tmp_path, log)
+    try:
+        states = {name: _wait_final(run.id, worker, time.monotonic() + RUN_S)
+                  for name, run in [*runs.items(), ("outside", outside)]}
+    finally:
+        _stop(worker)
+    with get_client(sync_client=True) as client:
+        msgs = {name: client.read_flow_run(run.id).state.message or ""
+                for name, run in [*runs.items(), ("outside", outside)]}
+    assert all(s is not None and s.is_failed() for s in states.values()), f"{states}:\n{_tail(log)}"
+    assert "cluster.binary: names an executable" in msgs["guarded"] and "--allow-unsafe-overrides" in msgs["guarded"]
+    assert "lineage.path: path outside the workdir" in msgs["outside"]
+    assert "names an executable" not in msgs["open"] and "not-mmseqs" in msgs["open"]   # taken, then not found
+
+
 def test_pausing_and_resuming_a_schedule_with_the_documented_commands(api, tmp_path):
     """docs/operations.md: `prefect deployment schedule pause|resume NAME ID` removes and restores the upcoming runs;
     `plm doctor` reports the server, the scheduler, the deployment and its pool."""
