@@ -374,3 +374,11 @@ def test_a_refresh_notices_a_changed_source_url(prefect_harness, http_server: Lo
     fetched = second.stages["source"].stats["downloads"][0]
     assert fetched["fetched"] and fetched["refreshed"].startswith("changed upstream:")
     assert "etag" in fetched["refreshed"]
+
+
+def test_small_fetches_end_on_a_trickle_too(served: LocalHTTPServer, tmp_path: Path):
+    from pipeline_lib.errors import DownloadError
+
+    served.add_faults("/data/file.bin", Fault(trickle_s=0.05, stall_after=100))
+    with pytest.raises(DownloadError, match="stalled"):
+        fetch_bytes(served.url("/data/file.bin"), retries=0, timeout_s=0.5, backoff_s=0.01)

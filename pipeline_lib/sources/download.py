@@ -402,8 +402,10 @@ def download(url: str, dest: str | os.PathLike[str], *, expected_size: int | Non
 
 def fetch_bytes(url: str, *, max_bytes: int = 64 << 20, retries: int = 5, timeout_s: float = 60.0,
                 backoff_s: float = 1.0, allowed_schemes: Iterable[str] = ("http", "https"),
-                allowed_hosts: Iterable[str] | None = None, progress: bool = False) -> bytes:
-    """The body of a small document (metalink, release note) in memory, with the same retries and policy."""
+                allowed_hosts: Iterable[str] | None = None, progress: bool = False,
+                min_bytes: int = 1024) -> bytes:
+    """The body of a small document (metalink, release note) in memory, with the same retries, policy and
+    stall rule (fewer than ``min_bytes`` in a ``timeout_s`` window)."""
     del progress  # accepted so callers can pass download() keyword arguments through
     policy = url_policy(url, allowed_schemes, allowed_hosts)
 
@@ -414,11 +416,18 @@ def fetch_bytes(url: str, *, max_bytes: int = 64 << 20, retries: int = 5, timeou
                 if resp.status_code != 200:
                     raise _Transient(f"unexpected HTTP {resp.status_code} for a plain GET")
                 length, body = _content_length(resp), bytearray()
+                window_start, window_bytes = time.monotonic(), 0
                 while block := _read_raw(resp, url):
                     body += block
                     if len(body) > max_bytes:
                         raise PermanentDownloadError(f"{redact_url(url)}: larger than {max_bytes} bytes",
                                                      url=redact_url(url))
+                    window_bytes += len(block)
+                    if time.monotonic() - window_start >= timeout_s:  # a trickle is a stall here too
+                        if window_bytes < min_bytes:
+                            raise _Transient(f"stalled: {window_bytes} bytes in {timeout_s:g} s, under "
+                                             f"min_bytes={min_bytes} ({len(body)} bytes received)")
+                        window_start, window_bytes = time.monotonic(), 0
                 if length is not None and len(body) < length:
                     raise _Transient(f"short read: got {len(body)} of {length} bytes")
                 return bytes(body)
