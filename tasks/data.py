@@ -139,6 +139,11 @@ def ingest(ctx: RunContext, cfg: Config, source: StageOutput) -> StageOutput:
         if stats.records_in == 0:  # a truncated download or a wrong path far more often than intended
             raise DataValidationError("no FASTA records: the input is empty or blank",
                                       path=", ".join(a.path for a in inputs))
+        if stats.kept == 0:  # else the cluster stage fails with "no sequences to cluster", naming no input
+            reasons = ", ".join(f"{r}: {n}" for r, n in sorted(stats.quarantine_reasons.items()))
+            raise DataValidationError(f"no record kept: {stats.records_in} records, {stats.duplicates} duplicates, "
+                                      f"quarantined by reason: {reasons or 'none'}",
+                                      path=", ".join(a.path for a in inputs))
         produced = [Produced("sequences.parquet", "sequences", stats.kept),
                     Produced("duplicates.parquet", "duplicates", stats.duplicates),
                     Produced("quarantine.parquet", "quarantine", stats.quarantined)]

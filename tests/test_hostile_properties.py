@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gzip
+import re
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -34,7 +35,8 @@ PROPS = settings(derandomize=True, database=None, deadline=None, max_examples=15
 
 # bytes that make FASTA interesting: structure, whitespace, residues, non-ASCII and NUL
 FASTA_BYTES = st.lists(st.sampled_from([b">", b"\n", b"\r\n", b"\r", b" ", b"\t", b"\x00", b"\xff", b"\xc3\xa9",
-                                        b"M", b"K", b"v", b"*", b"1", b"sp|", b"|", b"=", b"n=", b"x"]),
+                                        b"M", b"K", b"v", b"*", b"1", b"sp|", b"|", b"=", b"n=", b"x", b";",
+                                        b"\xef\xbb\xbf"]),
                        max_size=80).map(b"".join) | st.binary(max_size=200)
 
 
@@ -61,9 +63,12 @@ def small_blocks(n: int):
 
 
 def model_records(data: bytes) -> list[tuple[str | None, str]]:
-    """The documented reading of a FASTA byte string, line by line: what read_fasta must return."""
+    """The documented reading of a FASTA byte string, line by line: what read_fasta must return. A UTF-8
+    byte-order mark at the start and ';' comment lines are not part of any record."""
     pre, records = b"", []
-    for line in data.split(b"\n"):
+    for line in data.removeprefix(b"\xef\xbb\xbf").split(b"\n"):
+        if line.startswith(b";"):
+            continue
         if line.startswith(b">"):
             records.append([line[1:].rstrip(b"\r").decode("utf-8", "replace").strip(), b""])
         elif records:
@@ -110,7 +115,8 @@ def test_gzip_reads_like_plain_and_any_cut_is_an_error(data):
 
 
 def test_chunk_boundaries_only_before_a_record(tmp_path):
-    """read_chunks (when present) cuts only right before a line-start '>' and loses no byte."""
+    """read_chunks (when present) cuts only right before a line-start '>' and loses no byte but a leading
+    byte-order mark and ';' comment lines."""
     read_chunks = getattr(fasta, "read_chunks", None)
     if read_chunks is None:
         pytest.skip("this FASTA reader has no read_chunks")
@@ -122,7 +128,8 @@ def test_chunk_boundaries_only_before_a_record(tmp_path):
         path = tmp_path / "c.fa"
         path.write_bytes(data)
         pieces = list(read_chunks(path, block))
-        assert b"".join(pieces) == data
+        expected = re.sub(rb"(?m)^;[^\n]*(?:\n|$)", b"", data.removeprefix(b"\xef\xbb\xbf"))
+        assert b"".join(pieces) == expected
         assert all(p for p in pieces)
         for prev, piece in zip(pieces, pieces[1:], strict=False):
             assert piece.startswith(b">") and prev.endswith(b"\n")

@@ -162,3 +162,81 @@ def test_source_file_is_relative_so_the_same_input_anywhere_gives_the_same_bytes
         outs.append([(tmp_path / where / "out" / f).read_bytes() for f in ("sequences.parquet", "quarantine.parquet")])
     assert outs[0] == outs[1]
     assert pq.read_table(tmp_path / "one" / "out" / "sequences.parquet").column("source_file").to_pylist() == ["in.fa"]
+
+
+# --- real-world FASTA shapes (#19): nucleotide input, NCBI merged deflines, comments, BOM ------------------
+
+_CODON = {"A": "GCT", "C": "TGT", "D": "GAT", "E": "GAA", "F": "TTT", "G": "GGT", "H": "CAT", "I": "ATT",
+          "K": "AAA", "L": "CTG", "M": "ATG", "N": "AAT", "P": "CCG", "Q": "CAG", "R": "CGT", "S": "TCT",
+          "T": "ACC", "V": "GTT", "W": "TGG", "Y": "TAT"}
+
+
+def _real_proteins(n: int) -> list[tuple[str, str]]:
+    recs = [(r.header, r.sequence) for r in fasta.read_fasta(fixture_path("sequences", "uniprot_trembl_500.fasta"))]
+    return recs[:n]
+
+
+def test_nucleotide_records_are_quarantined_and_no_real_protein_is(tmp_path):
+    """The 500 real TrEMBL proteins stay; their coding sequences (each protein back-translated with one codon
+    per residue: DNA written for this test) and the same as RNA are quarantined as `nucleotide`."""
+    proteins = _real_proteins(500)
+    dna = [(f"cds{i} back-translated", "".join(_CODON.get(a, "NNN") for a in seq) + "TAA")
+           for i, (_, seq) in enumerate(proteins[:20])]
+    rna = [(f"mrna{i}", seq.replace("T", "U")) for i, (_, seq) in enumerate(dna[:5])]
+    (tmp_path / "mixed.fa").write_text("".join(f">{h}\n{s}\n" for h, s in proteins + dna + rna))
+    stats = ingest_fasta([tmp_path / "mixed.fa"], tmp_path / "out", IngestConfig())
+    q = pq.read_table(tmp_path / "out" / "quarantine.parquet").to_pylist()
+    nuc = [r for r in q if r["reason"] == "nucleotide"]
+    assert sorted(r["id"] for r in nuc) == sorted([h.split()[0] for h, _ in dna + rna])
+    assert "ingest.allow_nucleotide" in nuc[0]["detail"]
+    assert stats.records_in == stats.kept + stats.duplicates + stats.quarantined == 525
+    kept = set(pq.read_table(tmp_path / "out" / "sequences.parquet", columns=["id"]).column(0).to_pylist())
+    assert not any(i.startswith(("cds", "mrna")) for i in kept)
+    allowed = ingest_fasta([tmp_path / "mixed.fa"], tmp_path / "allowed", IngestConfig(allow_nucleotide=True))
+    assert "nucleotide" not in allowed.quarantine_reasons and allowed.kept == stats.kept + 25
+
+
+def test_ncbi_merged_deflines_keep_the_first_id_and_the_rest_as_description(tmp_path):
+    """nr-style deflines (NCBI BLAST database FASTA: several titles joined by Ctrl-A, written here after its
+    documented layout) with the first real protein of the fixtures."""
+    (_, seq), = _real_proteins(1)
+    header = "WP_000001.1 protein X [Escherichia coli]\x01XP_000002.1 protein X [Shigella]\x01NP_3.1 X"
+    (tmp_path / "nr.fa").write_bytes(f">{header}\n{seq}\n".encode())
+    stats = ingest_fasta([tmp_path / "nr.fa"], tmp_path / "out", IngestConfig())
+    (row,) = pq.read_table(tmp_path / "out" / "sequences.parquet").to_pylist()
+    assert stats.quarantined == 0 and row["id"] == "WP_000001.1"
+    assert row["description"] == "protein X [Escherichia coli] >XP_000002.1 protein X [Shigella] >NP_3.1 X"
+    bad = validate_record("a\x01b\x02c", "MKV", IngestConfig(min_length=1), frozenset("MKV"))
+    assert bad[1][0] == "malformed_header"                  # other control characters still are
+
+
+def test_comment_lines_and_a_byte_order_mark_are_not_part_of_records(tmp_path):
+    """Pearson FASTA comments (';' lines, as in the original FASTA package's format description) before and
+    inside records, and a UTF-8 BOM written by Windows editors, around real proteins."""
+    proteins = _real_proteins(3)
+    text = ";FASTA comment\n" + "".join(f">{h}\n;a note\n{s[:30]}\n;another\n{s[30:]}\n" for h, s in proteins)
+    for name, data in (("bom.fa", b"\xef\xbb\xbf" + text.encode()), ("bom.fa.gz", gzip.compress(b"\xef\xbb\xbf" +
+                                                                                                text.encode()))):
+        (tmp_path / name).write_bytes(data)
+        stats = ingest_fasta([tmp_path / name], tmp_path / name.replace(".", "_"), IngestConfig())
+        rows = pq.read_table(tmp_path / name.replace(".", "_") / "sequences.parquet").to_pylist()
+        assert stats.quarantined == 0 and [r["sequence"] for r in rows] == [s.upper() for _, s in proteins]
+        assert [r.sequence for r in fasta.read_fasta(tmp_path / name)] == [s for _, s in proteins]
+
+
+def test_an_ingest_that_keeps_nothing_fails_there_with_the_reasons(tmp_path):
+    from pipeline_lib.errors import DataValidationError
+    from tests.hostile_helpers import ingest_on
+
+    (tmp_path / "genes.fa").write_text("".join(f">g{i}\n{'ACGT' * 20 + 'A' * i}\n" for i in range(3)))
+    with pytest.raises(DataValidationError, match=r"genes.fa.*no record kept: 3 records.*nucleotide: 3"):
+        ingest_on(tmp_path / "work", tmp_path / "genes.fa")
+
+
+def test_the_dedupe_key_is_gone(tmp_path):
+    """`ingest.dedupe: false` was read nowhere (duplicates collapsed anyway): the key is refused now."""
+    from pipeline_lib.config import load_config
+    from pipeline_lib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ingest.dedupe: unknown key"):
+        load_config(None, ["ingest.dedupe=false"])

@@ -14,7 +14,14 @@ class IngestConfig(StrictModel):
     min_length: int = Field(11, ge=1, description="Shorter sequences are quarantined (UniRef excludes < 11).")
     max_length: int | None = Field(None, ge=1, description="Longer sequences are quarantined (None = no cap).")
     alphabet: str = Field("ACDEFGHIKLMNPQRSTVWYXBZUO", description="Allowed residue letters after upper-casing.")
-    dedupe: bool = Field(True, description="Collapse exact duplicate sequences, keeping an id mapping.")
+    allow_nucleotide: bool = Field(False, description=(
+        "Keep records that look like DNA/RNA (see nucleotide_fraction). A, C, G, T, U and N are amino-acid "
+        "letters too, so only their share can tell a nucleotide FASTA apart; such records are quarantined as "
+        "'nucleotide' unless this is true."))
+    nucleotide_fraction: float = Field(0.9, gt=0, le=1, description=(
+        "A record of at least nucleotide_min_length residues of which this share or more is A, C, G, T, U or "
+        "N is a nucleotide sequence."))
+    nucleotide_min_length: int = Field(30, ge=1, description="Shorter records are never called nucleotide.")
     batch_rows: int = Field(65536, ge=1, description="Rows buffered before a Parquet row group is written.")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import os
 import queue
+import re
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -110,12 +111,34 @@ def _blocks(path: Path, block: int) -> Iterator[bytes]:
         worker.join()
 
 
+_COMMENT = re.compile(rb"(?m)^;[^\n]*(?:\n|$)")
+BOM = b"\xef\xbb\xbf"
+
+
+def _clean(piece: bytes, first: bool) -> bytes:
+    """A piece without a UTF-8 byte-order mark at the start of the file and without Pearson comment lines
+    (starting with ``;``), which are no part of any record."""
+    if first and piece.startswith(BOM):
+        piece = piece[len(BOM):]
+    if piece.startswith(b";") or b"\n;" in piece:
+        piece = _COMMENT.sub(b"", piece)
+    return piece
+
+
 def read_chunks(path: str | os.PathLike[str], block: int | None = None) -> Iterator[bytes]:
-    """Decompressed text of ``path`` in pieces of whole records (each ends right before a line-start ``>``).
+    """Decompressed text of ``path`` in pieces of whole records (each ends right before a line-start ``>``),
+    without a leading byte-order mark and without ``;`` comment lines.
 
     Pieces are about ``block`` bytes (default :data:`BLOCK`); every piece but the first starts with ``>``; a
     record longer than a block makes a longer piece.
     """
+    for i, piece in enumerate(_pieces(path, block)):
+        piece = _clean(piece, i == 0)
+        if piece:
+            yield piece
+
+
+def _pieces(path: str | os.PathLike[str], block: int | None = None) -> Iterator[bytes]:
     pending: list[bytes | memoryview] = []  # the unfinished piece, as blocks (joined once: no quadratic copying)
     size = 0
     for data in _blocks(Path(path), block or BLOCK):

@@ -9,7 +9,7 @@ shapes with Arrow compute kernels (RE2 + string kernels, no per-header Python) a
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -79,6 +79,12 @@ def parse_header(header: str) -> Header:
     """
     if not header or not header.strip():
         raise ValueError("empty header")
+    if "\x01" in header:  # NCBI nr merged deflines: the first gives id and fields, the others are description
+        first, *others = header.split("\x01")
+        if _CONTROL.search(first) or not first.strip() or any(_CONTROL.search(o) for o in others):
+            raise ValueError("header has control or non-UTF-8 bytes")
+        h = parse_header(first)
+        return replace(h, description=" >".join([h.description, *(o.strip() for o in others)]).strip())
     if _CONTROL.search(header):
         raise ValueError("header has control or non-UTF-8 bytes")
     ident, *more = header.split(None, 1)  # the id ends at the first whitespace of any kind (tab, NBSP...)

@@ -74,6 +74,11 @@ class IngestStats:
             raise AssertionError(f"ingest counts do not reconcile: {asdict(self)}")
 
 
+NUCLEOTIDES = "ACGTUN"
+_NUCLEOTIDE_BYTES = np.zeros(256, dtype=bool)
+_NUCLEOTIDE_BYTES[list(NUCLEOTIDES.encode())] = True
+
+
 def seq_hash(sequence: str) -> str:
     return hashlib.sha256(sequence.encode("ascii")).hexdigest()[:32]
 
@@ -99,6 +104,11 @@ def validate_record(header: str | None, sequence: str, cfg: IngestConfig, allowe
         bad = set(invalid.findall(seq))
         shown = "".join(sorted(repr(c)[1:-1] for c in bad))[:40]
         return None, ("invalid_characters", f"{h.id}: characters not in the alphabet: {shown}")
+    if not cfg.allow_nucleotide and len(seq) >= cfg.nucleotide_min_length:
+        nt = sum(seq.count(c) for c in NUCLEOTIDES)
+        if nt >= cfg.nucleotide_fraction * len(seq):
+            return None, ("nucleotide", f"{h.id}: {nt} of {len(seq)} residues are {NUCLEOTIDES}: a DNA/RNA "
+                                        "sequence (ingest.allow_nucleotide keeps it)")
     if len(seq) < cfg.min_length:
         return None, ("too_short", f"{h.id}: length {len(seq)} < min_length {cfg.min_length}")
     if cfg.max_length is not None and len(seq) > cfg.max_length:
@@ -165,6 +175,8 @@ class _Judge:
         length = be - star - he
         fast, bodies = self._letters(lay.slices(he, be - star))
         fast &= length >= cfg.min_length  # >= 1: no empty sequence passes
+        if not cfg.allow_nucleotide:  # DNA/RNA-looking records: validate_record quarantines them
+            fast &= ~self._nucleotide(bodies, length)
         if cfg.max_length is not None:
             fast &= length <= cfg.max_length
         hidx, fields = parse_headers(lay.slices(lay.head_start, he))
@@ -229,6 +241,19 @@ class _Judge:
         # bytes.upper() is ASCII upper-casing: what str.upper() does to the rows that pass
         return ok, pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets - offsets[0]),
                                                           pa.py_buffer(raw.upper())])
+
+    def _nucleotide(self, bodies: pa.Array, length: np.ndarray) -> np.ndarray:
+        """Which (upper-cased) bodies look like DNA/RNA: one NumPy pass over the chunk's bytes."""
+        n = len(bodies)
+        offsets = np.frombuffer(bodies.buffers()[1], dtype=np.int32)[bodies.offset: bodies.offset + n + 1]
+        data = bodies.buffers()[2]
+        if not n or data is None:
+            return np.zeros(n, dtype=bool)
+        raw = np.frombuffer(data, dtype=np.uint8)
+        counts = np.concatenate([[0], np.cumsum(_NUCLEOTIDE_BYTES[raw], dtype=np.int64)])
+        nt = counts[offsets[1:]] - counts[offsets[:-1]]
+        width = offsets[1:] - offsets[:-1]  # the body, including a '*' that length leaves out
+        return (length >= self.cfg.nucleotide_min_length) & (nt >= self.cfg.nucleotide_fraction * width)
 
     @staticmethod
     def _fast_rows(fields: pa.Table, seqs: pa.Array, length: np.ndarray, source: str, records: np.ndarray) -> pa.Table:
