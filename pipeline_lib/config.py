@@ -10,12 +10,14 @@ beside their code, and the operations sections (runner, lineage, storage, retent
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
+import json
 import os
-import reprlib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline_lib.config_ops import (
@@ -27,6 +29,7 @@ from pipeline_lib.config_ops import (
     StrictModel,
     local_path,
 )
+from pipeline_lib.config_overrides import apply_overrides, load_yaml, prune, short, unsafe_overrides
 from pipeline_lib.errors import ConfigError
 from pipeline_lib.evaluate.config import EvaluateConfig
 from pipeline_lib.io import stable_hash
@@ -208,118 +211,58 @@ class Config(StrictModel):
         return stable_hash(self.model_dump(mode="json", exclude={"runner"}))
 
 
-# a config holds thousands of values at most (paths, accessions); YAML aliases can make a few hundred bytes
-# stand for billions (each level of "a: &a [*b, *b, ...]" multiplies): refused past this many values
-MAX_YAML_VALUES = 1_000_000
+def _model_fields_at(loc: tuple[Any, ...]) -> set[str]:
+    """The field names of the config model at ``loc`` (a key path, list indices and union tags included)."""
+    types: list[Any] = [Config]
+    for part in loc:
+        nxt: list[Any] = []
+        for t in types:
+            if isinstance(part, int) or (isinstance(part, str) and part in ("uniref", "fasta", "embedded")):
+                nxt.append(t)  # a list index or a union tag: the same models
+            elif isinstance(t, type) and issubclass(t, StrictModel) and part in t.model_fields:
+                nxt += _models_in(t.model_fields[part].annotation)
+        types = nxt
+    return {f for t in types if isinstance(t, type) and issubclass(t, StrictModel) for f in t.model_fields}
 
 
-def _load_yaml(text: str, what: str) -> Any:
-    """``yaml.safe_load`` with the expanded size bounded: aliases share their node, but validation, hashing
-    and messages walk every use of it."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{what}: not valid YAML: {exc}") from exc
-    seen, stack = 0, [value]
-    while stack:
-        node = stack.pop()
-        seen += 1
-        if seen > MAX_YAML_VALUES:
-            raise ConfigError(f"{what}: more than {MAX_YAML_VALUES:,} values once its aliases are expanded; a "
-                              "config is not that large (a YAML alias bomb?)")
-        if isinstance(node, dict):
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return value
+def _models_in(annotation: Any) -> list[Any]:
+    """The StrictModel classes an annotation holds (through Optional, list, dict, Annotated and unions)."""
+    if isinstance(annotation, type) and issubclass(annotation, StrictModel):
+        return [annotation]
+    return [m for a in typing.get_args(annotation) for m in _models_in(a)]
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a raw config mapping."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected KEY.PATH=VALUE")
-        key, _, text = item.partition("=")
-        value = _load_yaml(text, f"override {_short(item)}")
-        node = raw
-        parts = key.strip().split(".")
-        for i, part in enumerate(parts[:-1]):
-            nxt = node.get(part)
-            if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])} is not a section")
-            node = nxt
-        node[parts[-1]] = value
-    return raw
+def _suggestion(loc: tuple[Any, ...]) -> str:
+    if not loc or not isinstance(loc[-1], str):
+        return ""
+    close = difflib.get_close_matches(loc[-1], sorted(_model_fields_at(loc[:-1]) - {"kind"}), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def unsafe_overrides(overrides: list[str], workdir: Path) -> list[str]:
-    """The overrides among ``overrides`` that name an executable (a key with ``binary`` in it) or a local path
-    outside ``workdir`` (any string in the value that looks like a path: absolute, ``~``, or with a ``/`` and
-    no ``://``), each with the reason. What a deployment's runs may not be given by whoever can start them
-    through the Prefect API, unless the deployment allows it (docs/security.md)."""
-    found = []
-    root = workdir.resolve()
-    for item in overrides:
-        key, _, text = item.partition("=")
-        if "binary" in key.lower():
-            found.append(f"{key.strip()}: names an executable")
-            continue
-        try:
-            value = _load_yaml(text, f"override {_short(item)}")
-        except ConfigError:
-            continue  # loading the config reports it
-        stack, outside = [value], []
-        while stack:
-            v = stack.pop()
-            if isinstance(v, dict):
-                stack.extend([*v.keys(), *v.values()])
-            elif isinstance(v, list):
-                stack.extend(v)
-            elif isinstance(v, str) and "://" not in v and (v.startswith(("/", "~")) or "/" in v):
-                p = Path(v).expanduser()
-                if not (p if p.is_absolute() else Path.cwd() / p).resolve().is_relative_to(root):
-                    outside.append(v)
-        if outside:
-            found.append(f"{key.strip()}: path outside the workdir {root}: {_short(outside[0])}")
-    return found
+def _from_override(loc: str, overrides: list[str]) -> str:
+    """`` [override 'k=v']`` when the last override whose key is ``loc`` or a section of it set the value."""
+    for item in reversed(overrides):
+        key = item.partition("=")[0].strip()
+        if loc == key or loc.startswith(key + ".") or key.startswith(loc + "."):
+            return f" [override {short(item)}]"
+    return ""
 
 
-def _prune(value: Any, level: int = 3, items: int = 5) -> Any:
-    """A copy of ``value`` with containers cut to ``items`` entries and ``level`` levels (strings whole, so that
-    redaction still sees every credential): what an error message shows, bounded before it is redacted."""
-    if isinstance(value, dict):
-        return {k: _prune(v, level - 1, items) for k, v in list(value.items())[:items]} if level else {...: ...}
-    if isinstance(value, (list, tuple)):
-        return [_prune(v, level - 1, items) for v in value[:items]] if level else [...]
-    return value
-
-
-def _short(value: Any) -> str:
-    """A repr of ~100 characters at most: a hostile value (a YAML alias bomb) must not blow up the message."""
-    r = reprlib.Repr()
-    r.maxstring = r.maxother = 60
-    r.maxlist = r.maxtuple = r.maxdict = r.maxset = 4
-    r.maxlevel = 3
-    return r.repr(value)
-
-
-def _format_errors(errors: list[tuple[tuple, dict[str, Any]]], origin: str) -> str:
-    lines = [f"invalid configuration in {origin}:"]
+def _format_errors(errors: list[tuple[tuple, dict[str, Any]]], origin: str, overrides: list[str]) -> str:
+    lines = [f"invalid configuration in {origin}" + (" with its overrides" if overrides else "") + ":"]
     for prefix, err in errors:
-        loc = ".".join(str(p) for p in (*prefix, *err["loc"])
-                       if not (isinstance(p, str) and p in ("uniref", "fasta", "embedded")))
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        full = (*prefix, *err["loc"])
+        loc = ".".join(str(p) for p in full if not (isinstance(p, str) and p in ("uniref", "fasta", "embedded")))
+        msg = "unknown key" + _suggestion(full) if err["type"] == "extra_forbidden" else err["msg"]
         got = err.get("input")
         # a value is echoed without the credentials a URL may carry (user:password@, ?token=...)
         hide = err["type"] == "extra_forbidden" or isinstance(got, dict)
-        shown = "" if hide else f" (got {_short(redact_secrets(_prune(got)))})"
-        lines.append(f"  {loc or '<root>'}: {msg}{shown}")
+        shown = "" if hide else f" (got {short(redact_secrets(prune(got)))})"
+        lines.append(f"  {loc or '<root>'}: {msg}{shown}{_from_override(loc, overrides)}")
     return "\n".join(lines)
 
 
-def _validate(raw: dict[str, Any], origin: str) -> Config:
+def _validate(raw: dict[str, Any], origin: str, overrides: list[str] | None = None) -> Config:
     """Validate stage sections one by one (so their errors keep the section prefix), then the rest."""
     errors: list[tuple[tuple[Any, ...], Any]] = []
     for key, typ in _section_types().items():
@@ -336,7 +279,7 @@ def _validate(raw: dict[str, Any], origin: str) -> Config:
     except ValidationError as exc:
         errors += [((), e) for e in exc.errors()]
     if errors:
-        raise ConfigError(_format_errors(errors, origin))
+        raise ConfigError(_format_errors(errors, origin, overrides or []))
     return Config.model_validate(raw)
 
 
@@ -345,7 +288,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    loaded = _load_yaml(p.read_text(), str(p))
+    loaded = load_yaml(p.read_text(), str(p))
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(loaded).__name__}")
     return loaded or {}
@@ -353,7 +296,17 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def config_from_raw(raw: dict[str, Any], overrides: list[str] | None = None, origin: str = "<defaults>") -> Config:
     """Validate a config mapping with the overrides applied to a copy (errors name ``origin``)."""
-    return _validate(apply_overrides(copy.deepcopy(raw), overrides or []), origin)
+    return _validate(apply_overrides(copy.deepcopy(raw), overrides or [], _defaults()), origin, overrides or [])
+
+
+@functools.lru_cache(maxsize=1)
+def _default_dump() -> str:
+    return json.dumps(Config().model_dump(mode="json"))
+
+
+def _defaults() -> dict[str, Any]:
+    """The default config as a mapping (what a list override indexes when the file does not hold the list)."""
+    return json.loads(_default_dump())
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:

@@ -302,6 +302,8 @@ class LineageStore:
             con.execute("COMMIT")
 
     def record_metrics(self, run_id: str, step_id: str | None, rows: list[tuple[str, int, float]]) -> None:
+        if not rows:  # an evaluation that measured nothing: DuckDB's executemany refuses an empty list
+            return
         with self._connect() as con:
             now = utcnow()
             con.executemany("INSERT INTO metrics VALUES (?,?,?,?,?,?)",

@@ -123,7 +123,7 @@ def _alias_bomb(levels: int, leaf: str = '"x"') -> str:
 
 
 def test_a_yaml_alias_bomb_is_refused_by_its_expanded_size(tmp_path):
-    from pipeline_lib.config import MAX_YAML_VALUES
+    from pipeline_lib.config_overrides import MAX_YAML_VALUES
 
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(_alias_bomb(9))   # 9**9 = 387 M values in 400 bytes
@@ -159,3 +159,32 @@ def test_unsafe_overrides_name_executables_and_paths_outside_the_workdir(tmp_pat
     assert [f.split(":")[0] for f in found] == ["cluster.binary", "structures.foldseek_binary", "workdir", "source",
                                                 "name", "lineage.path"]
     assert "names an executable" in found[0] and "/etc/passwd" in found[3]
+
+
+def test_overrides_index_lists_and_errors_name_the_override():
+    cfg = load_config(ROOT / "configs" / "demo.yaml", ["cluster.levels.1.min_seq_id=0.3"])
+    assert [lv.min_seq_id for lv in cfg.cluster.levels] == [0.9, 0.3]
+    assert load_config(None, ["cluster.levels.0.name=c95"]).cluster.levels[0].name == "c95"  # from the defaults
+    with pytest.raises(ConfigError, match="cluster.levels has 2 items; no index 5"):
+        load_config(None, ["cluster.levels.5.min_seq_id=0.3"])
+    with pytest.raises(ConfigError, match=r"cluster.levels is a list: index it by number"):
+        load_config(None, ["cluster.levels.x.min_seq_id=0.3"])
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "configs" / "demo.yaml", ["cluster.threads=lots", "clustr.threads=2",
+                                                     "cluster.levels.0.min_seq_idd=3"])
+    msg = str(err.value)
+    assert "demo.yaml with its overrides" in msg
+    assert "cluster.threads: Input should be a valid integer" in msg and "[override 'cluster.threads=lots']" in msg
+    assert "clustr: unknown key (did you mean 'cluster'?) [override 'clustr.threads=2']" in msg
+    assert "cluster.levels.0.min_seq_idd: unknown key (did you mean 'min_seq_id'?)" in msg
+
+
+def test_unknown_keys_in_a_file_suggest_the_closest_valid_one(tmp_path):
+    (tmp_path / "c.yaml").write_text("trian: {max_steps: 3}\nsplit: {valid_fractoin: 0.1}\n"
+                                     "source: {kind: fasta, paths: [a.fa], alowed_hosts: []}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "c.yaml")
+    msg = str(err.value)
+    assert "trian: unknown key (did you mean 'train'?)" in msg
+    assert "split.valid_fractoin: unknown key (did you mean 'valid_fraction'?)" in msg
+    assert "source.alowed_hosts: unknown key (did you mean 'allowed_hosts'?)" in msg and "[override" not in msg

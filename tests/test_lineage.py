@@ -137,3 +137,11 @@ def test_piping_plm_output_into_head_ends_quietly(tmp_path):
         assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
         assert proc.stderr == "" and proc.returncode in codes, (reader, proc.returncode, proc.stderr)
         assert len(proc.stdout.splitlines()) == int(reader[-1])
+
+
+def test_recording_no_metrics_is_a_no_op(tmp_path):
+    """`plm evaluate` with nothing to measure recorded an empty list: DuckDB's executemany raised."""
+    store = LineageStore(tmp_path / "l.duckdb")
+    store.record_metrics("r", None, [])
+    store.record_metrics("r", None, [("ppl", 1, 2.5)])
+    assert store.query("SELECT name, step, value FROM metrics") == [{"name": "ppl", "step": 1, "value": 2.5}]
