@@ -326,7 +326,7 @@ class LineageStore:
             return resolve_rows([dict(zip(names, row, strict=False)) for row in cur.fetchall()], self.root())
 
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
-        return self.query("SELECT run_id, flow, name, status, started_at, ended_at, config_hash, code_version "
+        return self.query("SELECT run_id, flow, name, status, started_at, ended_at, config_hash, code_version, error "
                           "FROM runs ORDER BY started_at DESC LIMIT ?", [limit])
 
     def run_prefixes(self, min_len: int = 8) -> dict[str, str]:
@@ -385,19 +385,21 @@ class LineageStore:
         for s in steps:
             parts = s.pop("key_parts")
             if s["status"] == "completed" and parts:
-                s["why"] = self.rerun_reasons(s["stage"], json.loads(parts), s.pop("started_at"))
+                s["why"] = self.rerun_reasons(s["stage"], json.loads(parts), s.pop("started_at"), run["run_id"])
             else:
                 s.pop("started_at")
         return {"run": run, "steps": steps}
 
-    def rerun_reasons(self, stage: str, key_parts: dict[str, Any], before: datetime | None = None) -> list[str]:
+    def rerun_reasons(self, stage: str, key_parts: dict[str, Any], before: datetime | None = None,
+                      run_id: str | None = None) -> list[str]:
         """Why a step of ``stage`` with these key parts ran: what differs from the closest earlier step of the
-        stage (the one with the fewest differences, among the last 50), in words."""
+        stage (the one with the fewest differences, among the last 50), in words. Steps of ``run_id`` itself
+        are no reason (a run's c50 level does not run because of its c90 level)."""
         from pipeline_lib.stage_code import explain_rerun
 
-        rows = self.query("SELECT key_parts FROM steps WHERE stage=? AND key_parts IS NOT NULL"
+        rows = self.query("SELECT key_parts FROM steps WHERE stage=? AND key_parts IS NOT NULL AND run_id <> ?"
                           + (" AND started_at < ?" if before else "") + " ORDER BY started_at DESC LIMIT 50",
-                          [stage, before] if before else [stage])
+                          [stage, run_id or "", before] if before else [stage, run_id or ""])
         return min((explain_rerun(json.loads(r["key_parts"]), key_parts) for r in rows), key=len,
                    default=explain_rerun(None, key_parts))
 

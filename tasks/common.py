@@ -300,7 +300,7 @@ def _input_names(inputs: list[ArtifactRecord]) -> dict[str, str]:
 def _rerun_reasons(ctx: RunContext, stage: str, key_parts: dict[str, Any]) -> list[str]:
     """Why this stage runs, from its key parts against the closest earlier step of the stage in lineage."""
     try:
-        return LineageStore(ctx.lineage_path, create=False).rerun_reasons(stage, key_parts)
+        return LineageStore(ctx.lineage_path, create=False).rerun_reasons(stage, key_parts, run_id=ctx.run_id)
     except Exception as exc:  # an explanation never fails a stage (no lineage file yet, a busy one)
         return [f"no earlier step to compare with ({type(exc).__name__})"]
 

@@ -89,16 +89,25 @@ def test_failed_stage_marks_run_and_step_failed(prefect_harness, tmp_path):
 def test_cli_lineage_and_config_errors(first_run, capsys, tmp_path):
     _, res = first_run
     assert plm(["lineage", "runs", "--db", res.lineage]) == 0
-    assert res.run_id in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:4] == ["run", "id", "flow", "status"] and res.run_id in out
+    assert out.splitlines()[0].rstrip().endswith("error")
     shard = next(p for p in res.stages["shards"].outputs.values() if p.kind == "shard")
     assert plm(["lineage", "trace", shard.path, "--db", res.lineage]) == 0
     out = capsys.readouterr().out
-    assert "<- cluster" in out and "mmseqs" in out and "source_fasta" in out
+    assert out.startswith("└─ shards") and "   └─ split" in out and "mmseqs" in out and "source_fasta" in out
     assert plm(["lineage", "show", res.run_id, "--db", res.lineage]) == 0
+    out = capsys.readouterr().out   # for people: the run, then a table of its steps
+    assert out.startswith(f"run {res.run_id}  data_refresh  completed") and "why it ran" in out
+    assert any(line.split()[:2] == ["ingest", "completed"] for line in out.splitlines())
+    assert plm(["lineage", "show", res.run_id, "--db", res.lineage, "--json"]) == 0
     run = json.loads(capsys.readouterr().out)
     assert run["run"]["status"] == "completed"
     assert {s["stage"] for s in run["steps"]} >= {"source", "ingest", "cluster", "split", "shards"}
     assert plm(["lineage", "show", shard.path, "--db", res.lineage]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("artifact ") and f"sha256 {shard.content_hash}" in out and "made by  shards" in out
+    assert plm(["lineage", "show", shard.path, "--db", res.lineage, "--json"]) == 0
     art = json.loads(capsys.readouterr().out)
     assert art["artifact"]["content_hash"] == shard.content_hash
     produced_by = art["artifact"]["produced_by"]   # the first run's step, and the cached reruns' since

@@ -119,7 +119,7 @@ def test_plm_lineage_show_takes_a_config_with_overrides(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("plm: error: run id prefix") and all(i in err for i in ids)
     assert plm(["lineage", "show", ids[3], "--config", str(ROOT / "configs/demo.yaml"), "--set",
-                f"workdir={tmp_path}", "--set", f"lineage.path={db}"]) == 0
+                f"workdir={tmp_path}", "--set", f"lineage.path={db}", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["run"]["run_id"] == ids[3]
     assert plm(["lineage", "runs", "--db", str(db), "--set", "workdir=x"]) == 2
     assert "either --db or --config/--set" in capsys.readouterr().err
