@@ -62,6 +62,24 @@ def parse_interval(text: str) -> timedelta:
     return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2) or "s"])
 
 
+def _check_server() -> None:
+    """A deployment lives on a long-lived server: without PREFECT_API_URL the client starts a temporary one,
+    reports success against it and takes it down a second later; an unreachable one fails here, clearly."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise ConfigError("plm deploy needs a long-lived Prefect server: PREFECT_API_URL is not set (start one "
+                          "with `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api, "
+                          "or log in to Prefect Cloud); see docs/operations.md")
+    with get_client(sync_client=True) as client:
+        problem = client.api_healthcheck()
+    if problem is not None:
+        raise PipelineError(f"the Prefect server at {url} does not answer ({type(problem).__name__}: {problem}); "
+                            "is `prefect server start` running?")
+
+
 def ensure_work_pool(name: str = DEFAULT_POOL, pool_type: str = "process") -> bool:
     """Create the work pool (with the worker type's default job template) unless it exists; True if created."""
     from prefect.client.orchestration import get_client
@@ -133,6 +151,7 @@ def deploy(config_path: str, cron: str | None = None, name: str | None = None, w
         raise ConfigError(f"unknown flow {flow!r}: choose one of {', '.join(FLOWS)}")
     cfg = load_config(config_path, overrides)
     schedule = _schedule(cron, interval, timezone)
+    _check_server()
     ensure_work_pool(work_pool)
     remote = prefect_flow.from_source(source=str(source), entrypoint=FLOWS[flow])
     parameters: dict[str, Any] = {"config_path": _config_parameter(config_path), "overrides": list(overrides or [])}

@@ -28,7 +28,7 @@ import yaml
 
 from flows.deploy import DEFAULT_POOL, FLOWS, deploy, ensure_work_pool, parse_interval, upcoming_runs
 from pipeline_lib.config import load_config
-from pipeline_lib.errors import ConfigError
+from pipeline_lib.errors import ConfigError, PipelineError
 from pipeline_lib.lineage import LineageStore
 from tests.conftest import ROOT
 from tests.helpers import family_fasta
@@ -161,6 +161,21 @@ def test_prefect_yaml_declares_valid_deployments():
         assert d["work_pool"]["name"] == DEFAULT_POOL
         for s in d["schedules"]:
             Cron(s["cron"], timezone=s["timezone"])                     # raises on an invalid cron string
+
+
+def test_deploy_refuses_without_a_long_lived_server(monkeypatch):
+    """Without PREFECT_API_URL, Prefect's client would start a temporary server, and deploy would report success
+    against it a second before it is gone; with one that does not answer, a clear error too."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        with pytest.raises(ConfigError, match="needs a long-lived Prefect server: PREFECT_API_URL is not set"):
+            deploy(DEMO, "0 3 * * 1", check_s=0)
+    port = _free_port()
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}):
+        with pytest.raises(PipelineError, match=f"127.0.0.1:{port}/api does not answer"):
+            deploy(DEMO, "0 3 * * 1", check_s=0)
 
 
 def test_deploy_rejects_bad_input_before_touching_the_server():
