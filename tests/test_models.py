@@ -142,10 +142,13 @@ def test_msa_row_attention_is_tied_and_scaled():
 
 
 def _esm_axial_reference(att, x, pad, tied):
-    """ESM's axial attention written out with einsum (esm/axial_attention.py), padding as -10000 logits."""
+    """ESM's axial attention written out with einsum (esm/axial_attention.py), padding as -10000 logits, with one
+    change: tied attention divides by the square root of each MSA's rows, not of the padded tensor's."""
     b, r, c, d = x.shape
     h, dh = att.heads, att.head_dim
-    q = att.q_proj(x).view(b, r, c, h, dh) * (dh ** -0.5 / (math.sqrt(r) if tied else 1.0))
+    rows = (~pad).any(dim=-1).sum(dim=1).to(x.dtype)
+    scale = dh ** -0.5 / (rows.sqrt() if tied else torch.ones(b))
+    q = att.q_proj(x).view(b, r, c, h, dh) * scale[:, None, None, None, None]
     k, v = att.k_proj(x).view(b, r, c, h, dh), att.v_proj(x).view(b, r, c, h, dh)
     if tied:
         q = q * (1 - pad[..., None, None].to(q))
@@ -175,3 +178,25 @@ def test_msa_sdpa_attention_equals_esm_arithmetic_with_padding(tied):
     # and are never read: nothing downstream takes them as keys
     ref = _esm_axial_reference(att, x, pad, tied)
     assert torch.allclose(out[~pad], ref[~pad], atol=1e-5)
+
+
+def test_an_msa_gives_the_same_logits_alone_and_padded_in_a_batch():
+    """Tied row attention scales by 1/sqrt(rows) with each MSA's real rows: a 2-row MSA batched beside a 4-row one
+    (so padded to 4 rows and to the longer one's columns) gives the logits it gives alone. Counting the padded
+    tensor's rows (as ESM does) changed them by up to 5.4 in the measurement of the issue."""
+    torch.manual_seed(0)
+    cfg = MSAConfig(num_layers=2, hidden_size=32, num_heads=4, ffn_size=64)
+    m = MSATransformer(cfg).eval()
+    with torch.no_grad():  # a trained model's attention is peaked; a fresh one's is nearly uniform at any scale
+        for name, p in m.named_parameters():
+            if ".row." in name and name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(30)
+    g = torch.Generator().manual_seed(1)
+    small, deep = torch.randint(4, 30, (1, 2, 7), generator=g), torch.randint(4, 30, (1, 4, 9), generator=g)
+    small[..., 0] = deep[..., 0] = 0
+    batch = torch.full((2, 4, 9), cfg.pad_token_id)
+    batch[0, :2, :7], batch[1] = small[0], deep[0]
+    with torch.no_grad():
+        alone, both = m(small), m(batch)
+        assert torch.allclose(both[0, :2, :7], alone[0], atol=1e-4)
+        assert torch.allclose(both[1], m(deep)[0], atol=1e-4)

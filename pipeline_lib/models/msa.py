@@ -9,14 +9,15 @@ positions along columns (fairseq offsets: position = running count of non-pad + 
 learned row embedding for at most 1024 rows, LayerNorm before the stack, then per layer tied row
 attention -> column attention -> FFN, each in a pre-LN residual block with dropout; final LayerNorm and
 an LM head tied to the embedding. Tied row attention sums the logits of all rows, with q scaled by
-head_dim^-0.5 / sqrt(rows); padded positions are masked with -10000 as in ESM. Both attentions run
+head_dim^-0.5 / sqrt(rows), rows counted per MSA without the all-padding rows a batch adds (ESM counts the
+padded tensor's rows, so an MSA's temperature depended on its batch neighbours); padded positions are masked
+with -10000 as in ESM. Both attentions run
 through ``scaled_dot_product_attention``. The layout here is
 (B, R, C, D) instead of ESM's (R, C, B, D); the arithmetic is the same.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +106,11 @@ class RowSelfAttention(_AxialBase):
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
         b, r, c, d = x.shape
-        q = self._split(self.q_proj, x) * (self.head_dim ** -0.5 / math.sqrt(r))
+        # 1/sqrt(rows) with each MSA's own rows: rows that are padding only (an MSA padded to the deepest of its
+        # batch) must not lower its temperature, so that an MSA gives the same logits alone and in a batch
+        rows = (~pad).any(dim=-1).sum(dim=1).clamp(min=1).to(x.dtype) if pad is not None \
+            else torch.full((b,), float(r), dtype=x.dtype, device=x.device)
+        q = self._split(self.q_proj, x) * (self.head_dim ** -0.5 / rows.sqrt())[:, None, None, None, None]
         k, v = self._split(self.k_proj, x), self._split(self.v_proj, x)
         if pad is not None:  # padded positions must not contribute to the sum over rows
             q = q * (1 - pad[..., None, None].to(q))
