@@ -8,9 +8,9 @@ Contacts: residues as modelled (every residue with a C-alpha, file order, first 
 atoms (C-alpha for Gly or a missing C-beta) are closer than ``cutoff`` (8 A).
 Features: attention weights of every layer and head, ``<cls>``/``<eos>`` rows and columns removed,
 symmetrized (A + A^T) and APC-corrected (A - rowsum x colsum / total): [L, L, layers x heads].
-Regression: L1-regularised logistic regression (FISTA, features standardised, intercept unpenalised;
-``l1_c`` is scikit-learn's C: C x sum of log-losses + |w|_1) on residue pairs i < j with
-j - i >= ``min_separation`` of the training structures (``max_train_pairs`` sampled).
+Regression: the one ESM fits, scikit-learn's L1 logistic regression (liblinear, ``l1_c`` = C = 0.15, raw
+features) on residue pairs i < j with j - i >= ``min_separation`` of the training structures
+(``max_train_pairs`` sampled).
 Precision at L, L/2, L/5 (L = chain length) in the short (6-11), medium (12-23) and long (>= 24) ranges:
 the top-k scored pairs of the range, k = L // fraction (or all pairs of the range when fewer).
 """
@@ -143,34 +143,17 @@ def _pair_index(n: int, lo: int, hi: int | None = None) -> tuple[np.ndarray, np.
     return i, j
 
 
-def fit_logistic_l1(x: np.ndarray, y: np.ndarray, *, c: float = 0.15, max_iter: int = 2000,
-                    tol: float = 1e-6) -> tuple[np.ndarray, float]:
-    """Weights [F] and intercept minimising C x sum(log-loss) + |w|_1 (FISTA on standardised features)."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    n, f = x.shape
-    mu, sd = x.mean(0), x.std(0)
-    sd[sd == 0] = 1.0
-    z = np.hstack([(x - mu) / sd, np.ones((n, 1))])
-    lam = 1.0 / (c * n)                                     # the objective divided by C x n
-    step = 1.0 / (0.25 * np.linalg.eigvalsh(z.T @ z / n)[-1])
-    w = v = np.zeros(f + 1)
-    t = 1.0
-    for _ in range(max_iter):
-        p = 1.0 / (1.0 + np.exp(-(z @ v)))
-        u = v - step * (z.T @ (p - y) / n)
-        w_new = u.copy()
-        w_new[:f] = np.sign(u[:f]) * np.maximum(np.abs(u[:f]) - step * lam, 0.0)
-        if (v - w_new) @ (w_new - w) > 0:               # adaptive restart (O'Donoghue & Candes 2015)
-            t = 1.0
-        t_new = (1.0 + np.sqrt(1.0 + 4.0 * t * t)) / 2.0
-        v = w_new + (t - 1.0) / t_new * (w_new - w)
-        done = np.abs(w_new - w).max() <= tol * max(1.0, np.abs(w_new).max())
-        w, t = w_new, t_new
-        if done:
-            break
-    coef = w[:f] / sd
-    return coef, float(w[f] - (coef * mu).sum())
+def fit_logistic_l1(x: np.ndarray, y: np.ndarray, *, c: float = 0.15) -> tuple[np.ndarray, float]:
+    """Weights [F] and intercept of the regression ESM fits (esm/examples, ``contact_regression``):
+    scikit-learn's L1 logistic regression with liblinear (``penalty="l1"``, spelled ``l1_ratio=1`` since
+    scikit-learn 1.8) and C = ``c`` on the raw features, so that precisions are comparable with the published
+    ones (liblinear penalises the intercept as well). ``random_state=0``: liblinear visits the features in a
+    random order, and the pipeline's results repeat."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(l1_ratio=1.0, C=c, solver="liblinear", random_state=0)
+    model.fit(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
+    return model.coef_[0].copy(), float(model.intercept_[0])
 
 
 @dataclass
