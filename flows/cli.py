@@ -240,16 +240,25 @@ def _msa_import(argv: list[str]) -> int:
     from pipeline_lib.msa.store import write_msa_parquet
 
     ap = argparse.ArgumentParser(prog="plm msa import", description=_msa_import.__doc__)
-    ap.add_argument("files", nargs="+", help="alignment files (format from the extension: .a3m, .a2m, .sto)")
+    ap.add_argument("files", nargs="+", help="alignment files (format from the extension: .a3m, .a2m, .sto; "
+                                             "gzipped too)")
     ap.add_argument("--out", required=True, help="output Parquet (the MSA table: depth, Neff, rows, headers)")
     ap.add_argument("--format", choices=["a3m", "a2m", "stockholm"], default=None)
     args = ap.parse_args(argv)
-    msas = [import_alignment(f, args.format) for f in args.files]
-    write_msa_parquet(msas, Path(args.out))
+    msas, bad = [], []
+    for f in args.files:  # every file is tried: the good ones are imported, the bad ones listed after
+        try:
+            msas.append(import_alignment(f, args.format))
+        except PipelineError as exc:
+            bad.append(str(exc))
+    if msas:
+        write_msa_parquet(msas, Path(args.out))
     for m in msas:
         print(f"{m.query_id}: depth {m.depth}, length {m.query_length}, Neff {m.neff:.1f}")
-    print(f"{len(msas)} MSAs -> {args.out}")
-    return 0
+    print(f"{len(msas)} MSAs -> {args.out}" if msas else "no MSA imported")
+    for reason in bad:
+        print(f"plm: not imported: {reason}", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def main(argv: list[str] | None = None) -> int:

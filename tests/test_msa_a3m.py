@@ -185,5 +185,40 @@ def test_plm_msa_import_cli(tmp_path, capsys):
     assert f"{len(files)} MSAs" in capsys.readouterr().out
     bad = tmp_path / "bad.a3m"
     bad.write_text(">q\nACDE\n>r\nAC\n")
-    assert main(["msa", "import", str(bad), "--out", str(tmp_path / "x.parquet")]) == 2
-    assert "bad.a3m" in capsys.readouterr().err
+    assert main(["msa", "import", str(bad), "--out", str(tmp_path / "x.parquet")]) == 1
+    assert "not imported: file" in capsys.readouterr().err and not (tmp_path / "x.parquet").exists()
+    # several files: the good ones are imported, the bad one is reported, and the exit code says so
+    assert main(["msa", "import", files[0], str(bad), files[-1], "--out", str(tmp_path / "y.parquet")]) == 1
+    out, err = capsys.readouterr()
+    assert "2 MSAs" in out and "bad.a3m" in err and "ragged alignment" in err
+    assert len(pq.read_table(tmp_path / "y.parquet")) == 2
+
+
+@needs_fixtures
+def test_hhsuite_annotation_rows_are_not_sequences(tmp_path):
+    """HH-suite's A3M may carry >ss_dssp, >ss_pred, >ss_conf, >sa_dssp and >Consensus rows (its user guide's
+    A3M section), before the query: added here to HH-suite's own query.a3m, they change nothing."""
+    real = MSA_DIR / "hhsuite_query.a3m"
+    plain = import_alignment(real)
+    qlen = plain.query_length
+    extra = "".join(f">{name}\n{letter * qlen}\n" for name, letter in
+                    [("ss_dssp", "C"), ("ss_pred", "H"), ("ss_conf", "9"), ("sa_dssp", "A"), ("Consensus", "x")])
+    (tmp_path / "annotated.a3m").write_text(extra + real.read_text())
+    got = import_alignment(tmp_path / "annotated.a3m")
+    assert got.rows == plain.rows and got.headers == plain.headers and got.query_id == plain.query_id
+
+
+@needs_fixtures
+def test_gzipped_a3m_reads_like_plain(tmp_path):
+    import gzip
+
+    real = MSA_DIR / "1a3a_1_A.a3m"
+    (tmp_path / "1a3a_1_A.a3m.gz").write_bytes(gzip.compress(real.read_bytes()))
+    assert import_alignment(tmp_path / "1a3a_1_A.a3m.gz").rows == import_alignment(real).rows
+
+
+def test_a_nucleotide_alignment_is_refused(tmp_path):
+    rna = tmp_path / "rfam.a3m"   # a nucleotide alignment in A3M layout, as Rfam-based tools write one
+    rna.write_text(">q\nACGUACGUUAGCAUGCAUGCAAACGUUUGCA\n>r\nACGUACGU-AGCAUGCAUGCAAACGUUUGCA\n")
+    with pytest.raises(DataValidationError, match="a nucleotide alignment"):
+        import_alignment(rna)

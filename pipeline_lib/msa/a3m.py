@@ -13,6 +13,7 @@ Every error is a :class:`DataValidationError` naming the file and the record (0-
 from __future__ import annotations
 
 import functools
+import gzip
 import math
 import string
 from dataclasses import dataclass
@@ -114,15 +115,26 @@ def remove_insertions(seq: str) -> str:
     return seq.translate(_DELETE_INSERTIONS)
 
 
+# HH-suite's annotation rows (hhsuite user guide, "A3M format"): secondary structure, solvent accessibility and
+# the consensus are no sequences of the alignment, and none of them is its query
+HHSUITE_ROWS = frozenset({"ss_dssp", "ss_pred", "ss_conf", "sa_dssp", "Consensus"})
+
+
 def _records(text: str, source: str) -> list[tuple[str, str]]:
-    """(header, raw sequence) pairs; '#' comment lines before the first record are skipped."""
+    """(header, raw sequence) pairs; '#' comment lines before the first record and HH-suite's annotation rows
+    (``>ss_pred``, ``>ss_conf``, ``>ss_dssp``, ``>sa_dssp``, ``>Consensus``) are skipped."""
     records: list[tuple[str, list[str]]] = []
+    skipping = False
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip().replace("\x00", "")
         if not line:
             continue
         if line.startswith(">"):
-            records.append((line[1:], []))
+            skipping = line[1:].split(maxsplit=1)[0] in HHSUITE_ROWS if line[1:].split() else False
+            if not skipping:
+                records.append((line[1:], []))
+        elif skipping:
+            continue
         elif records:
             records[-1][1].append(line)
         elif not line.startswith("#"):
@@ -154,6 +166,11 @@ def _build(records: list[tuple[str, str]], source: str, query_id: str | None) ->
                 path=source, record=f"{i} ({header[:60]!r})")
         rows.append(row)
         headers.append(header)
+    residues = "".join(r.replace("-", "") for r in rows)
+    nucleotide = sum(residues.count(c) for c in "ACGTUN")
+    if len(residues) >= 30 and nucleotide >= 0.9 * len(residues):  # the MSA table holds protein alignments
+        raise DataValidationError(f"a nucleotide alignment: {nucleotide} of {len(residues)} residues are A, C, G, "
+                                  "T, U or N; MSAs here are of proteins", path=source)
     qid = query_id or (headers[0].split()[0] if headers[0].split() else Path(source).stem)
     return Msa(qid, tuple(rows), tuple(headers), source)
 
@@ -168,8 +185,10 @@ def parse_a3m(text: str, *, source: str = "<string>", query_id: str | None = Non
 def read_a3m(path: str | Path, *, query_id: str | None = None) -> Msa:
     p = Path(path)
     try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
+        with open(p, "rb") as fh:
+            gz = fh.read(2) == b"\x1f\x8b"
+        text = (gzip.decompress(p.read_bytes()) if gz else p.read_bytes()).decode()  # .a3m.gz as ColabFold writes
+    except (OSError, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as exc:
         raise DataValidationError(f"cannot read alignment: {exc}", path=str(p)) from exc
     return parse_a3m(text, source=str(p), query_id=query_id)
 
@@ -200,7 +219,8 @@ def _read_stockholm(path: Path) -> list[tuple[str, str]]:
 def import_alignment(path: str | Path, fmt: Format | None = None, *, query_id: str | None = None) -> Msa:
     """Read an A3M, A2M or Stockholm file (format from ``fmt`` or the suffix; unknown suffixes read as A3M)."""
     p = Path(path)
-    fmt = fmt or _SUFFIX_FORMATS.get(p.suffix.lower(), "a3m")
+    suffix = Path(p.name.removesuffix(".gz")).suffix.lower() if p.name.lower().endswith(".gz") else p.suffix.lower()
+    fmt = fmt or _SUFFIX_FORMATS.get(suffix, "a3m")
     if fmt in ("a3m", "a2m"):
         return read_a3m(p, query_id=query_id)
     if not p.is_file() or p.stat().st_size == 0:
