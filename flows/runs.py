@@ -18,7 +18,14 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
 from prefect.runtime import flow_run
 
-from pipeline_lib.config import Config, config_from_raw, load_config, read_config_file, unsafe_overrides
+from pipeline_lib.config import (
+    Config,
+    anchor_workdir,
+    config_from_raw,
+    load_config,
+    read_config_file,
+    unsafe_overrides,
+)
 from pipeline_lib.errors import ConfigError
 from pipeline_lib.lineage import LineageStore, RunRecord
 from pipeline_lib.notify import notify_failure
@@ -185,7 +192,7 @@ def _loadable_part(config_path: str | None, overrides: list[str]) -> Config | No
             kept.append(override)
         except ConfigError:
             continue
-    return cfg
+    return anchor_workdir(cfg, config_path, raw, kept)
 
 
 def env_defaults() -> None:

@@ -18,7 +18,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from pipeline_lib.config_ops import (
     LineageConfig,
@@ -47,7 +47,7 @@ from pipeline_lib.structures.config import StructuresConfig
 from pipeline_lib.train.config import TrainConfig
 
 __all__ = [
-    "StrictModel", "Config", "load_config", "read_config_file", "config_from_raw", "apply_overrides",
+    "StrictModel", "Config", "load_config", "read_config_file", "config_from_raw", "apply_overrides", "anchor_workdir",
     "unsafe_overrides",
     "UnirefSource", "FastaSource", "EmbeddedSource", "DownloadSettings",
     # the sequence stages' sections (pipeline_lib.sequences.config), re-exported: Config is built from them
@@ -161,6 +161,10 @@ class Config(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Pretraining.")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation.")
 
+    # the directory of the config file a relative workdir is relative to (None: the working directory); private,
+    # so neither the config hash nor `plm config` depends on where the file lies
+    _base_dir: Path | None = PrivateAttr(default=None)
+
     @model_validator(mode="before")
     @classmethod
     def _empty_sections(cls, data: Any) -> Any:
@@ -194,7 +198,12 @@ class Config(StrictModel):
 
     @property
     def workdir_path(self) -> Path:
-        return Path(self.workdir).expanduser().resolve()
+        """The workdir; a relative one from a config file is relative to that file's directory
+        (:func:`load_config`), one given on the command line to the working directory."""
+        p = Path(self.workdir).expanduser()
+        if not p.is_absolute() and self._base_dir is not None:
+            p = self._base_dir / p
+        return p.resolve()
 
     @property
     def lineage_path(self) -> Path:
@@ -312,4 +321,15 @@ def _defaults() -> dict[str, Any]:
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None) -> Config:
     """Load and validate a YAML config (or the defaults when ``path`` is None), applying overrides."""
     raw = read_config_file(path) if path is not None else {}
-    return config_from_raw(raw, overrides, str(path) if path else "<defaults>")
+    return anchor_workdir(config_from_raw(raw, overrides, str(path) if path else "<defaults>"), path, raw,
+                          overrides)
+
+
+def anchor_workdir(cfg: Config, path: str | os.PathLike[str] | None, raw: dict[str, Any],
+                   overrides: list[str] | None) -> Config:
+    """``cfg`` with a relative ``workdir`` that the file at ``path`` gave made relative to the file's directory
+    (one an override gave stays relative to the working directory, as typed)."""
+    from_cli = any(o.partition("=")[0].strip() == "workdir" for o in overrides or [])
+    if path is not None and "workdir" in raw and not from_cli:
+        cfg._base_dir = Path(path).expanduser().resolve().parent
+    return cfg

@@ -188,3 +188,18 @@ def test_unknown_keys_in_a_file_suggest_the_closest_valid_one(tmp_path):
     assert "trian: unknown key (did you mean 'train'?)" in msg
     assert "split.valid_fractoin: unknown key (did you mean 'valid_fraction'?)" in msg
     assert "source.alowed_hosts: unknown key (did you mean 'allowed_hosts'?)" in msg and "[override" not in msg
+
+
+def test_a_relative_workdir_in_a_file_is_relative_to_the_file(tmp_path, monkeypatch):
+    """Not to wherever `plm` was started; one given with --set is relative to the working directory, as typed.
+    The config hash does not depend on where the file lies."""
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "c.yaml").write_text("name: x\nworkdir: runs/w\n")
+    monkeypatch.chdir(tmp_path / "b")
+    cfg = load_config(tmp_path / "a" / "c.yaml")
+    assert cfg.workdir_path == tmp_path / "a" / "runs" / "w" and cfg.lineage_path.parent == cfg.workdir_path
+    assert load_config("c.yaml").workdir_path == tmp_path / "b" / "runs" / "w"
+    assert load_config(tmp_path / "a" / "c.yaml", ["workdir=here"]).workdir_path == tmp_path / "b" / "here"
+    assert load_config(tmp_path / "a" / "c.yaml").hash() == load_config("c.yaml").hash()
+    assert load_config(ROOT / "configs" / "demo.yaml").workdir_path == ROOT / "demo_work"
