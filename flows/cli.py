@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import select
 import sys
@@ -49,6 +50,9 @@ def _db_path(args: argparse.Namespace) -> Path:
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="plm", description="Protein language model data and pretraining pipeline")
+    ap.add_argument("--debug", action="store_true",
+                    help="print the tracebacks of failed flows and tasks on the console (they are always in the "
+                         "Prefect UI and its log)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name, text in (("data", "run the data_refresh flow"), ("run", "run the end-to-end flow"),
                        ("structures", "run the data stages and the structures (3Di / SaProt) stage"),
@@ -288,6 +292,33 @@ def _stdout_closed() -> bool:
         return False
 
 
+class _NoTraceback(logging.Formatter):
+    """The console's log format without tracebacks: a failed flow or task is one line there (its exception's
+    text), and ``plm: error: ...`` says the rest; the Prefect UI and its log keep the whole traceback."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def _console_without_tracebacks() -> None:
+    from prefect.logging.configuration import setup_logging
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    setup_logging()  # Prefect's handlers now, so that they are the ones changed (it sets them up once)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _NoTraceback):
+            handler.setFormatter(_NoTraceback(handler.formatter or logging.Formatter()))
+
+
 def _command(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:2] == ["msa", "import"]:
@@ -337,6 +368,9 @@ def _command(argv: list[str] | None) -> int:
             print(json.dumps(cfg.model_dump(mode="json"), indent=2))
             return 0
         from flows.runner import with_runner  # the configured task runner (threads, processes, Dask, Ray)
+
+        if not args.debug:
+            _console_without_tracebacks()
 
         if args.cmd == "data":
             from flows.data_refresh import data_refresh
