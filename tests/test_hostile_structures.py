@@ -170,8 +170,9 @@ def test_atom_limit_is_configurable_and_counts_exactly(real, tmp_path, monkeypat
     check_structure_size(p, max_atoms=atoms)
     with pytest.raises(StructureTooLarge, match=f"file {p}: structure file too large: over {atoms - 1} atoms"):
         check_structure_size(p, max_atoms=atoms - 1)
-    res = run_stage(tmp_path, p.parent, [("1AMY_A", parse_structure(p)[0].sequence)], max_atoms=atoms - 1)
-    assert [q["reason"] for q in res.quarantine] == ["structure_too_large"] and res.stats["files_encoded"] == 0
+    # the stage's only file over the limit: no structure at all, which fails the stage saying why
+    with pytest.raises(DataValidationError, match="gave no structure .*1 files read, 1 too large"):
+        run_stage(tmp_path, p.parent, [("1AMY_A", parse_structure(p)[0].sequence)], max_atoms=atoms - 1)
     res = run_stage(tmp_path, p.parent, [("1AMY_A", parse_structure(p)[0].sequence)], max_atoms=atoms)
     assert res.quarantine == [] and res.stats["files_encoded"] == 1
 

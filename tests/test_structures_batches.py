@@ -197,3 +197,28 @@ def test_an_archive_member_over_the_size_limit_is_refused_before_it_is_read(tmp_
     assert peak < 16 << 20, f"peak {peak / 2**20:.0f} MiB"
     assert res.source.refused == {"too_large": 1}
     assert len(res.records) == 1 and res.tally.encoded == {"models/AF-Q96HM7-F1-model_v4.pdb"}
+
+
+def test_a_source_with_no_usable_structure_warns_and_the_stage_fails_clearly(inputs, tmp_path, caplog):
+    """A folder holding only formats this reader does not take (MMTF, BinaryCIF, PDBML: named), a README and a
+    symbolic link back to itself (not followed, counted): the source warns with what it skipped, and a stage
+    whose sources give no structure at all fails saying so, instead of writing all-'#' SaProt shards."""
+    import logging
+
+    from pipeline_lib.errors import DataValidationError
+
+    tmp, _ = inputs
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("1abc.mmtf", "2xyz.bcif", "3def.xml", "README"):
+        (folder / name).write_bytes(b"not read")
+    (folder / "loop").symlink_to(folder)
+    settings = {"enabled": True, "backend": "mini3di", "sources": [{"kind": "directory", "path": str(folder)}]}
+    with caplog.at_level(logging.WARNING), pytest.raises(DataValidationError) as err:
+        _build(tmp, tmp_path / "out", settings)
+    warned = [r.getMessage() for r in caplog.records if "structure source" in r.getMessage()]
+    assert warned and "0 structure files" in warned[0]
+    for part in ("1 .mmtf (MMTF, not supported)", "1 .bcif (BinaryCIF, not supported)",
+                 "1 .xml (PDBML/XML, not supported)", "1 symlinked_directory"):
+        assert part in warned[0]
+    assert "the structure sources gave no structure (directory " in str(err.value)

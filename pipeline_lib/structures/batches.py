@@ -30,7 +30,15 @@ from pipeline_lib.progress import Progress
 from pipeline_lib.structures.config import StructuresConfig, StructureSource
 from pipeline_lib.structures.parse import StructureBlob, StructureTooLarge, check_structure_size
 from pipeline_lib.structures.saprot import StructureRecord, parse_afdb_name, structure_records
-from pipeline_lib.structures.sources import SourceStats, afdb_models, iter_archive, iter_directory, iter_foldcomp
+from pipeline_lib.structures.sources import (
+    UNSUPPORTED_FORMATS,
+    SourceStats,
+    afdb_models,
+    describe_skipped,
+    iter_archive,
+    iter_directory,
+    iter_foldcomp,
+)
 from pipeline_lib.structures.threedi import Backend, EncodedChain, EncodeStats, encode_structures
 
 __all__ = ["FileTally", "StructureBatch", "BatchResult", "CHAINS_SCHEMA", "TALLY_SCHEMA", "plan_batches",
@@ -75,7 +83,14 @@ class BatchResult:
 
 def _units(src: StructureSource, accessions: list[str]) -> list[str]:
     if src.kind == "directory":
-        return [str(p) for p in iter_directory(src.path, recursive=src.recursive, patterns=src.patterns)]
+        skipped: Counter[str] = Counter()
+        files = [str(p) for p in iter_directory(src.path, recursive=src.recursive, patterns=src.patterns,
+                                                skipped=skipped)]
+        unsupported = {k for k in skipped if k in UNSUPPORTED_FORMATS}
+        if not files or unsupported:
+            log.warning("structure source %s: %d structure files (patterns %s); skipped %s", src.path, len(files),
+                        ", ".join(src.patterns), describe_skipped(skipped) or "nothing")
+        return files
     if src.kind == "archive":
         return list(src.paths)
     if src.kind == "afdb":

@@ -31,7 +31,8 @@ from pipeline_lib.errors import DataValidationError, PipelineError
 from pipeline_lib.structures.config import STRUCTURE_PATTERNS, AfdbSource
 from pipeline_lib.structures.parse import StructureBlob
 
-__all__ = ["SourceStats", "AfdbModel", "iter_directory", "iter_archive", "afdb_prediction", "fetch_afdb_model",
+__all__ = ["SourceStats", "AfdbModel", "iter_directory", "describe_skipped", "UNSUPPORTED_FORMATS", "iter_archive",
+           "afdb_prediction", "fetch_afdb_model",
            "afdb_models", "iter_foldcomp", "UNIPROT_ACCESSION"]
 
 log = logging.getLogger(__name__)
@@ -67,15 +68,36 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
 
 # --- directory -------------------------------------------------------------------------------------
 
+# formats people keep structures in that this reader does not take: named in the warning when a folder holds them
+UNSUPPORTED_FORMATS = {".mmtf": "MMTF", ".bcif": "BinaryCIF", ".xml": "PDBML/XML", ".pdbml": "PDBML/XML"}
+
+
 def iter_directory(path: str | os.PathLike[str], *, recursive: bool = True,
-                   patterns: Iterable[str] = STRUCTURE_PATTERNS) -> Iterator[Path]:
-    """Structure files under ``path`` whose names match ``patterns``, sorted (deterministic order)."""
+                   patterns: Iterable[str] = STRUCTURE_PATTERNS,
+                   skipped: Counter[str] | None = None) -> Iterator[Path]:
+    """Structure files under ``path`` whose names match ``patterns``, sorted (deterministic order). The other
+    files are counted in ``skipped`` by suffix (``.mmtf`` ...), symbolic links to directories (never followed,
+    so a link loop cannot recurse) as ``symlinked_directory``."""
     root = Path(path)
     if not root.is_dir():
         raise DataValidationError("structure directory does not exist", path=str(root))
     pats = tuple(patterns)
     walker = root.rglob("*") if recursive else root.glob("*")
-    yield from sorted(p for p in walker if p.is_file() and _matches(p.name, pats))
+    found = []
+    for p in walker:
+        if p.is_file() and _matches(p.name, pats):
+            found.append(p)
+        elif skipped is not None and p.is_symlink() and p.is_dir():
+            skipped["symlinked_directory"] += 1
+        elif skipped is not None and p.is_file():
+            skipped[Path(p.name.removesuffix(".gz")).suffix.lower() or "(no suffix)"] += 1
+    yield from sorted(found)
+
+
+def describe_skipped(skipped: Counter[str]) -> str:
+    """``3 .mmtf (MMTF, not supported), 1 symlinked_directory`` for a warning."""
+    return ", ".join(f"{n} {k}" + (f" ({UNSUPPORTED_FORMATS[k]}, not supported)" if k in UNSUPPORTED_FORMATS else "")
+                     for k, n in skipped.most_common())
 
 
 # --- tar archives ----------------------------------------------------------------------------------

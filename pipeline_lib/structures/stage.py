@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline_lib import schemas
+from pipeline_lib.errors import DataValidationError
 from pipeline_lib.io import atomic_path, duckdb_connect, sha256_file, sql_path, sql_str, write_json_atomic
 from pipeline_lib.sequences.config import ShardsConfig
 from pipeline_lib.structures.batches import (
@@ -163,9 +164,18 @@ def _quarantined_files(found: BatchResult) -> list[dict[str, Any]]:
 def write_structure_shards(found: BatchResult, sequences: Path, clusters: Path, splits: Path, out_dir: Path,
                            cfg: StructuresConfig, *, levels: list[str],
                            shards_cfg: ShardsConfig) -> StructureStageResult:
-    """Join the merged batches' structures with the sequences; SaProt shards split like the sequence shards."""
+    """Join the merged batches' structures with the sequences; SaProt shards split like the sequence shards.
+    No structure from any source is an error: SaProt would train on '#' tokens only, and say nothing."""
     backend, version = backend_version(cfg)
     records, tally, enc_stats, src_stats = found.records, found.tally, found.encode, found.source
+    if not records:
+        where = "; ".join(f"{s.kind} {getattr(s, 'path', None) or getattr(s, 'paths', None) or ''}".strip()
+                          for s in cfg.sources)
+        raise DataValidationError(
+            f"the structure sources gave no structure ({where}): {tally.files_in} files read, "
+            f"{len(tally.too_large)} too large, refused {dict(src_stats.refused)}, skipped {dict(src_stats.skipped)}"
+            f", AlphaFold DB {dict(src_stats.afdb)}; check the paths and patterns (the log lists what a folder "
+            "held), or disable the structures stage")
     schema = schemas.structure_shard_schema(levels)
     quarantine = _quarantined_files(found)
     manifest: dict[str, Any] = {
@@ -205,7 +215,6 @@ def write_structure_shards(found: BatchResult, sequences: Path, clusters: Path, 
 
 def threedi_of_structure(path: str, chain: str | None, cfg: StructuresConfig) -> str:
     """The masked, lower-case 3Di string of one chain of one structure file (SaProt scoring of a DMS assay)."""
-    from pipeline_lib.errors import DataValidationError
     from pipeline_lib.structures.saprot import mask_threedi
 
     chains = with_plddt_policy(encode_structures([path], backend=cfg.backend, foldseek_binary=cfg.foldseek_binary,
