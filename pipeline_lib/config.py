@@ -29,11 +29,10 @@ from pipeline_lib.config_ops import (
     StrictModel,
     local_path,
 )
-from pipeline_lib.config_overrides import apply_overrides, load_yaml, prune, short, unsafe_overrides
+from pipeline_lib.config_overrides import apply_overrides, load_yaml, short, unsafe_overrides
 from pipeline_lib.errors import ConfigError
 from pipeline_lib.evaluate.config import EvaluateConfig
 from pipeline_lib.io import stable_hash
-from pipeline_lib.lineage import redact_secrets
 from pipeline_lib.msa.config import MsaConfig
 from pipeline_lib.sequences.config import (
     ClusterConfig,
@@ -266,7 +265,7 @@ def _format_errors(errors: list[tuple[tuple, dict[str, Any]]], origin: str, over
         got = err.get("input")
         # a value is echoed without the credentials a URL may carry (user:password@, ?token=...)
         hide = err["type"] == "extra_forbidden" or isinstance(got, dict)
-        shown = "" if hide else f" (got {short(redact_secrets(prune(got)))})"
+        shown = "" if hide else f" (got {short(got)})"
         lines.append(f"  {loc or '<root>'}: {msg}{shown}{_from_override(loc, overrides)}")
     return "\n".join(lines)
 

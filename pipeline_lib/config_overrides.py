@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from pipeline_lib.errors import ConfigError
+from pipeline_lib.lineage import redact_secrets
 
 __all__ = ["MAX_YAML_VALUES", "load_yaml", "apply_overrides", "unsafe_overrides", "short", "prune"]
 
@@ -28,8 +29,8 @@ def load_yaml(text: str, what: str) -> Any:
     and messages walk every use of it."""
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{what}: not valid YAML: {exc}") from exc
+    except yaml.YAMLError as exc:  # the parser's message quotes the text: credentials redacted
+        raise ConfigError(f"{what}: not valid YAML: {redact_secrets(str(exc))}") from exc
     seen, stack = 0, [value]
     while stack:
         node = stack.pop()
@@ -129,9 +130,10 @@ def prune(value: Any, level: int = 3, items: int = 5) -> Any:
 
 
 def short(value: Any) -> str:
-    """A repr of ~100 characters at most: a hostile value (a YAML alias bomb) must not blow up the message."""
+    """A repr of ~100 characters at most, with URL credentials redacted: what an error message may echo of a
+    value or an override. A hostile value (a YAML alias bomb) is pruned before it is redacted."""
     r = reprlib.Repr()
     r.maxstring = r.maxother = 60
     r.maxlist = r.maxtuple = r.maxdict = r.maxset = 4
     r.maxlevel = 3
-    return r.repr(value)
+    return r.repr(redact_secrets(prune(value)))

@@ -183,6 +183,12 @@ def test_config_errors_never_echo_url_credentials():
     with pytest.raises(ConfigError) as err:  # a wrong type elsewhere: the URL value is shown redacted too
         load_config(None, ["source.kind=fasta", "source.paths=https://bob:hunter2@example.org/x.fa?token=abc"])
     assert "hunter2" not in str(err.value) and "token=abc" not in str(err.value)
+    # and so is the override each error line names, and an override that does not parse or index
+    for bad in (["storage.url=s3://bob:hunter2@bucket/prefix: ["], ["cluster.levels.9.name=https://b:hunter2@x"],
+                ["https://bob:hunter2@example.org"]):
+        with pytest.raises(ConfigError) as err:
+            load_config(None, bad)
+        assert "hunter2" not in str(err.value), str(err.value)
 
 
 # --- URL allow-lists of the sources ----------------------------------------------------------------
