@@ -240,3 +240,10 @@ def test_the_dedupe_key_is_gone(tmp_path):
 
     with pytest.raises(ConfigError, match="ingest.dedupe: unknown key"):
         load_config(None, ["ingest.dedupe=false"])
+
+
+def test_low_complexity_proteins_are_not_nucleotide(tmp_path):
+    """Poly-alanine and a glycine-alanine repeat (silk-like) are A/C/G/T/N-rich but not DNA: three bases needed."""
+    (tmp_path / "lc.fa").write_text(">polyA\n" + "A" * 40 + "\n>GA\n" + "GA" * 25 + "\n")
+    stats = ingest_fasta([tmp_path / "lc.fa"], tmp_path / "out", IngestConfig())
+    assert stats.kept == 2 and stats.quarantined == 0

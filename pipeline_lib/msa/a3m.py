@@ -168,7 +168,8 @@ def _build(records: list[tuple[str, str]], source: str, query_id: str | None) ->
         headers.append(header)
     residues = "".join(r.replace("-", "") for r in rows)
     nucleotide = sum(residues.count(c) for c in "ACGTUN")
-    if len(residues) >= 30 and nucleotide >= 0.9 * len(residues):  # the MSA table holds protein alignments
+    # the MSA table holds protein alignments; three different bases at least (a poly-alanine MSA is a protein one)
+    if len(residues) >= 30 and nucleotide >= 0.9 * len(residues) and sum(c in residues for c in "ACGTU") >= 3:
         raise DataValidationError(f"a nucleotide alignment: {nucleotide} of {len(residues)} residues are A, C, G, "
                                   "T, U or N; MSAs here are of proteins", path=source)
     qid = query_id or (headers[0].split()[0] if headers[0].split() else Path(source).stem)

@@ -20,7 +20,7 @@ class IngestConfig(StrictModel):
         "'nucleotide' unless this is true."))
     nucleotide_fraction: float = Field(0.9, gt=0, le=1, description=(
         "A record of at least nucleotide_min_length residues of which this share or more is A, C, G, T, U or "
-        "N is a nucleotide sequence."))
+        "N, with three different bases at least (poly-alanine is a protein), is a nucleotide sequence."))
     nucleotide_min_length: int = Field(30, ge=1, description="Shorter records are never called nucleotide.")
     batch_rows: int = Field(65536, ge=1, description="Rows buffered before a Parquet row group is written.")
 

@@ -106,7 +106,8 @@ def validate_record(header: str | None, sequence: str, cfg: IngestConfig, allowe
         return None, ("invalid_characters", f"{h.id}: characters not in the alphabet: {shown}")
     if not cfg.allow_nucleotide and len(seq) >= cfg.nucleotide_min_length:
         nt = sum(seq.count(c) for c in NUCLEOTIDES)
-        if nt >= cfg.nucleotide_fraction * len(seq):
+        # and three of the bases at least: poly-alanine or a glycine-alanine repeat is a protein
+        if nt >= cfg.nucleotide_fraction * len(seq) and sum(c in seq for c in "ACGTU") >= 3:
             return None, ("nucleotide", f"{h.id}: {nt} of {len(seq)} residues are {NUCLEOTIDES}: a DNA/RNA "
                                         "sequence (ingest.allow_nucleotide keeps it)")
     if len(seq) < cfg.min_length:
@@ -243,7 +244,8 @@ class _Judge:
                                                           pa.py_buffer(raw.upper())])
 
     def _nucleotide(self, bodies: pa.Array, length: np.ndarray) -> np.ndarray:
-        """Which (upper-cased) bodies look like DNA/RNA: one NumPy pass over the chunk's bytes."""
+        """Which (upper-cased) bodies may be DNA/RNA by their share of A/C/G/T/U/N (one NumPy pass over the chunk's
+        bytes): those go to validate_record, which also asks for three different bases."""
         n = len(bodies)
         offsets = np.frombuffer(bodies.buffers()[1], dtype=np.int32)[bodies.offset: bodies.offset + n + 1]
         data = bodies.buffers()[2]
