@@ -151,6 +151,31 @@ def _read_raw(resp: requests.Response, url: str) -> bytes:
         raise _Transient(scrub_credentials(f"{type(exc).__name__}: {exc}", url)) from None
 
 
+class _StallWatch:
+    """Fewer than ``min_bytes`` in a ``timeout_s`` window is a stall (a server trickling a byte now and then
+    never trips the per-read timeout): :meth:`got` raises :class:`_Transient` on one."""
+
+    def __init__(self, timeout_s: float, min_bytes: int) -> None:
+        self.timeout_s, self.min_bytes = timeout_s, min_bytes
+        self.start, self.bytes = time.monotonic(), 0
+
+    def got(self, n: int, received: int) -> None:
+        """``n`` more bytes arrived (``received`` in all, for the message)."""
+        self.bytes += n
+        now = time.monotonic()
+        if now - self.start >= self.timeout_s:
+            if self.bytes < self.min_bytes:
+                raise _Transient(f"stalled: {self.bytes} bytes in {now - self.start:.1f} s, under "
+                                 f"min_bytes={self.min_bytes} per timeout_s={self.timeout_s:g} "
+                                 f"({received} bytes received)")
+            self.start, self.bytes = now, 0
+
+
+def _validators_of(resp: requests.Response) -> dict[str, str | None]:
+    """The ETag and Last-Modified a response came with (what a later run compares with a HEAD request)."""
+    return {"etag": resp.headers.get("ETag"), "last_modified": resp.headers.get("Last-Modified")}
+
+
 # --- hashing ---------------------------------------------------------------------------------------
 
 class _Hashes:
@@ -203,7 +228,7 @@ class _Transfer:
         self.hashes = _Hashes()
 
     def _save_validator(self, resp: requests.Response) -> None:
-        self.server_validators = {"etag": resp.headers.get("ETag"), "last_modified": resp.headers.get("Last-Modified")}
+        self.server_validators = _validators_of(resp)
         etag = resp.headers.get("ETag", "")
         value = etag if etag and not etag.startswith("W/") else resp.headers.get("Last-Modified", "")
         self.validator.parent.mkdir(parents=True, exist_ok=True)
@@ -235,8 +260,7 @@ class _Transfer:
             if resp.status_code == 206:
                 self._check_content_range(resp, offset)
                 self.resumed = self.resumed or offset > 0
-                self.server_validators = {"etag": resp.headers.get("ETag"),
-                                          "last_modified": resp.headers.get("Last-Modified")}
+                self.server_validators = _validators_of(resp)
             else:
                 if offset:
                     self._reset("the server ignored the Range request, or the file changed (If-Range)")
@@ -272,7 +296,7 @@ class _Transfer:
         sink = None if self.progress else (lambda _line: None)
         self.partial.parent.mkdir(parents=True, exist_ok=True)
         got = 0
-        window_start, window_bytes = time.monotonic(), 0
+        stalls = _StallWatch(self.timeout_s, self.min_bytes)
         with open(self.partial, "ab" if offset else "wb") as fh, \
                 Progress(label, total=total, unit="B", done=offset, sink=sink, notify=self.progress) as prog:
             try:
@@ -280,21 +304,14 @@ class _Transfer:
                     fh.write(block)
                     self.hashes.update(block)
                     got += len(block)
-                    window_bytes += len(block)
                     prog.update(len(block))
-                    now = time.monotonic()
-                    if self.deadline is not None and now > self.deadline:
+                    if self.deadline is not None and time.monotonic() > self.deadline:
                         err = DownloadError(f"{redact_url(self.url)}: not finished within deadline_s="
                                             f"{self.deadline_s:g} ({offset + got} bytes received; a later run "
                                             "resumes)")
                         err.retries_exhausted = True
                         raise err
-                    if now - window_start >= self.timeout_s:
-                        if window_bytes < self.min_bytes:
-                            raise _Transient(f"stalled: {window_bytes} bytes in {now - window_start:.1f} s, under "
-                                             f"min_bytes={self.min_bytes} per timeout_s={self.timeout_s:g} "
-                                             f"({offset + got} bytes received)")
-                        window_start, window_bytes = now, 0
+                    stalls.got(len(block), offset + got)
             finally:  # what arrived is kept for the resume
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -416,18 +433,13 @@ def fetch_bytes(url: str, *, max_bytes: int = 64 << 20, retries: int = 5, timeou
                 if resp.status_code != 200:
                     raise _Transient(f"unexpected HTTP {resp.status_code} for a plain GET")
                 length, body = _content_length(resp), bytearray()
-                window_start, window_bytes = time.monotonic(), 0
+                stalls = _StallWatch(timeout_s, min_bytes)  # a trickle is a stall here too
                 while block := _read_raw(resp, url):
                     body += block
                     if len(body) > max_bytes:
                         raise PermanentDownloadError(f"{redact_url(url)}: larger than {max_bytes} bytes",
                                                      url=redact_url(url))
-                    window_bytes += len(block)
-                    if time.monotonic() - window_start >= timeout_s:  # a trickle is a stall here too
-                        if window_bytes < min_bytes:
-                            raise _Transient(f"stalled: {window_bytes} bytes in {timeout_s:g} s, under "
-                                             f"min_bytes={min_bytes} ({len(body)} bytes received)")
-                        window_start, window_bytes = time.monotonic(), 0
+                    stalls.got(len(block), len(body))
                 if length is not None and len(body) < length:
                     raise _Transient(f"short read: got {len(body)} of {length} bytes")
                 return bytes(body)
