@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 
 from pipeline_lib.errors import DataValidationError
+from pipeline_lib.sequences.nucleotide import nucleotide_residues
 from pipeline_lib.tokenizer import ESM_TOKENS
 
 __all__ = ["Msa", "HeaderStats", "parse_a3m", "read_a3m", "import_alignment", "remove_insertions",
@@ -167,9 +168,8 @@ def _build(records: list[tuple[str, str]], source: str, query_id: str | None) ->
         rows.append(row)
         headers.append(header)
     residues = "".join(r.replace("-", "") for r in rows)
-    nucleotide = sum(residues.count(c) for c in "ACGTUN")
-    # the MSA table holds protein alignments; three different bases at least (a poly-alanine MSA is a protein one)
-    if len(residues) >= 30 and nucleotide >= 0.9 * len(residues) and sum(c in residues for c in "ACGTU") >= 3:
+    nucleotide = nucleotide_residues(residues)  # the MSA table holds protein alignments
+    if nucleotide is not None:
         raise DataValidationError(f"a nucleotide alignment: {nucleotide} of {len(residues)} residues are A, C, G, "
                                   "T, U or N; MSAs here are of proteins", path=source)
     qid = query_id or (headers[0].split()[0] if headers[0].split() else Path(source).stem)

@@ -47,6 +47,7 @@ from pipeline_lib.sequences.ingest_dedupe import (  # (the cap is re-exported: c
     DUCKDB_MEMORY_LIMIT,
     dedupe,
 )
+from pipeline_lib.sequences.nucleotide import NUCLEOTIDES, nucleotide_residues
 
 __all__ = ["IngestStats", "ingest_fasta", "source_names", "validate_record", "seq_hash", "DUCKDB_MEMORY_LIMIT"]
 
@@ -74,7 +75,6 @@ class IngestStats:
             raise AssertionError(f"ingest counts do not reconcile: {asdict(self)}")
 
 
-NUCLEOTIDES = "ACGTUN"
 _NUCLEOTIDE_BYTES = np.zeros(256, dtype=bool)
 _NUCLEOTIDE_BYTES[list(NUCLEOTIDES.encode())] = True
 
@@ -104,12 +104,11 @@ def validate_record(header: str | None, sequence: str, cfg: IngestConfig, allowe
         bad = set(invalid.findall(seq))
         shown = "".join(sorted(repr(c)[1:-1] for c in bad))[:40]
         return None, ("invalid_characters", f"{h.id}: characters not in the alphabet: {shown}")
-    if not cfg.allow_nucleotide and len(seq) >= cfg.nucleotide_min_length:
-        nt = sum(seq.count(c) for c in NUCLEOTIDES)
-        # and three of the bases at least: poly-alanine or a glycine-alanine repeat is a protein
-        if nt >= cfg.nucleotide_fraction * len(seq) and sum(c in seq for c in "ACGTU") >= 3:
-            return None, ("nucleotide", f"{h.id}: {nt} of {len(seq)} residues are {NUCLEOTIDES}: a DNA/RNA "
-                                        "sequence (ingest.allow_nucleotide keeps it)")
+    nt = None if cfg.allow_nucleotide else nucleotide_residues(seq, fraction=cfg.nucleotide_fraction,
+                                                                 min_length=cfg.nucleotide_min_length)
+    if nt is not None:
+        return None, ("nucleotide", f"{h.id}: {nt} of {len(seq)} residues are {NUCLEOTIDES}: a DNA/RNA "
+                                    "sequence (ingest.allow_nucleotide keeps it)")
     if len(seq) < cfg.min_length:
         return None, ("too_short", f"{h.id}: length {len(seq)} < min_length {cfg.min_length}")
     if cfg.max_length is not None and len(seq) > cfg.max_length:
