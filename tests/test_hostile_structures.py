@@ -66,7 +66,7 @@ def hostile_files(real: dict[str, bytes]) -> dict[str, tuple[bytes, str]]:
         "cut_in_record.pdb": (pdb[: pdb.index(b"\nATOM", len(pdb) // 2) + 30], "last ATOM/HETATM record is incomplete"),
         "cut_at_line.pdb": (_cut_after_row(pdb, b"ATOM   1500 "), "HEADER record but has no END record"),
         "cut_in_loop.cif": (cif[: cif.index(b"\nATOM 1500 ") + 25], "Wrong number of values in loop"),
-        "cut_at_row.cif": (_cut_after_row(cif, b"ATOM 1500 "), "not closed by a '#' line"),
+        "cut_at_row.cif": (_cut_after_row(cif, b"ATOM 1500 "), "which _struct_asym lists"),
         "no_ca.pdb": (_without_ca(pdb, cif=False), "no amino-acid residue with a CA atom"),
         "no_ca.cif": (_without_ca(cif, cif=True), "no amino-acid residue with a CA atom"),
         "waters_only.pdb": (b"HETATM    1  O   HOH A   1       0.000   0.000   0.000  1.00  0.00           O\nEND\n",

@@ -99,8 +99,10 @@ def test_modelled_sequence_mismatch_is_quarantined_or_aligned(afdb_chains):
             for i, s in enumerate((substituted, inserted))]
     table, quarantine = saprot_rows(recs, {"A0A1W2PQ64": st}, levels=LEVELS)
     assert table.num_rows == 0 and [q["reason"] for q in quarantine] == ["structure_sequence_mismatch"] * 2
-    assert set(quarantine[0]) == set(schemas.QUARANTINE.names) and quarantine[1]["source_record"] == 1
+    assert set(quarantine[0]) == set(schemas.QUARANTINE.names)
+    assert quarantine[1]["source_file"] == str(AFDB / "AF-A0A1W2PQ64-F1-model_v4.pdb")  # the structure file
     assert "AF-A0A1W2PQ64-F1-model_v4_A" in quarantine[0]["detail"]
+    assert "sequence from uniprot.fasta, record 1" in quarantine[1]["detail"]
 
     table, quarantine = saprot_rows(recs, {"A0A1W2PQ64": st}, levels=LEVELS, on_mismatch="align")
     assert not quarantine

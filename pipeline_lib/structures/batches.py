@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 CHAINS_SCHEMA = pa.schema([("key", pa.string()), ("name", pa.string()), ("aa", pa.string()),
                            ("threedi", pa.string()), ("mean_plddt", pa.float64()), ("source", pa.string()),
-                           ("version", pa.string())])  # one StructureRecord a row
+                           ("version", pa.string()), ("file", pa.string())])  # one StructureRecord a row
 # one row per file that is too large, unreadable (to the encoder or its source) or encoded
 TALLY_SCHEMA = pa.schema([("kind", pa.string()), ("file", pa.string()), ("reason", pa.string())])
 
@@ -162,10 +162,13 @@ def _source_version(src: StructureSource) -> str | None:
 
 
 def with_plddt_policy(chains: Iterable[EncodedChain], kind: str, policy: str) -> Iterator[EncodedChain]:
-    """Drop the per-residue values of chains whose B-factor column is not pLDDT (no masking for them)."""
+    """Drop the per-residue values of chains whose B-factor column is not pLDDT (no masking for them).
+
+    ``auto``: AlphaFold DB / Foldcomp sources, ``AF-`` names and files whose content marks a predicted model."""
     predicted_source = kind in ("afdb", "foldcomp")
     for ch in chains:
-        is_plddt = policy == "always" or (policy == "auto" and (predicted_source or parse_afdb_name(ch.name)))
+        is_plddt = policy == "always" or (policy == "auto" and (predicted_source or ch.predicted
+                                                               or parse_afdb_name(ch.name) is not None))
         yield ch if is_plddt else ch._replace(plddt=None)
 
 

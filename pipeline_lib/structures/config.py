@@ -89,9 +89,11 @@ class StructuresConfig(StrictModel):
     altloc: Literal["last", "first", "occupancy"] = Field(
         "last", description="Alternative atom locations: 'last' matches Foldseek.")
     plddt_in_bfactor: Literal["auto", "always", "never"] = Field(
-        "auto", description="Whether the B-factor column is pLDDT: 'auto' = AlphaFold DB models (AF-... names, "
-                            "afdb and foldcomp sources) only; 'always' for e.g. ColabFold output; experimental "
-                            "B-factors are never masked as pLDDT under 'auto'.")
+        "auto", description="Whether the B-factor column is pLDDT: 'auto' = predicted models only: afdb and "
+                            "foldcomp sources, AF-... names, and files whose content says so (ModelCIF "
+                            "_ma_qa_metric, AlphaFold/ColabFold/ESMFold named in the header, ColabFold's mmCIF, "
+                            "a PARENT record) unless an experimental method is given; 'always' for header-less "
+                            "PDB output such as ColabFold's; 'never' to ignore pLDDT.")
     plddt_threshold: float = Field(70.0, ge=0, le=100,
                                    description="Residues with pLDDT below this get '#' as their 3Di letter (SaProt).")
     on_mismatch: Literal["quarantine", "align"] = Field(

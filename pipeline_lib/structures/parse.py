@@ -14,12 +14,14 @@ the file name without ``.gz`` and ``.pdb`` / ``.ent`` / ``.cif`` / ``.mmcif``. F
 extensions are read as PDB text unless they start with an mmCIF ``data_`` block (Foldseek's SCOP examples).
 
 pLDDT per residue: the mmCIF ``_ma_qa_metric_local`` value where present, else the mean B-factor of the
-residue's atoms (AlphaFold DB and ColabFold store pLDDT in the B-factor column).
+residue's atoms (AlphaFold DB and ColabFold store pLDDT in the B-factor column). :attr:`Chain.predicted` says
+whether the file's content marks it as a predicted model (ModelCIF ``_ma_qa_metric`` categories; a predictor
+such as AlphaFold, ColabFold or ESMFold named in the header; a ``PARENT`` record) and no experimental method.
 
 Broken input raises :class:`DataValidationError` naming the file: empty, binary, truncated (a cut ATOM
-record; a wwPDB file that starts with ``HEADER`` but has no ``END``; an mmCIF whose categories end with
-``#`` lines except the last), without any CA atom, or with a ``nan`` / ``inf`` / out-of-range coordinate
-or pLDDT (naming the residue too). :func:`check_structure_size` refuses files over a
+record; a wwPDB file that starts with ``HEADER`` but has no ``END``; an mmCIF atom table cut inside a row,
+or lacking a chain or residue the file lists), without any CA atom, or with a ``nan`` / ``inf`` /
+out-of-range coordinate or pLDDT (naming the residue too). :func:`check_structure_size` refuses files over a
 byte or atom limit (:class:`StructureTooLarge`) reading 1 MiB at a time, before anything is parsed.
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ import io
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal, cast
@@ -51,7 +53,12 @@ _PDB_EXT = (".pdb", ".ent")
 _KEPT_ENTITIES = (gemmi.EntityType.Polymer, gemmi.EntityType.Unknown)
 _PDB_COORD_END = 66  # an ATOM/HETATM record is complete up to the B-factor at column 66
 _END_RECORD = re.compile(rb"^END\s*$", re.M)
-_CIF_SEPARATOR = re.compile(rb"^#\s*$", re.M)
+_PREDICTORS = re.compile(rb"ALPHAFOLD|COLABFOLD|ESMFOLD|OPENFOLD|ROSETTAFOLD|OMEGAFOLD", re.I)
+_EXPERIMENTAL = re.compile(rb"X-RAY|NMR|ELECTRON|NEUTRON|FIBER|SOLID-STATE|SOLUTION SCATTERING|POWDER|INFRARED|"
+                           rb"FLUORESCENCE|EPR", re.I)
+_PDB_TEXT_RECORDS = (b"HEADER", b"TITLE ", b"COMPND", b"KEYWDS", b"EXPDTA", b"REMARK")
+_COLABFOLD_REVISION = "1971-01-01"  # ColabFold's mmCIF writer (CFMMCIFIO) stamps every model with this date
+_HEADER_SCAN = 4 << 20  # bytes of header text searched for a predictor's name
 _ATOM_RECORDS = (b"\nATOM", b"\nHETATM")  # PDB records and mmCIF _atom_site rows (group_PDB first) alike
 _CHUNK = 1 << 20
 
@@ -84,6 +91,7 @@ class Chain:
     icodes: str
     plddt: np.ndarray
     coords: np.ndarray
+    predicted: bool = False  # the file says it is a predicted model (its B-factor column is pLDDT)
 
     def __len__(self) -> int:
         return len(self.sequence)
@@ -169,13 +177,55 @@ def _check_pdb_complete(name: str, data: bytes) -> None:
         raise DataValidationError("truncated file: it starts with a HEADER record but has no END record", path=name)
 
 
-def _check_cif_complete(name: str, data: bytes) -> None:
-    """A file cut between two complete ``_atom_site`` rows is valid CIF: when the writer closes every
-    category with a ``#`` line (PDB, AlphaFold DB, ModelCIF, gemmi), the last line must be one too."""
-    last = data.rstrip().rsplit(b"\n", 1)[-1].strip()
-    if not last.startswith(b"#") and _CIF_SEPARATOR.search(data):
-        raise DataValidationError("truncated file: its last category is not closed by a '#' line like the "
-                                  "others", path=name)
+def _check_cif_complete(name: str, data: bytes, block: gemmi.cif.Block) -> None:
+    """A file cut between two complete ``_atom_site`` rows is valid CIF, and valid files end in every layout
+    (PyMOL leaves the atom table open, others close it with ``#``). The atom records are cut when the atom table
+    is the last category and lacks a chain the file lists (``_struct_asym``: every one has atoms) or ends before a
+    residue the file lists as modelled (``_pdbx_poly_seq_scheme`` rows with a monomer, ``_ma_qa_metric_local``
+    rows of a ModelCIF model). A file that lists neither cannot be told from a complete one."""
+    items = list(block)
+    last = items[-1] if items else None
+    if last is None or last.loop is None or not last.loop.tags[0].lower().startswith("_atom_site."):
+        return  # the atom table is followed by another category: it ended where its writer ended it
+    declared_chains = set(block.find_values("_struct_asym.id"))
+    expected = _declared_modelled_ends(block)
+    if not expected and not declared_chains:
+        return  # nothing in the file says how far its atom table goes
+    seen: dict[str, int] = {}
+    for asym, seq in block.find("_atom_site.", ["label_asym_id", "label_seq_id"]):
+        with contextlib.suppress(ValueError):
+            seen[asym] = max(seen.get(asym, 0), int(seq))
+        seen.setdefault(asym, 0)
+    for asym in sorted(declared_chains - set(seen)):
+        raise DataValidationError(f"truncated file: the _atom_site table (the file's last category) has no atom of "
+                                  f"chain {asym}, which _struct_asym lists", path=name)
+    for asym, end in expected.items():
+        if seen.get(asym, 0) < end:
+            raise DataValidationError(
+                f"truncated file: the _atom_site table (the file's last category) ends before residue {end} of "
+                f"chain {asym}, which the file lists as modelled", path=name)
+
+
+def _declared_modelled_ends(block: gemmi.cif.Block) -> dict[str, int]:
+    """label_asym_id -> the last label_seq_id the file declares as modelled."""
+    out: dict[str, int] = {}
+    declared = [(r.str(0), r.str(1)) for r in block.find("_pdbx_poly_seq_scheme.", ["asym_id", "seq_id",
+                                                                                    "pdb_mon_id"])
+                if r.str(2) not in ("?", ".")]
+    declared += [(r.str(0), r.str(1)) for r in block.find("_ma_qa_metric_local.", ["label_asym_id",
+                                                                                    "label_seq_id"])]
+    for asym, seq in declared:
+        with contextlib.suppress(ValueError):
+            out[asym] = max(out.get(asym, 0), int(seq))
+    return out
+
+
+def _cut_atom_row(data: bytes, exc: Exception) -> bool:
+    """gemmi's value-count error on the atom table, and no other category after it: a row cut in the middle."""
+    if "Wrong number of values in loop _atom_site" not in str(exc):
+        return False
+    tail = data[data.rfind(b"_atom_site."):]
+    return re.search(rb"^\s*(loop_|_(?!atom_site\.)|data_)", tail, re.M) is None
 
 
 def _qa_metric(block: gemmi.cif.Block) -> dict[tuple[str, int], float]:
@@ -190,19 +240,54 @@ def _qa_metric(block: gemmi.cif.Block) -> dict[tuple[str, int], float]:
     return out
 
 
-def _load(name: str, data: bytes) -> tuple[gemmi.Structure, dict[tuple[str, int], float]]:
+def _load(name: str, data: bytes) -> tuple[gemmi.Structure, dict[tuple[str, int], float], bool]:
     try:
         if structure_format(name, data) == "cif":
-            doc = gemmi.cif.read_string(data)
-            _check_cif_complete(name, data)  # what gemmi accepts: a file cut between two rows
+            try:
+                doc = gemmi.cif.read_string(data)
+            except ValueError as exc:
+                if _cut_atom_row(data, exc):
+                    raise DataValidationError(f"truncated file: its last _atom_site row is incomplete ({exc})",
+                                              path=name) from None
+                raise
             block = doc[0]
-            return gemmi.make_structure_from_block(block), _qa_metric(block)
+            _check_cif_complete(name, data, block)  # what gemmi accepts: a file cut between two rows
+            return gemmi.make_structure_from_block(block), _qa_metric(block), _predicted_cif(data, block)
         _check_pdb_complete(name, data)
-        return gemmi.read_pdb_string(data), {}
+        return gemmi.read_pdb_string(data), {}, _predicted_pdb(data)
     except DataValidationError:
         raise
     except (RuntimeError, ValueError, IndexError, UnicodeDecodeError) as exc:
         raise DataValidationError(f"not a readable PDB/mmCIF structure ({exc})", path=name) from None
+
+
+def _experimental(methods: Iterable[bytes | str]) -> bool:
+    return any(_EXPERIMENTAL.search(m if isinstance(m, bytes) else m.encode()) for m in methods)
+
+
+def _predicted_pdb(data: bytes) -> bool:
+    """A predicted model by its header: no experimental EXPDTA, and a ``PARENT`` record (AlphaFold / OpenFold /
+    ESMFold writers) or a predictor named in the HEADER, TITLE, COMPND, KEYWDS, EXPDTA or REMARK records."""
+    atoms = min((i for i in (data.find(b"\nATOM"), data.find(b"\nHETATM")) if i >= 0), default=len(data))
+    lines = data[: min(atoms, _HEADER_SCAN)].splitlines()
+    if _experimental(ln[6:] for ln in lines if ln.startswith(b"EXPDTA")):
+        return False
+    return any(ln.startswith(b"PARENT") or (ln[:6] in _PDB_TEXT_RECORDS and _PREDICTORS.search(ln))
+               for ln in lines)
+
+
+def _predicted_cif(data: bytes, block: gemmi.cif.Block) -> bool:
+    """A predicted model by its content: no experimental ``_exptl.method``, and ModelCIF quality categories
+    (``_ma_qa_metric*``, written by AlphaFold DB and AlphaFold 2.3+), ColabFold's placeholder revision date, or a
+    predictor named before the atom table (``_software``, ``_struct.title``, citations)."""
+    if _experimental(block.find_values("_exptl.method")):
+        return False
+    if any(c.startswith("_ma_qa_metric") for c in block.get_mmcif_category_names()):
+        return True
+    if _COLABFOLD_REVISION in block.find_values("_pdbx_audit_revision_history.revision_date"):
+        return True
+    atoms = data.find(b"_atom_site.")
+    return _PREDICTORS.search(data[: min(atoms if atoms >= 0 else len(data), _HEADER_SCAN)]) is not None
 
 
 def _pick_atoms(res: gemmi.Residue, altloc: AltlocMode) -> dict[str, gemmi.Atom]:
@@ -230,7 +315,7 @@ def _check_finite(source: str, ch: gemmi.Chain, residues: list[gemmi.Residue], c
 
 
 def _chain(ch: gemmi.Chain, stem: str, source: str, qa: dict[tuple[str, int], float],
-           altloc: AltlocMode) -> Chain | None:
+           altloc: AltlocMode, predicted: bool) -> Chain | None:
     seq: list[str] = []
     nums: list[int] = []
     icodes: list[str] = []
@@ -262,7 +347,8 @@ def _chain(ch: gemmi.Chain, stem: str, source: str, qa: dict[tuple[str, int], fl
         xyz, conf = np.asarray(coords, dtype=np.float32), np.asarray(plddt, dtype=np.float32)
     _check_finite(source, ch, kept, xyz, np.asarray(present, dtype=bool), conf)
     return Chain(name=f"{stem}_{ch.name}", chain_id=ch.name, source=source, sequence="".join(seq),
-                 resnums=np.asarray(nums, dtype=np.int32), icodes="".join(icodes), plddt=conf, coords=xyz)
+                 resnums=np.asarray(nums, dtype=np.int32), icodes="".join(icodes), plddt=conf, coords=xyz,
+                 predicted=predicted)
 
 
 def parse_structure(item: str | os.PathLike[str] | StructureBlob, *, altloc: AltlocMode = "last") -> list[Chain]:
@@ -273,12 +359,12 @@ def parse_structure(item: str | os.PathLike[str] | StructureBlob, *, altloc: Alt
     Chains without any CA residue (waters, ligands) are left out.
     """
     name, data = _read_bytes(item)
-    st, qa = _load(name, data)
+    st, qa, predicted = _load(name, data)
     if len(st) == 0:
         raise DataValidationError("no model with atoms in structure file", path=name)
     stem = structure_stem(name)
     try:
-        chains = [c for ch in st[0] if (c := _chain(ch, stem, name, qa, altloc)) is not None]
+        chains = [c for ch in st[0] if (c := _chain(ch, stem, name, qa, altloc, predicted)) is not None]
     except UnicodeDecodeError as exc:  # gemmi hands names to Python as UTF-8, only when they are read
         raise DataValidationError(f"a chain, residue or atom name is not UTF-8 text ({exc.object[:16]!r})",
                                   path=name) from None

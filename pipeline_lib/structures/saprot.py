@@ -56,6 +56,7 @@ class StructureRecord:
     mean_plddt: float | None
     source: str
     version: str | None
+    file: str | None = None  # the structure file (or archive member) the chain came from
 
 
 def parse_afdb_name(name: str) -> AfdbName | None:
@@ -92,7 +93,7 @@ def structure_records(chains: Iterable[EncodedChain], *, source: str, version: s
         key = afdb.accession if afdb else ch.name
         mean = float(np.mean(ch.plddt)) if ch.plddt is not None and len(ch.plddt) else None
         rec = StructureRecord(key, ch.name, ch.aa, mask_threedi(ch.threedi, ch.plddt, threshold), mean, source,
-                              version or (afdb.version if afdb else None))
+                              version or (afdb.version if afdb else None), ch.source or None)
         out.setdefault(key, rec)
     return out
 
@@ -146,8 +147,13 @@ def _project(seq: str, st: StructureRecord, min_identity: float) -> tuple[str | 
 
 
 def _quarantine(rec: Mapping[str, Any], st: StructureRecord, reason: str, detail: str) -> dict[str, Any]:
-    return {"stage": "structures", "source_file": rec.get("source_file"), "source_record": rec.get("source_record"),
-            "id": rec["id"], "reason": reason, "detail": f"{st.name}: {detail}", "raw": st.aa[:200]}
+    """The structure file is the source (the record's own file and line go into the detail)."""
+    seq_from = rec.get("source_file")
+    record = rec.get("source_record")
+    where = f" (sequence from {seq_from}" + (f", record {record}" if record is not None else "")
+    return {"stage": "structures", "source_file": st.file or seq_from, "source_record": None,
+            "id": rec["id"], "reason": reason, "detail": f"{st.name}: {detail}" + (where + ")" if seq_from else ""),
+            "raw": st.aa[:200]}
 
 
 def _row(rec: Mapping[str, Any], levels: list[str], threedi: str, st: StructureRecord | None) -> dict[str, Any]:

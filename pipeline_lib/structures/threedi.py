@@ -61,6 +61,7 @@ class EncodedChain(NamedTuple):
     threedi: str
     plddt: np.ndarray | None
     source: str
+    predicted: bool = False  # the file's content marks it as a predicted model (parse.Chain.predicted)
 
 
 @dataclass
@@ -133,7 +134,8 @@ def _encode_batch_mini3di(items: list[StructureInput], altloc: AltlocMode,
             if reason:
                 stats.skipped[reason] += 1
                 continue
-            out.append(EncodedChain(chain.name, chain.sequence, encode_chain(chain), chain.plddt, chain.source))
+            out.append(EncodedChain(chain.name, chain.sequence, encode_chain(chain), chain.plddt, chain.source,
+                                    chain.predicted))
             stats.chains += 1
             stats.residues += len(chain)
     return out, stats
@@ -193,7 +195,8 @@ def _encode_batch_foldseek(items: list[StructureInput], binary: str | None, thre
             chain = parsed[name].popleft() if parsed.get(name) else None
             same = chain is not None and chain.sequence == aa
             out.append(EncodedChain(name, aa, di, chain.plddt if chain is not None and same else None,
-                                    chain.source if chain is not None else ""))
+                                    chain.source if chain is not None else "",
+                                    chain.predicted if chain is not None else False))
             stats.chains += 1
             stats.residues += len(aa)
     for left in parsed.values():  # chains Foldseek did not write out
