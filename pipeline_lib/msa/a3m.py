@@ -6,8 +6,10 @@
 
 A3M (HHblits, ``mmseqs result2msa --msa-format-mode 6``): the first record is the query; upper-case
 letters and ``-`` are match columns, lower-case letters (and ``.``, ``*``) are insertions relative to the
-query and are removed, as the ESM examples do before tokenizing. A2M reads with the same rule. Stockholm
-(via Bio.AlignIO) also drops the columns where the query has a gap, so the query is gap-free like in A3M.
+query and are removed, as the ESM examples do before tokenizing. A2M / aligned FASTA reads with the same rule
+and also drops the columns where the query has a gap, so the query is gap-free as in A3M. Stockholm
+(:mod:`pipeline_lib.msa.stockholm`: insert columns from ``#=GC RF`` or the raw text) does the same; its query is
+the first row, or the row ``query_id`` names.
 Every error is a :class:`DataValidationError` naming the file and the record (0-based index and header).
 """
 from __future__ import annotations
@@ -23,10 +25,12 @@ from typing import Literal
 import numpy as np
 
 from pipeline_lib.errors import DataValidationError
+from pipeline_lib.msa.stockholm import is_stockholm, stockholm_records
 from pipeline_lib.sequences.nucleotide import nucleotide_residues
 from pipeline_lib.tokenizer import ESM_TOKENS
 
-__all__ = ["Msa", "HeaderStats", "parse_a3m", "read_a3m", "import_alignment", "remove_insertions",
+__all__ = ["Msa", "HeaderStats", "parse_a3m", "read_a3m", "import_alignment", "alignment_format",
+           "remove_insertions",
            "parse_mmseqs_header", "sequence_weights", "compute_neff", "ALIGNED_LETTERS"]
 
 # residue letters of the ESM alphabet plus the gap; '.' is an ESM token but in A3M/A2M it marks insert gaps
@@ -37,7 +41,7 @@ NEFF_IDENTITY = 0.8
 
 Format = Literal["a3m", "a2m", "stockholm"]
 _SUFFIX_FORMATS: dict[str, Format] = {".a3m": "a3m", ".a2m": "a2m", ".fasta": "a2m", ".fa": "a2m",
-                                      ".afa": "a2m", ".sto": "stockholm", ".stk": "stockholm",
+                                      ".afa": "a2m", ".sto": "stockholm", ".sth": "stockholm", ".stk": "stockholm",
                                       ".stockholm": "stockholm"}
 
 
@@ -176,57 +180,84 @@ def _build(records: list[tuple[str, str]], source: str, query_id: str | None) ->
     return Msa(qid, tuple(rows), tuple(headers), source)
 
 
-def parse_a3m(text: str, *, source: str = "<string>", query_id: str | None = None) -> Msa:
-    """Parse A3M (or A2M) text. ``query_id`` defaults to the query header's first word, else the file stem."""
+def _without_query_gaps(records: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Drop the match columns where the query (first row) has a gap, so that the query is gap-free as in A3M."""
+    if not records:
+        return records
+    rows = [remove_insertions(r) for _, r in records]
+    keep = np.frombuffer(rows[0].encode("ascii", "replace"), dtype=np.uint8) != ord("-")
+    if keep.all():
+        return records
+    out = []
+    for (header, raw), row in zip(records, rows, strict=True):
+        codes = np.frombuffer(row.encode("ascii", "replace"), dtype=np.uint8)
+        out.append((header, codes[keep].tobytes().decode("ascii") if len(codes) == len(keep) else raw))
+    return out  # a ragged row stays as it was: _build names it
+
+
+def _query_first(records: list[tuple[str, str]], query_id: str | None) -> list[tuple[str, str]]:
+    """With ``query_id`` naming a row other than the first (Stockholm has no query convention), move it first."""
+    if query_id is None:
+        return records
+    at = next((i for i, (h, _) in enumerate(records) if h.split(maxsplit=1)[:1] == [query_id]), 0)
+    return [records[at], *records[:at], *records[at + 1:]]
+
+
+def parse_a3m(text: str, *, source: str = "<string>", query_id: str | None = None,
+              drop_query_gaps: bool = False) -> Msa:
+    """Parse A3M (or A2M) text. ``query_id`` defaults to the query header's first word, else the file stem.
+    ``drop_query_gaps`` removes the columns where the query has a gap (A2M / aligned FASTA)."""
     if not text.strip():
         raise DataValidationError("empty file: no alignment records", path=source)
-    return _build(_records(text, source), source, query_id)
+    records = _records(text, source)
+    return _build(_without_query_gaps(records) if drop_query_gaps else records, source, query_id)
 
 
-def read_a3m(path: str | Path, *, query_id: str | None = None) -> Msa:
-    p = Path(path)
+def _read_text(p: Path) -> str:
     try:
         with open(p, "rb") as fh:
             gz = fh.read(2) == b"\x1f\x8b"
-        text = (gzip.decompress(p.read_bytes()) if gz else p.read_bytes()).decode()  # .a3m.gz as ColabFold writes
+        return (gzip.decompress(p.read_bytes()) if gz else p.read_bytes()).decode()  # .a3m.gz as ColabFold writes
     except (OSError, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as exc:
         raise DataValidationError(f"cannot read alignment: {exc}", path=str(p)) from exc
-    return parse_a3m(text, source=str(p), query_id=query_id)
 
 
-def _read_stockholm(path: Path) -> list[tuple[str, str]]:
-    from Bio import AlignIO  # noqa: PLC0415  (only needed for this format)
+def read_a3m(path: str | Path, *, query_id: str | None = None, drop_query_gaps: bool = False) -> Msa:
+    p = Path(path)
+    return parse_a3m(_read_text(p), source=str(p), query_id=query_id, drop_query_gaps=drop_query_gaps)
 
+
+def alignment_format(path: str | Path) -> Format:
+    """``stockholm`` for a ``# STOCKHOLM`` header whatever the suffix, else by suffix (``.gz`` looked through);
+    unknown suffixes are A3M."""
+    p = Path(path)
     try:
-        aln = AlignIO.read(str(path), "stockholm")
-    # Bio's parser also fails with a bare AssertionError (e.g. a sequence line after '//')
-    except (ValueError, OSError, AssertionError, IndexError, KeyError) as exc:
-        raise DataValidationError(f"not a readable Stockholm alignment: {type(exc).__name__} {exc}".rstrip(),
-                                  path=str(path)) from exc
-    records = [(rec.id + (f" {rec.description}" if rec.description and rec.description != rec.id else ""),
-                str(rec.seq)) for rec in aln]
-    if not records:
-        return records
-    # Stockholm has no query convention: keep the columns where the first sequence has a residue
-    query = np.frombuffer(remove_insertions(records[0][1]).encode(), dtype=np.uint8)
-    keep = query != ord("-")
-    out = []
-    for header, seq in records:
-        row = np.frombuffer(remove_insertions(seq).encode(), dtype=np.uint8)
-        out.append((header, row[keep].tobytes().decode() if len(row) == len(keep) else remove_insertions(seq)))
-    return out
+        with open(p, "rb") as fh:
+            head = fh.read(64)
+        if head[:2] == b"\x1f\x8b":
+            with gzip.open(p, "rb") as gz:
+                head = gz.read(64)
+    except (OSError, EOFError, gzip.BadGzipFile):
+        head = b""
+    if is_stockholm(head):
+        return "stockholm"
+    name = p.name.lower().removesuffix(".gz")
+    return _SUFFIX_FORMATS.get(Path(name).suffix, "a3m")
 
 
 def import_alignment(path: str | Path, fmt: Format | None = None, *, query_id: str | None = None) -> Msa:
-    """Read an A3M, A2M or Stockholm file (format from ``fmt`` or the suffix; unknown suffixes read as A3M)."""
+    """Read an A3M, A2M / aligned FASTA or Stockholm file (plain or gzipped); the format from ``fmt``, a
+    ``# STOCKHOLM`` header, or the suffix. A2M and Stockholm drop the columns where the query has a gap."""
     p = Path(path)
-    suffix = Path(p.name.removesuffix(".gz")).suffix.lower() if p.name.lower().endswith(".gz") else p.suffix.lower()
-    fmt = fmt or _SUFFIX_FORMATS.get(suffix, "a3m")
-    if fmt in ("a3m", "a2m"):
+    fmt = fmt or alignment_format(p)
+    if fmt == "a3m":
         return read_a3m(p, query_id=query_id)
+    if fmt == "a2m":
+        return read_a3m(p, query_id=query_id, drop_query_gaps=True)
     if not p.is_file() or p.stat().st_size == 0:
         raise DataValidationError("empty or missing file: no alignment records", path=str(p))
-    return _build(_read_stockholm(p), str(p), query_id)
+    records = _query_first(stockholm_records(_read_text(p), source=str(p)), query_id)
+    return _build(_without_query_gaps(records), str(p), query_id)
 
 
 def _onehot(codes: np.ndarray) -> np.ndarray:
