@@ -5,6 +5,7 @@ import copy
 import math
 from pathlib import Path
 
+import gemmi
 import numpy as np
 import pytest
 import torch
@@ -31,6 +32,7 @@ from pipeline_lib.evaluate.contacts import (
     symmetrize,
 )
 from pipeline_lib.evaluate.model import HFMaskedLM, TorchMaskedLM
+from pipeline_lib.structures.parse import parse_structure
 from pipeline_lib.tokenizer import SAPROT_ALPHABET
 
 FIXTURES = Path(__file__).parents[1].parent / "shared" / "fixtures"
@@ -134,12 +136,12 @@ def test_structure_contacts_and_attention_features(lm):
     assert t.name == "8crb_A" and t.contacts.shape == (len(t.sequence),) * 2
     assert (t.contacts == t.contacts.T).all() and t.contacts.diagonal().all()
     assert t.contacts[np.arange(len(t.sequence) - 1), np.arange(1, len(t.sequence))].mean() > 0.95  # neighbours
-    c = load_target(StructureSpec(str(STRUCTURES / "pdb" / "8crb.pdb"), "C"))
-    assert c.name == "8crb_C" and len(c.sequence) == 139
+    c = load_target(StructureSpec(str(STRUCTURES / "pdb" / "8crb.pdb"), "C"))  # SEQRES: 692, 139 modelled
+    assert c.name == "8crb_C" and len(c.sequence) == 692 and c.resolved.sum() == 139
     with pytest.raises(DataValidationError, match="no chain 'Z'"):
         load_target(f"{STRUCTURES / 'pdb' / '8crb.pdb'}:Z")
     feats = attention_features(lm, c.sequence)
-    assert feats.shape == (139, 139, 2 * 4) and feats.dtype == np.float32
+    assert feats.shape == (692, 692, 2 * 4) and feats.dtype == np.float32
     np.testing.assert_allclose(feats, feats.transpose(1, 0, 2), atol=1e-6)      # symmetric after APC
     with pytest.raises(ValueError, match="longer than the window"):
         attention_features(lm, c.sequence, window=100)
@@ -202,3 +204,46 @@ def test_torch_adapter_attentions_and_saprot_features(lm):
         vocab_size=446, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
         position_embedding_type="rotary", mask_token_id=4, pad_token_id=1)), SAPROT_ALPHABET)
     assert attention_features(sa, "MKVLA", threedi="pydnw").shape == (5, 5, 2)
+
+
+@needs_fixtures
+def test_unresolved_residues_are_read_by_the_model_and_never_scored(tmp_path):
+    """PDB 3bww: 253 of 307 SEQRES residues modelled, three unresolved stretches. The model reads the full
+    sequence, separations follow the residue numbering, only resolved pairs count; the mmCIF gemmi writes from
+    the same file gives the same target."""
+    path = STRUCTURES / "pdb" / "3bww.pdb"
+    chain = parse_structure(path)[0]
+    t = load_target(path)
+    assert len(t.sequence) == 307 and t.resolved.sum() == len(chain) == 253
+    pos = np.flatnonzero(t.resolved)
+    assert "".join(t.sequence[k] for k in pos) == chain.sequence
+    assert len(set(pos - chain.resnums)) == 1  # positions follow the author numbering (no insertion codes here)
+    modelled = contact_map(chain.cb, chain.ca)
+    assert (t.contacts[np.ix_(pos, pos)] == modelled).all()
+    assert not t.contacts[~t.resolved].any()
+    # the range class of a contact by the numbering vs by the compressed index of the modelled residues
+    i, j = np.nonzero(np.triu(modelled, 6))
+
+    def range_of(sep):
+        return np.select([sep >= 24, sep >= 12, sep >= 6], ["long", "medium", "short"], "none")
+
+    changed = (range_of(pos[j] - pos[i]) != range_of(j - i)).sum()
+    assert changed > 0  # what scoring on the compressed index got wrong
+    # scoring: a predictor that ranks pairs with an unresolved residue first still gets every resolved contact
+    pred = t.contacts.astype(float) + 2.0 * ~(t.resolved[:, None] & t.resolved[None, :])
+    prec = contact_precisions(pred, t.contacts, resolved=t.resolved)
+    assert prec["long"]["L/5"] == 1.0
+    assert contact_precisions(pred, t.contacts)["long"]["L/5"] == 0.0  # unmasked, the unresolved pairs win
+    st = gemmi.read_structure(str(path))
+    st.setup_entities()
+    cif = tmp_path / "3bww.cif"
+    st.make_mmcif_document().write_file(str(cif))
+    c = load_target(cif)
+    assert c.sequence == t.sequence and (c.resolved == t.resolved).all() and (c.contacts == t.contacts).all()
+
+
+@needs_fixtures
+def test_a_file_without_a_declared_sequence_uses_the_modelled_residues():
+    d = STRUCTURES / "foldseek_example" / "d1asha_"  # a SCOP domain: ATOM records only
+    t = load_target(d)
+    assert t.resolved is None and t.sequence == parse_structure(d)[0].sequence

@@ -3,9 +3,11 @@
     result = evaluate_contacts(HFMaskedLM(model), train=["pdb/1xso.pdb"], test=["pdb/8crb.pdb:B"])
     result.mean["long"]["L"]          # mean top-L long-range precision over the held-out structures
 
-Contacts: residues as modelled (every residue with a C-alpha, file order, first model; see
-``structures.parse``), first chain unless ``path:CHAIN`` names one; two residues touch when their C-beta
-atoms (C-alpha for Gly or a missing C-beta) are closer than ``cutoff`` (8 A).
+Contacts: first chain unless ``path:CHAIN`` names one; the model reads the chain's full sequence (mmCIF
+``_entity_poly_seq`` / PDB ``SEQRES``; see ``structures.parse.full_sequence``) so that separations are counted
+along it (residue numbering, not the index of the modelled residues), and only pairs of resolved residues
+(those with a C-alpha) are fitted and scored; without a declared sequence, the residues as modelled. Two
+residues touch when their C-beta atoms (C-alpha for Gly or a missing C-beta) are closer than ``cutoff`` (8 A).
 Features: attention weights of every layer and head, ``<cls>``/``<eos>`` rows and columns removed,
 symmetrized (A + A^T) and APC-corrected (A - rowsum x colsum / total): [L, L, layers x heads].
 Regression: the one ESM fits, scikit-learn's L1 logistic regression (liblinear, ``l1_c`` = C = 0.15, raw
@@ -29,7 +31,7 @@ import torch
 from pipeline_lib.errors import DataValidationError
 from pipeline_lib.evaluate.config import ContactsConfig
 from pipeline_lib.evaluate.model import MaskedLM
-from pipeline_lib.structures.parse import parse_structure
+from pipeline_lib.structures.parse import full_sequence, parse_structure
 
 __all__ = ["RANGES", "FRACTIONS", "StructureSpec", "ContactTarget", "ContactRegression", "ContactResult",
            "StructurePrecision",
@@ -50,9 +52,19 @@ class StructureSpec:
 
 @dataclass(frozen=True, eq=False)
 class ContactTarget:
+    """``sequence`` is what the model reads: the chain's full sequence when the file declares one.
+    ``resolved`` marks the residues with coordinates (None: all); only pairs of resolved residues are scored."""
+
     name: str
     sequence: str
     contacts: np.ndarray        # bool [L, L]
+    resolved: np.ndarray | None = None  # bool [L]
+
+    def scored(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Which of the pairs (i, j) have both residues resolved."""
+        if self.resolved is None:
+            return np.ones(len(i), dtype=bool)
+        return self.resolved[i] & self.resolved[j]
 
 
 SpecLike = str | os.PathLike[str] | StructureSpec
@@ -85,7 +97,7 @@ def contact_map(cb: np.ndarray, ca: np.ndarray, cutoff: float = 8.0) -> np.ndarr
     """bool [L, L]: C-beta distance < cutoff, C-alpha where the C-beta is missing (NaN)."""
     xyz = np.where(np.isfinite(cb).all(axis=1, keepdims=True), cb, ca).astype(np.float64)
     d = np.sqrt(((xyz[:, None, :] - xyz[None, :, :]) ** 2).sum(-1))
-    return d < cutoff
+    return np.nan_to_num(d, nan=np.inf) < cutoff  # a residue without coordinates touches nothing
 
 
 def load_target(spec: SpecLike, *, cutoff: float = 8.0) -> ContactTarget:
@@ -99,7 +111,17 @@ def load_target(spec: SpecLike, *, cutoff: float = 8.0) -> ContactTarget:
             raise DataValidationError(f"no chain {spec.chain!r}; chains are {[c.chain_id for c in chains]}",
                                       path=spec.path)
         chain = found[0]
-    return ContactTarget(chain.name, chain.sequence, contact_map(chain.cb, chain.ca, cutoff))
+    full = full_sequence(spec.path, chain)
+    if full is None or len(full[0]) == len(chain):
+        return ContactTarget(chain.name, chain.sequence, contact_map(chain.cb, chain.ca, cutoff))
+    seq, pos = full  # unresolved residues: the model reads them, no pair with one of them is scored
+    cb, ca = np.full((len(seq), 3), np.nan), np.full((len(seq), 3), np.nan)
+    cb[pos], ca[pos] = chain.cb, chain.ca
+    resolved = np.zeros(len(seq), dtype=bool)
+    resolved[pos] = True
+    log.info("contacts: %s has %d of %d residues resolved; the model reads the full sequence", chain.name,
+             len(chain), len(seq))
+    return ContactTarget(chain.name, seq, contact_map(cb, ca, cutoff), resolved)
 
 
 def symmetrize(x: torch.Tensor) -> torch.Tensor:
@@ -167,6 +189,8 @@ class ContactRegression:
         xs, ys = [], []
         for feat, tgt in zip(features, targets, strict=False):
             i, j = _pair_index(len(tgt.sequence), min_separation)
+            keep = tgt.scored(i, j)
+            i, j = i[keep], j[keep]
             xs.append(feat[i, j])
             ys.append(tgt.contacts[i, j])
         x, y = np.concatenate(xs), np.concatenate(ys).astype(np.float64)
@@ -183,13 +207,18 @@ class ContactRegression:
         return 1.0 / (1.0 + np.exp(-(features.astype(np.float64) @ self.weights + self.bias)))
 
 
-def contact_precisions(pred: np.ndarray, true: np.ndarray, *,
-                       min_separation: int = 6) -> dict[str, dict[str, float]]:
-    """{range: {"L": p, "L/2": p, "L/5": p}}: precision of the top-(L // fraction) pairs of each range."""
+def contact_precisions(pred: np.ndarray, true: np.ndarray, *, min_separation: int = 6,
+                       resolved: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+    """{range: {"L": p, "L/2": p, "L/5": p}}: precision of the top-(L // fraction) pairs of each range,
+    among the pairs of ``resolved`` residues (all when None); L is the full length (as ESM's
+    ``compute_precisions``, which masks pairs without a known contact)."""
     n = len(true)
     out: dict[str, dict[str, float]] = {}
     for name, (lo, hi) in RANGES.items():
         i, j = _pair_index(n, max(lo, min_separation), hi)
+        if resolved is not None:
+            keep = resolved[i] & resolved[j]
+            i, j = i[keep], j[keep]
         order = np.argsort(-pred[i, j], kind="stable")
         hits = true[i, j][order]
         out[name] = {label: (float(hits[: min(n // frac, len(hits))].mean())
@@ -219,10 +248,15 @@ def _mean(values: list[float]) -> float:
 
 
 def _crop(t: ContactTarget, window: int) -> ContactTarget:
+    """At most ``window`` residues, starting at the first resolved one (the first residue when all are)."""
     if len(t.sequence) <= window:
         return t
-    log.info("contacts: %s cropped from %d to the first %d residues", t.name, len(t.sequence), window)
-    return ContactTarget(t.name, t.sequence[:window], t.contacts[:window, :window])
+    first = int(np.argmax(t.resolved)) if t.resolved is not None else 0
+    a = max(0, min(first, len(t.sequence) - window))
+    b = a + window
+    log.info("contacts: %s cropped from %d to residues %d-%d", t.name, len(t.sequence), a + 1, b)
+    return ContactTarget(t.name, t.sequence[a:b], t.contacts[a:b, a:b],
+                         None if t.resolved is None else t.resolved[a:b])
 
 
 def evaluate_contacts(model: MaskedLM, train: Sequence[SpecLike], test: Sequence[SpecLike],
@@ -238,7 +272,7 @@ def evaluate_contacts(model: MaskedLM, train: Sequence[SpecLike], test: Sequence
     for spec in expand_specs(test):
         t = _crop(load_target(spec, cutoff=cutoff), window)
         prec = contact_precisions(reg.predict(attention_features(model, t.sequence, window=window)), t.contacts,
-                                  min_separation=min_separation)
+                                  min_separation=min_separation, resolved=t.resolved)
         per.append(StructurePrecision(t.name, len(t.sequence), prec))
     mean = {r: {f: _mean([p.precision[r][f] for p in per]) for f in FRACTIONS} for r in RANGES}
     return ContactResult(mean=mean, per_structure=per, n_train=len(tr), n_test=len(per))

@@ -44,6 +44,7 @@ from pipeline_lib.errors import DataValidationError
 from pipeline_lib.structures.residues import one_letter
 
 __all__ = ["Chain", "StructureBlob", "AltlocMode", "BACKBONE_ATOMS", "StructureTooLarge", "parse_structure",
+           "full_sequence",
            "structure_stem", "structure_format", "check_structure_size"]
 
 AltlocMode = Literal["last", "first", "occupancy"]
@@ -371,6 +372,33 @@ def parse_structure(item: str | os.PathLike[str] | StructureBlob, *, altloc: Alt
     if not chains:
         raise DataValidationError("no amino-acid residue with a CA atom in structure file", path=name)
     return chains
+
+
+def full_sequence(item: str | os.PathLike[str] | StructureBlob, chain: Chain) -> tuple[str, np.ndarray] | None:
+    """The full sequence of ``chain``'s entity as the file declares it (mmCIF ``_entity_poly_seq``, PDB
+    ``SEQRES``), and the 0-based position in it of each of ``chain``'s residues (gemmi's ``label_seq_id``; for
+    PDB files gemmi aligns the modelled residues to ``SEQRES``). None when the file declares no sequence, or
+    when the residues do not map onto it one to one, in order and with the same letters."""
+    name, data = _read_bytes(item)
+    st, _, _ = _load(name, data)
+    st.setup_entities()
+    st.assign_label_seq_id(False)
+    found = [ch for ch in st[0] if ch.name == chain.chain_id]
+    if not found:
+        return None
+    entity = st.get_entity_of(found[0].get_polymer())
+    if entity is None or not entity.full_sequence:
+        return None
+    seq = "".join(one_letter(gemmi.Entity.first_mon(m)) for m in entity.full_sequence)
+    positions = [res.label_seq for res in found[0].first_conformer()
+                 if res.entity_type in _KEPT_ENTITIES and res.het_flag in ("A", "H")
+                 and any(a.name == "CA" for a in res)]
+    if len(positions) != len(chain) or any(p is None or not 1 <= p <= len(seq) for p in positions):
+        return None
+    pos = np.asarray(positions, dtype=np.int64) - 1
+    if (np.diff(pos) <= 0).any() or "".join(seq[i] for i in pos) != chain.sequence:
+        return None
+    return seq, pos
 
 
 @contextlib.contextmanager
