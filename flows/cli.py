@@ -302,6 +302,12 @@ def _command(argv: list[str] | None) -> int:
         if args.cmd == "config":
             print(json.dumps(cfg.model_dump(mode="json"), indent=2))
             return 0
+        flow_name = {"data": "data_refresh", "run": "end_to_end", "structures": "structures", "msa": "msa",
+                     "train": "train", "evaluate": "evaluate"}.get(args.cmd)
+        if flow_name and not (args.cmd == "evaluate" and not args.checkpoint):
+            from pipeline_lib.preflight import check
+
+            check(cfg, flow_name, checkpoints=getattr(args, "checkpoint", None) or ())  # before Prefect starts
         from flows.runner import with_runner  # the configured task runner (threads, processes, Dask, Ray)
 
         if not args.debug:

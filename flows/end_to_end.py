@@ -19,7 +19,6 @@ from flows.data_refresh import DataRefreshResult, run_data_stages
 from flows.runner import on_configured_runner, with_runner
 from flows.runs import load_run_config, pipeline_run
 from pipeline_lib.config import Config
-from pipeline_lib.errors import ConfigError
 from pipeline_lib.lineage import artifact_for
 from tasks import data
 from tasks.artifacts import run_summary
@@ -43,9 +42,6 @@ def _training_shards(cfg: Config, stages: dict) -> object:
 
 
 def _stages(ctx, cfg: Config, *, train_stage: bool, evaluate_stage: bool) -> dict:
-    if train_stage and evaluate_stage and cfg.train.architecture == "msa_transformer":  # say so before hours of work
-        raise ConfigError("evaluate.enabled: the evaluate stage scores ESM-2 / SaProt models, not the MSA "
-                          "Transformer; set evaluate.enabled=false to train one")
     stages = run_data_stages(ctx, cfg, data.check_release(ctx, cfg))
     if cfg.structures.enabled or (train_stage and cfg.train.vocab == "saprot"):
         stages["structures"] = run_structures_stage(ctx, cfg, stages)
@@ -122,10 +118,14 @@ def train_flow(config_path: str | None = None, overrides: list[str] | None = Non
 def evaluate_flow(config_path: str | None = None, overrides: list[str] | None = None,
                   checkpoints: list[str] | None = None) -> DataRefreshResult:
     """Evaluate the given checkpoints (ours or Hugging Face ESM-2 directories) on this config's data."""
-    cfg = load_run_config(config_path, _with(overrides, "evaluate.enabled=true"), "evaluate")
+    cfg = load_run_config(config_path, _with(overrides, "evaluate.enabled=true"), "evaluate",
+                          checkpoints=checkpoints or [])
     with pipeline_run(cfg, "evaluate") as ctx:
-        stages = _stages(ctx, cfg, train_stage=False, evaluate_stage=False)
-        shards = stages.get("structures") if cfg.train.vocab == "saprot" else stages["shards"]
+        if cfg.evaluate.perplexity.enabled:  # the only evaluation that reads this config's data
+            stages = _stages(ctx, cfg, train_stage=False, evaluate_stage=False)
+            shards = stages.get("structures") if cfg.train.vocab == "saprot" else stages["shards"]
+        else:
+            stages, shards = {}, None
         for i, path in enumerate(checkpoints or []):
             art = artifact_for(path, "hf_model" if (Path(path) / "config.json").is_file() else "checkpoint")
             stages[f"evaluate_{i}"] = evaluate(ctx, cfg, art, shards, label=Path(path).name)

@@ -11,13 +11,14 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
 from prefect.runtime import flow_run
 
+from pipeline_lib import preflight
 from pipeline_lib.config import (
     Config,
     anchor_workdir,
@@ -133,7 +134,8 @@ def _check_deployment_parameters(config_path: str | None, overrides: list[str]) 
                           " (recreate it with `plm deploy --allow-unsafe-overrides` to allow this: docs/security.md)")
 
 
-def load_run_config(config_path: str | None, overrides: list[str] | None, flow: str) -> Config:
+def load_run_config(config_path: str | None, overrides: list[str] | None, flow: str, *,
+                    checkpoints: Sequence[str] = ()) -> Config:
     """The run's config. One that fails to load fails the run like any stage would: the error is recorded as a
     failed run in the lineage of the best config that still loads (:func:`_loadable_part`: the file, or the
     sections of an edited file that say where lineage and the webhook are, with every override that applies)
@@ -141,7 +143,9 @@ def load_run_config(config_path: str | None, overrides: list[str] | None, flow: 
     file to write to: only the Prefect run (and a ``notify.automation``) shows the failure."""
     try:
         _check_deployment_parameters(config_path, list(overrides or []))
-        return load_config(config_path, overrides)
+        cfg = load_config(config_path, overrides)
+        preflight.check(cfg, flow, checkpoints=checkpoints)  # inputs exist, splits exist, the model fits the task
+        return cfg
     except ConfigError as exc:
         fallback = _loadable_part(config_path, overrides or [])
         if fallback is None:

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 from pipeline_lib.config import Config
 from pipeline_lib.evaluate.report import render_comparison, rows_to_table
 from pipeline_lib.evaluate.stage import evaluate_checkpoint, resolve_checkpoint
+from pipeline_lib.evaluate.variants import variant_table
 from pipeline_lib.lineage import ArtifactRecord, artifact_for
 from tasks.common import Produced, RunContext, StageOutput, lineage_task, logger, run_stage
 
@@ -43,13 +44,20 @@ def evaluate(ctx: RunContext, cfg: Config, checkpoint: ArtifactRecord, shards: S
 
     def compute(tmp: Path):
         hf_dir = resolve_checkpoint(Path(checkpoint.path), tmp / "hf_export")
-        rows = evaluate_checkpoint(hf_dir, shards_dir, cfg.evaluate, structures, cfg.structures)
+        result = evaluate_checkpoint(hf_dir, shards_dir, cfg.evaluate, structures, cfg.structures)
+        rows = result.rows
         pq.write_table(rows_to_table(rows, checkpoint=label), tmp / "metrics.parquet")
         table = render_comparison({label: rows})
         (tmp / "metrics.md").write_text(table + "\n")
         logger().info("evaluation of %s:\n%s", label, table)
-        return [Produced("metrics.parquet", "eval_metrics", len(rows), meta={"checkpoint": label}),
-                Produced("metrics.md", "eval_table")], {"metrics": len(rows), "checkpoint": label}, {}
+        produced = [Produced("metrics.parquet", "eval_metrics", len(rows), meta={"checkpoint": label}),
+                    Produced("metrics.md", "eval_table")]
+        if result.dms:  # per-variant scores beside the metrics, so predictions can be inspected
+            variants = variant_table(result.dms)
+            pq.write_table(variants, tmp / "dms_scores.parquet")
+            produced.append(Produced("dms_scores.parquet", "dms_scores", variants.num_rows,
+                                     meta={"checkpoint": label}))
+        return produced, {"metrics": len(rows), "checkpoint": label}, {}
 
     out = run_stage(ctx, "evaluate", params, inputs, compute)
     rows = pq.read_table(out.path("metrics.parquet")).to_pylist()

@@ -17,11 +17,29 @@ def _plm(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_a_failed_flow_is_a_few_lines_and_debug_shows_the_traceback(tmp_path):
+    bad = tmp_path / "proteins.fa"
+    bad.write_bytes(b">x\n" + bytes(range(256)) * 4 + b"\n")  # binary: the ingest stage refuses it
     args = ["data", str(ROOT / "configs" / "demo.yaml"), "--set", f"workdir={tmp_path / 'w'}",
-            "--set", f"source={{kind: fasta, paths: [{tmp_path / 'nope.fa'}]}}"]
+            "--set", f"source={{kind: fasta, paths: [{bad}]}}"]
     quiet = _plm(*args, cwd=tmp_path)
     assert quiet.returncode == 2
-    assert f"plm: error: file {tmp_path / 'nope.fa'}: FASTA input not found" in quiet.stderr
+    assert f"plm: error: file {bad}" in quiet.stderr, quiet.stderr
     assert "Traceback" not in quiet.stderr and len(quiet.stderr.splitlines()) < 20, quiet.stderr
     loud = _plm("--debug", *args, cwd=tmp_path)
     assert loud.returncode == 2 and "Traceback (most recent call last)" in loud.stderr
+
+
+def test_what_can_be_checked_is_checked_before_prefect_starts(tmp_path):
+    """A missing input, a split that the config leaves empty and a DMS file that is not there: all named at
+    once, exit 2, before any flow run (nothing in the workdir, no Prefect output)."""
+    args = ["run", str(ROOT / "configs" / "demo.yaml"), "--set", f"workdir={tmp_path / 'w'}",
+            "--set", f"source={{kind: fasta, paths: [{tmp_path / 'nope.fa'}, {tmp_path / '*.fasta'}]}}",
+            "--set", "train.enabled=true", "--set", "evaluate.enabled=true", "--set", "split.test_fraction=0",
+            "--set", f"evaluate.dms.files=[{{path: {tmp_path / 'assay.csv'}}}]"]
+    out = _plm(*args, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert f"source.paths.0: {tmp_path / 'nope.fa'}: no such file or directory" in out.stderr
+    assert f"source.paths.1: {tmp_path / '*.fasta'}: the pattern matches no file" in out.stderr
+    assert "evaluate.perplexity.splits.1: split 'test' is empty (split.test_fraction is 0)" in out.stderr
+    assert f"evaluate.dms.files.0.path: {tmp_path / 'assay.csv'}: no such file or directory" in out.stderr
+    assert not (tmp_path / "w").exists() and "flow run" not in out.stderr.lower() + out.stdout.lower()

@@ -1,7 +1,8 @@
 """The evaluate stage: one checkpoint (a Hugging Face ``EsmForMaskedLM`` directory) on held-out shards,
 contact structures and DMS assays, as metric rows.
 
-    rows = evaluate_checkpoint(Path("work/.../hf"), shards_dir, EvaluateConfig(enabled=True), contact_structures)
+    result = evaluate_checkpoint(Path("work/.../hf"), shards_dir, EvaluateConfig(enabled=True), contact_structures)
+    result.rows                                 # metric rows; result.dms: per-assay results (variant_table)
 
 Our own training checkpoints are exported to that layout first (``export_checkpoint_hf``), so public
 ESM-2 directories and our checkpoints are evaluated by the same code.
@@ -9,6 +10,7 @@ ESM-2 directories and our checkpoints are evaluated by the same code.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,11 +21,11 @@ from pipeline_lib.evaluate.contacts import evaluate_contacts_config
 from pipeline_lib.evaluate.model import HFMaskedLM
 from pipeline_lib.evaluate.perplexity import evaluate_perplexity
 from pipeline_lib.evaluate.report import MetricRow, collect_rows
-from pipeline_lib.evaluate.variants import evaluate_dms
+from pipeline_lib.evaluate.variants import AssayResult, evaluate_dms
 from pipeline_lib.structures.config import StructuresConfig
 from pipeline_lib.tokenizer import ESM_ALPHABET, SAPROT_ALPHABET
 
-__all__ = ["load_hf_model", "evaluate_checkpoint", "resolve_checkpoint"]
+__all__ = ["load_hf_model", "evaluate_checkpoint", "resolve_checkpoint", "CheckpointEvaluation"]
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +52,15 @@ def load_hf_model(hf_dir: Path) -> HFMaskedLM:
     return HFMaskedLM(model, alphabet)
 
 
+@dataclass
+class CheckpointEvaluation:
+    rows: list[MetricRow]                                   # every metric
+    dms: list[AssayResult] = field(default_factory=list)    # per-assay results, per-variant scores included
+
+
 def evaluate_checkpoint(hf_dir: Path, shards_dir: Path | None, cfg: EvaluateConfig,
                         contact_structures: list[str] | None = None,
-                        structures_cfg: StructuresConfig | None = None) -> list[MetricRow]:
+                        structures_cfg: StructuresConfig | None = None) -> CheckpointEvaluation:
     """Every enabled evaluation of one model; ``contact_structures`` fill an empty contacts config, and
     SaProt models score assays that name a structure with its 3Di string (encoded per ``structures_cfg``)."""
     from pipeline_lib.structures.config import StructuresConfig
@@ -80,4 +88,4 @@ def evaluate_checkpoint(hf_dir: Path, shards_dir: Path | None, cfg: EvaluateConf
             contacts = evaluate_contacts_config(model, contacts_cfg, window=cfg.window_size)
     rows = collect_rows(perplexity=perplexity, dms=dms, contacts=contacts)
     log.info("evaluation of %s: %d metrics", hf_dir, len(rows))
-    return rows
+    return CheckpointEvaluation(rows, list(dms))

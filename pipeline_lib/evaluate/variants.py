@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from pipeline_lib.errors import DataValidationError
@@ -31,7 +32,8 @@ from pipeline_lib.evaluate.dms import DmsAssay, Mutation, read_dms
 from pipeline_lib.evaluate.model import AMINO_ACIDS, MaskedLM, aa_token_groups, pad_batch
 from pipeline_lib.tokenizer import Alphabet
 
-__all__ = ["Method", "AssayResult", "window_bounds", "position_log_probs", "score_variants", "score_assay",
+__all__ = ["Method", "AssayResult", "VARIANT_SCHEMA", "variant_table", "window_bounds", "position_log_probs",
+           "score_variants", "score_assay",
            "evaluate_dms", "spearman", "roc_auc", "rankdata"]
 
 Method = Literal["masked_marginal", "wt_marginal"]
@@ -47,6 +49,27 @@ class AssayResult:
     spearman: float
     auc: float | None        # None when the file has no binary labels
     scores: np.ndarray       # float64 [n], in the assay's row order
+    assay: DmsAssay | None = None  # the checked assay the scores belong to (mutants, rows, measurements)
+
+
+VARIANT_SCHEMA = pa.schema([("assay", pa.string()), ("method", pa.string()), ("row", pa.int64()),
+                            ("mutant", pa.string()), ("score", pa.float64()), ("measured", pa.float64()),
+                            ("label", pa.int8())])
+
+
+def variant_table(results: Sequence[AssayResult]) -> pa.Table:
+    """One row per scored variant of every assay: its data row (1-based), mutant, the model's score, the
+    measured score and the binary label (null without one); for inspecting what a correlation hides."""
+    parts = []
+    for r in results:
+        a = r.assay
+        if a is None:
+            continue
+        parts.append(pa.table({"assay": [r.name] * r.n, "method": [r.method] * r.n, "row": a.rows,
+                               "mutant": a.mutants, "score": r.scores, "measured": a.scores,
+                               "label": a.binary if a.binary is not None else pa.nulls(r.n, pa.int8())},
+                              schema=VARIANT_SCHEMA))
+    return pa.concat_tables(parts) if parts else VARIANT_SCHEMA.empty_table()
 
 
 def window_bounds(index: int, length: int, window: int) -> tuple[int, int]:
@@ -149,7 +172,7 @@ def score_assay(model: MaskedLM, assay: DmsAssay, *, method: Method = "masked_ma
                             window=window, batch_size=batch_size)
     auc = roc_auc(assay.binary, scores) if assay.binary is not None else None
     return AssayResult(name=assay.name, method=method, n=len(assay), n_skipped=len(assay.skipped),
-                       spearman=spearman(scores, assay.scores), auc=auc, scores=scores)
+                       spearman=spearman(scores, assay.scores), auc=auc, scores=scores, assay=assay)
 
 
 def evaluate_dms(model: MaskedLM, cfg: DmsConfig, *, window: int = 1022, batch_size: int = 8,
