@@ -6,7 +6,7 @@
     plm lineage runs | show PATH_OR_ID | trace PATH_OR_ID   query lineage (--db F, or --config C --set K=V)
     plm msa import FILE... --out msas.parquet               import existing A3M / A2M / Stockholm MSAs
     plm dashboard [--db F | --config C --set K=V]           read-only monitoring dashboard on 127.0.0.1
-    plm report RUN_ID --out report.html [--db F]            one run as a self-contained HTML file
+    plm report RUN_ID --out report.html [--db F | --config C --set K=V]   one run as a self-contained HTML file
     plm deploy configs/uniref50.yaml --cron "0 3 * * 1"     schedule a flow on a Prefect work pool
     plm worker [--pool plm-process]                         run the scheduled runs (a Prefect process worker)
     plm doctor                                              server, scheduler, deployments, pools, workers
@@ -112,6 +112,9 @@ def _print_summary(result) -> None:
     for name, out in result.stages.items():
         if name.startswith("evaluate") and "metrics.md" in out.outputs:
             print(f"\nevaluation ({out.stats.get('checkpoint')}):\n" + Path(out.path("metrics.md")).read_text())
+    if "ingest" not in result.stages:  # plm evaluate on DMS files / structures alone: no data stage ran
+        print(f"lineage:    {result.lineage}   (plm lineage runs | show | trace)")
+        return
     ing = result.stages["ingest"]
     print(f"\nshards:     {result.shards_dir}")
     if "structures" in result.stages:

@@ -14,6 +14,7 @@ import difflib
 import functools
 import json
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -139,9 +140,10 @@ def _section_types() -> dict[str, type[StrictModel]]:
 
 class Config(StrictModel):
     name: str = Field("run", description="Name of this pipeline configuration (used in lineage and paths).")
-    workdir: str = Field("work", description="Where every artifact goes; relative paths are from the CWD. A "
-                                             "local directory: for object storage set storage.url, and the "
-                                             "workdir is its local cache.")
+    workdir: str = Field("work", description="Where every artifact goes. A relative workdir written in a config "
+                                             "file is relative to that file's directory; one given by --set (or "
+                                             "the default) to the CWD. A local directory: for object storage set "
+                                             "storage.url, and the workdir is its local cache.")
     seed: int = Field(0, description="Seed of every random choice (splits, sampling, masking).")
     source: Source = Field(default_factory=EmbeddedSource, description="Where sequences come from (by `kind`).")
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="FASTA -> Parquet filters.")
@@ -247,11 +249,16 @@ def _suggestion(loc: tuple[Any, ...]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _from_override(loc: str, overrides: list[str]) -> str:
-    """`` [override 'k=v']`` when the last override whose key is ``loc`` or a section of it set the value."""
+def _from_override(loc: str, overrides: list[str], msg: str | None = None) -> str:
+    """`` [override 'k=v']`` when the last override whose key is ``loc`` or a section of it set the value, or
+    one inside ``loc`` (an unknown key it created); for an error of a whole section (``msg``: a check across its
+    keys), an override inside it only when the message names the override's key."""
     for item in reversed(overrides):
         key = item.partition("=")[0].strip()
-        if loc == key or loc.startswith(key + ".") or key.startswith(loc + "."):
+        if loc == key or loc.startswith(key + "."):
+            return f" [override {short(item)}]"
+        named = msg is None or re.search(rf"\b{re.escape(key.rsplit('.', 1)[-1])}\b", msg)
+        if key.startswith(loc + ".") and named:
             return f" [override {short(item)}]"
     return ""
 
@@ -266,7 +273,8 @@ def _format_errors(errors: list[tuple[tuple, dict[str, Any]]], origin: str, over
         # a value is echoed without the credentials a URL may carry (user:password@, ?token=...)
         hide = err["type"] == "extra_forbidden" or isinstance(got, dict)
         shown = "" if hide else f" (got {short(got)})"
-        lines.append(f"  {loc or '<root>'}: {msg}{shown}{_from_override(loc, overrides)}")
+        blame = _from_override(loc, overrides, None if err["type"] == "extra_forbidden" else msg)
+        lines.append(f"  {loc or '<root>'}: {msg}{shown}{blame}")
     return "\n".join(lines)
 
 

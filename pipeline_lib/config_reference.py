@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import re
+import types
 import typing
 from typing import cast
 
@@ -15,7 +16,33 @@ from pipeline_lib.config import Config, EmbeddedSource, FastaSource, UnirefSourc
 __all__ = ["config_reference"]
 
 
+def _nested(annotation: object, in_list: bool = False) -> list[tuple[type[BaseModel], bool]]:
+    """The config models inside ``annotation`` (through Optional, unions, Annotated and lists), and whether
+    each sits in a list."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [(annotation, in_list)]
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _nested(args[0], in_list)
+    if origin in (list, tuple, set, frozenset):
+        return [m for a in args for m in _nested(a, True)]
+    if origin in (typing.Union, types.UnionType):
+        return [m for a in args for m in _nested(a, in_list)]
+    return []
+
+
+def _kind(model: type[BaseModel]) -> str | None:
+    field = model.model_fields.get("kind")
+    return str(field.default) if field is not None and isinstance(field.default, str) else None
+
+
 def _type_name(annotation: object) -> str:
+    models = _nested(annotation)
+    kinds = [k for m, _ in models if (k := _kind(m))]
+    if len(models) > 1 and len(kinds) == len(models):  # a tagged union: name the kinds, sections follow
+        alternatives = " | ".join(f"kind: {k}" for k in kinds)
+        return f"list of ({alternatives})" if models[0][1] else alternatives
     text = str(annotation).replace("typing.", "")
     if isinstance(annotation, type):
         text = annotation.__name__
@@ -23,16 +50,17 @@ def _type_name(annotation: object) -> str:
 
 
 def _models(model: type[BaseModel], prefix: str) -> list[tuple[str, type[BaseModel]]]:
+    """``model``'s section and those of the models in its fields: ``a.b`` for a nested model, ``a.b[]`` for
+    the items of a list, ``a.b[] (kind: x)`` for each alternative of a tagged union."""
     out = [(prefix, model)]
     for name, field in model.model_fields.items():
-        ann = field.annotation
-        candidates = [ann, *typing.get_args(ann)]
-        for c in candidates:
-            if isinstance(c, type) and issubclass(c, BaseModel):
-                out += _models(c, f"{prefix}.{name}" if prefix else name)
-            for inner in typing.get_args(c):
-                if isinstance(inner, type) and issubclass(inner, BaseModel):
-                    out += _models(inner, f"{prefix}.{name}[]" if prefix else f"{name}[]")
+        key = f"{prefix}.{name}" if prefix else name
+        found = _nested(field.annotation)
+        for sub, in_list in found:
+            title = key + ("[]" if in_list else "")
+            if len(found) > 1 and (kind := _kind(sub)):
+                title += f" (kind: {kind})"
+            out += _models(sub, title)
     return out
 
 
@@ -62,7 +90,10 @@ def config_reference() -> str:
                 default = "required" if field.is_required() else repr(value)
             if len(default) > 60:
                 default = default[:57] + "..."
-            lines.append(f"| `{name}` | `{_type_name(field.annotation)}` | `{default}` | {field.description or ''} |")
+            kind = _type_name(field.annotation).replace("|", "\\|")  # a bare '|' would split the table cell
+            text = (field.description or "").replace("|", "\\|")
+            shown = default.replace("|", "\\|")
+            lines.append(f"| `{name}` | `{kind}` | `{shown}` | {text} |")
         lines.append("")
     return "\n".join(lines)
 

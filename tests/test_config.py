@@ -86,7 +86,14 @@ def test_config_reference_doc_is_current():
     """docs/config.md is generated from the schema; regenerate with: plm config --reference > docs/config.md"""
     from pipeline_lib.config_reference import config_reference
 
-    assert (ROOT / "docs" / "config.md").read_text() == config_reference() + "\n"
+    text = config_reference()
+    assert (ROOT / "docs" / "config.md").read_text() == text + "\n"
+    for kind in ("directory", "archive", "afdb", "foldcomp", "embedded"):  # each structure source has its keys
+        assert f"## `structures.sources[] (kind: {kind})`" in text
+    assert "| `sources` | `list of (kind: directory \\| kind: archive" in text
+    assert "train.shape[]" not in text and "Annotated[" not in text and "FieldInfo" not in text
+    rows = [ln for ln in text.splitlines() if ln.startswith("| `")]
+    assert all(ln.replace("\\|", "").count("|") == 5 for ln in rows)  # no bare '|' splits a table cell
 
 
 def test_url_workdir_or_lineage_path_is_refused_pointing_at_storage_url(tmp_path):
@@ -177,6 +184,13 @@ def test_overrides_index_lists_and_errors_name_the_override():
     assert "cluster.threads: Input should be a valid integer" in msg and "[override 'cluster.threads=lots']" in msg
     assert "clustr: unknown key (did you mean 'cluster'?) [override 'clustr.threads=2']" in msg
     assert "cluster.levels.0.min_seq_idd: unknown key (did you mean 'min_seq_id'?)" in msg
+    # a check across a section's keys blames an override only when it names the override's key
+    for sets, blamed in ((["train.total_steps=20"], False), (["train.batch_tokens=4096"], True)):
+        with pytest.raises(ConfigError) as err:
+            load_config(ROOT / "configs" / "demo.yaml", ["train.architecture=msa_transformer", *sets])
+        assert "batch_tokens (4096) must hold one MSA" in str(err.value)
+        assert ("[override 'train.batch_tokens=4096']" in str(err.value)) == blamed
+        assert "[override 'train.total_steps=20']" not in str(err.value)
 
 
 def test_unknown_keys_in_a_file_suggest_the_closest_valid_one(tmp_path):
