@@ -118,7 +118,10 @@ def _print_summary(result) -> None:
     ing = result.stages["ingest"]
     print(f"\nshards:     {result.shards_dir}")
     if "structures" in result.stages:
-        print(f"SaProt:     {Path(result.stages['structures'].directory) / 'shards'}")
+        cover = result.stages["structures"].stats.get("coverage") or {}
+        shown = ", ".join(f"{k} {v:.1%}" for k, v in cover.items() if v is not None)
+        print(f"SaProt:     {Path(result.stages['structures'].directory) / 'shards'}"
+              + (f"   (rows with a structure: {shown})" if shown else ""))
     if "msa" in result.stages:
         print(f"MSAs:       {Path(result.stages['msa'].directory) / 'shards'}")
     split_quarantine = result.stages["split"].path("quarantine.parquet")

@@ -2,6 +2,7 @@
 records the checkpoint."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,11 @@ def train(ctx: RunContext, cfg: Config, shards: StageOutput) -> StageOutput:
     params["column"] = tcfg.column
     sink = MetricsSink(ctx.store, ctx.run_id)
     sink.progress = ProgressArtifact("train-steps", total=tcfg.max_steps or tcfg.total_steps, unit="steps")
+
+    if tcfg.column == "sa_tokens":  # SaProt: refuse shards without a single structure in the training split
+        from pipeline_lib.structures.stage import check_saprot_coverage
+
+        check_saprot_coverage(json.loads(Path(manifest.path).read_text()), tcfg.split)
 
     def compute(out: Path):
         run_cfg = tcfg.model_copy(update={"shards_dir": str(shards_dir), "output_dir": str(out)})

@@ -102,3 +102,7 @@ class StructuresConfig(StrictModel):
     align_min_identity: float = Field(0.9, ge=0, le=1,
                                       description="With on_mismatch=align, lower identity still quarantines.")
     sources: list[StructureSource] = Field(default_factory=list, description="Where structures come from.")
+    min_coverage: float = Field(0.05, ge=0, le=1,
+                                description="Below this share of rows with a structure (any split) the stage warns "
+                                            "loudly: SaProt reads '#' for every residue of the others. SaProt "
+                                            "training on a train split with no structure at all fails.")

@@ -52,7 +52,7 @@ from pipeline_lib.structures.threedi import encode_structures, resolve_backend
 from pipeline_lib.tokenizer import SAPROT_ALPHABET
 
 __all__ = ["StructureStageResult", "FileTally", "collect_structures", "build_structure_shards", "backend_version",
-           "write_structure_shards", "ingested_accessions", "threedi_of_structure"]
+           "write_structure_shards", "ingested_accessions", "threedi_of_structure", "check_saprot_coverage"]
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -152,6 +152,37 @@ def build_structure_shards(sequences: Path, clusters: Path, splits: Path, out_di
                                   shards_cfg=shards_cfg)
 
 
+def _describe(src: Any) -> str:
+    where = getattr(src, "path", None) or getattr(src, "paths", None) or getattr(src, "corpus", None) or ""
+    return f"{src.kind} {where}".strip()
+
+
+def _warn_low_coverage(with_structure: int, rows: int, coverage: dict[str, float | None],
+                       cfg: StructuresConfig) -> None:
+    share = with_structure / rows if rows else 0.0
+    if share < cfg.min_coverage:
+        shown = ", ".join(f"{k} {v:.1%}" for k, v in coverage.items() if v is not None)
+        log.warning("LOW STRUCTURE COVERAGE: %d of %d rows (%.2f%%) have a structure (%s), below "
+                    "structures.min_coverage %.0f%%; SaProt reads '#' for every residue of the others. Sources: %s",
+                    with_structure, rows, 100 * share, shown, 100 * cfg.min_coverage,
+                    "; ".join(_describe(s) for s in cfg.sources))
+
+
+def check_saprot_coverage(manifest: dict[str, Any], split: str = "train") -> None:
+    """Refuse SaProt training on structure shards whose ``split`` has no row with a structure: every 3Di token
+    would be '#' (no structure signal at all). Names the sources and what they matched."""
+    info = manifest.get("splits", {}).get(split, {})
+    if "rows_with_structure" not in info or info["rows_with_structure"] > 0:
+        return
+    total = {k: v.get("rows_with_structure", 0) for k, v in manifest["splits"].items()}
+    raise DataValidationError(
+        f"SaProt training on the {split!r} split, where none of the {info.get('rows', 0)} rows has a structure: "
+        "every 3Di token would be '#'. The structure sources "
+        f"({'; '.join(manifest.get('structure_sources', [])) or 'none'}) gave {manifest.get('structures', 0)} "
+        f"structures, matching rows by split: {total}. Structures join sequences by UniProt accession (AlphaFold "
+        "DB names) or by chain name; check that the sources hold this data's proteins")
+
+
 def _quarantined_files(found: BatchResult) -> list[dict[str, Any]]:
     """Structure files that cannot be used, kept with the reason."""
     return [{"stage": "structures", "source_file": f, "source_record": None, "id": None, "reason": reason,
@@ -185,23 +216,30 @@ def write_structure_shards(found: BatchResult, sequences: Path, clusters: Path, 
         "plddt_threshold": cfg.plddt_threshold, "threedi_backend": {"name": backend, "version": version},
         "splits": {},
     }
-    with_structure = 0
+    with_structure: dict[str, int] = dict.fromkeys(SPLITS, 0)
 
     def tables(split: str) -> Iterator[pa.Table]:
-        nonlocal with_structure
         for rows in _split_batches(sequences, clusters, splits, split, levels):
             table, bad = saprot_rows(rows, records, levels=levels, on_mismatch=cfg.on_mismatch,
                                      min_identity=cfg.align_min_identity)
             quarantine.extend(bad)
-            with_structure += sum(1 for s in table.column("structure_source").to_pylist() if s)
+            with_structure[split] += sum(1 for s in table.column("structure_source").to_pylist() if s)
             yield table
 
     for split in SPLITS:
         files = _write_split(tables(split), out_dir / split, shards_cfg)
         manifest["splits"][split] = {"files": files, "rows": sum(f["rows"] for f in files),
-                                     "tokens": sum(f["tokens"] for f in files)}
+                                     "tokens": sum(f["tokens"] for f in files),
+                                     "rows_with_structure": with_structure[split]}
+    coverage = {split: with_structure[split] / v["rows"] if v["rows"] else None
+                for split, v in manifest["splits"].items()}
+    manifest["coverage"] = coverage
+    manifest["structure_sources"] = [_describe(s) for s in cfg.sources]
+    manifest["structures"] = len(records)
     write_json_atomic(out_dir / "manifest.json", manifest)
-    stats = {"structures": len(records), "rows_with_structure": with_structure,
+    total = sum(v["rows"] for v in manifest["splits"].values())
+    _warn_low_coverage(sum(with_structure.values()), total, coverage, cfg)
+    stats = {"structures": len(records), "rows_with_structure": sum(with_structure.values()), "coverage": coverage,
              "rows": sum(v["rows"] for v in manifest["splits"].values()), "quarantined": len(quarantine),
              "files_in": tally.files_in, "files_encoded": len(tally.encoded),
              "files_quarantined": len(tally.too_large) + len(enc_stats.failures),
