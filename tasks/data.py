@@ -15,7 +15,9 @@ from pipeline_lib.errors import DataValidationError
 from pipeline_lib.lineage import ArtifactRecord, artifact_for, redact_secrets, to_json
 from pipeline_lib.sequences.cluster import assemble_clusters
 from pipeline_lib.sequences.cluster import cluster_level as cluster_level_members
+from pipeline_lib.sequences.cluster_uniref import uniref_level
 from pipeline_lib.sequences.cluster_update import cluster_level_incremental, find_previous_level
+from pipeline_lib.sequences.config import ClusterLevel
 from pipeline_lib.sequences.ingest import ingest_fasta
 from pipeline_lib.sequences.shards import assemble_shards, partition_ranges, write_shard_partition
 from pipeline_lib.sequences.split import assign_splits, decontaminate
@@ -159,6 +161,8 @@ def cluster_level(ctx: RunContext, cfg: Config, ingested: StageOutput, index: in
     level's result, so changing a coarser level re-runs that level and the ones after it only."""
     level = cfg.cluster.levels[index]
     seqs = ingested.outputs["sequences.parquet"]
+    if level.method == "uniref":
+        return _uniref_level(ctx, level, seqs, previous)
     mm = MMseqs(binary=cfg.cluster.binary, threads=cfg.cluster.threads)
     # threads change speed, not results: keep them out of the cache key
     params = {"level": level.model_dump(mode="json"), "binary": cfg.cluster.binary, "mmseqs_version": mm.version()}
@@ -188,6 +192,40 @@ def cluster_level(ctx: RunContext, cfg: Config, ingested: StageOutput, index: in
     return run_stage(ctx, "cluster_level", params, inputs, compute)
 
 
+def _uniref_level(ctx: RunContext, level: ClusterLevel, seqs: ArtifactRecord,
+                  previous: StageOutput | None) -> StageOutput:
+    """A level from UniProt's membership file (keyed by its content, like any input)."""
+    assert level.membership is not None
+    membership = artifact_for(level.membership, "uniref_membership")
+    params = {"level": level.model_dump(mode="json", exclude={"membership"})}
+    inputs = [seqs, membership, *([previous.outputs["members.parquet"]] if previous else [])]
+
+    def compute(tmp: Path):
+        above = Path(previous.outputs["members.parquet"].path) if previous else None
+        res = uniref_level(Path(seqs.path), level, tmp, tmp / "_work", previous=above)
+        _rm(tmp / "_work")
+        produced = [Produced("members.parquet", "cluster_members", res.members, meta={"level": level.name}),
+                    Produced("missing.parquet", "cluster_missing", res.missing, meta={"level": level.name})]
+        stats = {"level": level.name, "sequences": res.members, "clusters": res.clusters,
+                 "not_in_membership": res.missing, "membership_not_in_sequences": res.not_in_fasta,
+                 "membership": res.membership, "on_missing": level.on_missing}
+        return produced, stats, {}
+
+    return run_stage(ctx, "cluster_level", params, inputs, compute)
+
+
+def _level_quarantine(cfg: Config, levels: list[StageOutput]) -> list[dict[str, Any]]:
+    """Rows of uniref levels with ``on_missing: quarantine`` that the membership does not list."""
+    rows: list[dict[str, Any]] = []
+    for level, out in zip(cfg.cluster.levels, levels, strict=True):
+        if level.method == "uniref" and level.on_missing == "quarantine" and "missing.parquet" in out.outputs:
+            for r in pq.read_table(out.path("missing.parquet"), columns=["id"]).to_pylist():
+                rows.append({"stage": "cluster", "source_file": level.membership, "source_record": None,
+                             "id": r["id"], "reason": "not_in_membership",
+                             "detail": f"cluster level {level.name}: not listed in {level.membership}", "raw": None})
+    return rows
+
+
 @lineage_task(name="cluster")
 def cluster(ctx: RunContext, cfg: Config, ingested: StageOutput, levels: list[StageOutput]) -> StageOutput:
     """Stage 3b: the levels composed into each sequence's representative at every level."""
@@ -200,9 +238,12 @@ def cluster(ctx: RunContext, cfg: Config, ingested: StageOutput, levels: list[St
         per_level = assemble_clusters(Path(seqs.path), by_level, tmp, tmp / "_duckdb")
         _rm(tmp / "_duckdb")
         rows = pq.ParquetFile(tmp / "clusters.parquet").metadata.num_rows
+        bad = _level_quarantine(cfg, levels)  # the split stage quarantines them
+        pq.write_table(pa.Table.from_pylist(bad, schema=schemas.QUARANTINE), tmp / "quarantine.parquet")
         produced = [Produced("clusters.parquet", "clusters", rows, meta={"levels": names}),
-                    Produced("cluster_sizes.parquet", "cluster_sizes")]
-        stats = {"sequences": rows, "clusters_per_level": per_level,
+                    Produced("cluster_sizes.parquet", "cluster_sizes"),
+                    Produced("quarantine.parquet", "quarantine", len(bad))]
+        stats = {"sequences": rows, "clusters_per_level": per_level, "to_quarantine": len(bad),
                  "commands": [c for out in levels for c in out.stats.get("commands", [])]}
         return produced, stats, {k: v for out in levels for k, v in out.tool_versions.items()}
 
@@ -214,7 +255,8 @@ def split(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageO
     """Stage 4: train/valid/test by cluster at the split level, with optional decontamination."""
     seqs, clusters = ingested.outputs["sequences.parquet"], clustered.outputs["clusters.parquet"]
     evals = [artifact_for(f, "eval_fasta") for f in cfg.split.decontaminate.fasta]
-    inputs: list[ArtifactRecord] = [seqs, clusters, *evals]
+    level_bad = clustered.outputs.get("quarantine.parquet")  # rows a cluster level could not place
+    inputs: list[ArtifactRecord] = [seqs, clusters, *evals, *([level_bad] if level_bad else [])]
     params = {"split": cfg.split.model_dump(mode="json"), "level": cfg.split_level, "seed": cfg.seed}
 
     def compute(tmp: Path):
@@ -222,12 +264,16 @@ def split(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageO
                                   level=cfg.split_level, seed=cfg.seed, tmp_dir=tmp / "_mmseqs",
                                   threads=cfg.cluster.threads, binary=cfg.cluster.binary)
         _rm(tmp / "_mmseqs")
+        if level_bad is not None:
+            rows = pq.read_table(level_bad.path).to_pylist() + rows
         res = assign_splits(Path(clusters.path), tmp, cfg.split, level=cfg.split_level, seed=cfg.seed,
                             excluded={r["id"] for r in rows})
         pq.write_table(pa.Table.from_pylist(rows, schema=schemas.QUARANTINE), tmp / "quarantine.parquet")
         produced = [Produced("splits.parquet", "splits", sum(res.sizes.values())),
                     Produced("quarantine.parquet", "quarantine", len(rows))]
-        stats = {"sizes": res.sizes, "clusters": res.clusters, "decontaminated": len(rows),
+        stats = {"sizes": res.sizes, "clusters": res.clusters, "quarantined": len(rows),
+                 "not_in_membership": sum(r["reason"] == "not_in_membership" for r in rows),
+                 "decontaminated": sum(r["reason"] != "not_in_membership" for r in rows),
                  "commands": [cmd] if cmd else []}
         return produced, stats, ({"mmseqs": MMseqs(binary=cfg.cluster.binary).version()} if cmd else {})
 

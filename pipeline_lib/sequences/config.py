@@ -27,11 +27,30 @@ class IngestConfig(StrictModel):
 
 class ClusterLevel(StrictModel):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_]+$", description="Column suffix, e.g. c90.")
-    min_seq_id: float = Field(..., gt=0, le=1)
+    min_seq_id: float = Field(..., gt=0, le=1, description="Identity cutoff (method uniref: the one UniProt used, "
+                                                          "e.g. 0.5 for UniRef50; it orders the levels).")
     coverage: float = Field(0.8, ge=0, le=1, description="mmseqs -c")
     cov_mode: int = Field(0, ge=0, le=5, description="mmseqs --cov-mode")
     cluster_mode: int = Field(0, ge=0, le=3, description="mmseqs --cluster-mode")
-    method: Literal["linclust", "cluster"] = "linclust"
+    method: Literal["linclust", "cluster", "uniref"] = Field(
+        "linclust", description="linclust / cluster: MMseqs2. uniref: UniProt's own membership from `membership` "
+                                "(e.g. the UniRef50 parent of every UniRef90 entry), not computed.")
+    membership: str | None = Field(None, description="method uniref: uniref50.xml(.gz) (UniRef90 -> UniRef50; a "
+                                                     "uniref90.xml gives UniRef100 -> UniRef90 with "
+                                                     "membership_property 'UniRef100 ID').")
+    membership_property: str = Field("UniRef90 ID", description="method uniref: the member property that names "
+                                                                "the sequences' own cluster ids.")
+    on_missing: Literal["singleton", "quarantine", "error"] = Field(
+        "singleton", description="method uniref: a sequence the membership does not list becomes its own cluster, "
+                                 "is quarantined by the split stage (reason not_in_membership), or fails the level.")
+
+    @model_validator(mode="after")
+    def _membership(self) -> ClusterLevel:
+        if self.method == "uniref" and not self.membership:
+            raise ValueError(f"level {self.name}: method uniref needs membership (a uniref50.xml.gz path)")
+        if self.method != "uniref" and self.membership:
+            raise ValueError(f"level {self.name}: membership is for method uniref (method is {self.method})")
+        return self
 
 
 class ClusterConfig(StrictModel):

@@ -1,0 +1,115 @@
+"""UniProt's own UniRef membership as a cluster level, on a miniature release built from real TrEMBL entries in
+UniProt's XML layout (tests/uniprot_release.py): the streamed import equals a full XML parse, and the level
+groups the UniRef90 FASTA by it, quarantining or isolating what the membership does not list."""
+from __future__ import annotations
+
+import gzip
+import re
+import xml.etree.ElementTree as ET
+
+import pyarrow.parquet as pq
+import pytest
+
+from flows.data_refresh import data_refresh
+from pipeline_lib.errors import DataValidationError
+from pipeline_lib.lineage import LineageStore
+from pipeline_lib.sequences import uniref_membership
+from pipeline_lib.sequences.uniref_membership import read_membership
+from tests.conftest import ROOT
+from tests.uniprot_release import build_release
+
+NS = "{http://uniprot.org/uniref}"
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    return build_release(tmp_path_factory.mktemp("uniprot"))
+
+
+def _oracle(xml_gz) -> set[tuple[str, str]]:
+    """Every (UniRef90 id, UniRef50 id) pair by a full parse with the standard library's XML parser."""
+    root = ET.fromstring(gzip.decompress(xml_gz.read_bytes()))
+    return {(p.get("value"), entry.get("id")) for entry in root.iter(f"{NS}entry")
+            for p in entry.iter(f"{NS}property") if p.get("type") == "UniRef90 ID"}
+
+
+def _pairs(path) -> set[tuple[str, str]]:
+    table = pq.read_table(path).to_pylist()
+    assert len(table) == len({r["child"] for r in table})  # each UniRef90 cluster once
+    return {(r["child"], r["parent"]) for r in table}
+
+
+def test_streamed_import_equals_a_full_xml_parse(release, tmp_path, monkeypatch):
+    truth = _oracle(release.uniref50_xml)
+    assert truth == set(release.membership.items())
+    stats = read_membership(release.uniref50_xml, tmp_path / "m.parquet")
+    assert _pairs(tmp_path / "m.parquet") == truth
+    assert (stats.parent_level, stats.release, stats.pairs) == ("UniRef50", "2026_03", len(truth))
+    plain = tmp_path / "uniref50.xml"
+    plain.write_bytes(gzip.decompress(release.uniref50_xml.read_bytes()))
+    monkeypatch.setattr(uniref_membership, "_CHUNK", 997)  # tags and entries cut across reads
+    read_membership(plain, tmp_path / "small.parquet")
+    assert _pairs(tmp_path / "small.parquet") == truth
+    swapped = tmp_path / "swapped.xml"  # attribute order is not significant in XML
+    text = plain.read_text(encoding="latin-1")
+    swapped.write_text(re.sub(r'<property type="UniRef90 ID" value="([^"]+)"/>',
+                              r'<property value="\1" type="UniRef90 ID"/>', text), encoding="latin-1")
+    read_membership(swapped, tmp_path / "swapped.parquet")
+    assert _pairs(tmp_path / "swapped.parquet") == truth
+
+
+def test_an_entry_without_members_or_a_file_without_entries_is_refused(release, tmp_path):
+    text = gzip.decompress(release.uniref50_xml.read_bytes()).decode("latin-1")
+    first = text.index("<entry ")
+    broken = tmp_path / "broken.xml"
+    broken.write_text(text[:first] + text[first:].replace('type="UniRef90 ID"', 'type="UniRef90 id"'),
+                      encoding="latin-1")
+    with pytest.raises(DataValidationError, match=r"entry UniRef50_\w+ names no 'UniRef90 ID' property"):
+        read_membership(broken, tmp_path / "x.parquet")
+    assert not (tmp_path / "x.parquet").exists()
+    other = tmp_path / "other.xml"
+    other.write_text("<?xml version='1.0'?><uniprot><protein/></uniprot>\n")
+    with pytest.raises(DataValidationError, match="no <entry>"):
+        read_membership(other, tmp_path / "y.parquet")
+
+
+@pytest.mark.parametrize("on_missing", ["quarantine", "singleton"])
+def test_uniref_level_groups_the_fasta_by_the_membership(prefect_harness, release, tmp_path, on_missing):
+    levels = (f"cluster.levels=[{{name: u50, min_seq_id: 0.5, method: uniref, membership: {release.uniref50_xml}, "
+              f"on_missing: {on_missing}}}, {{name: c30, min_seq_id: 0.3, method: cluster}}]")
+    args = [f"workdir={tmp_path / 'w'}", f"source={{kind: fasta, paths: [{release.uniref90_fasta}]}}", levels,
+            "split.level=u50", "split.valid_fraction=0.2", "split.test_fraction=0.2"]
+    res = data_refresh(str(ROOT / "configs" / "demo.yaml"), args)
+    clusters = pq.read_table(res.stages["cluster"].path("clusters.parquet")).to_pylist()
+    assert [r["id"] for r in clusters] == release.fasta_ids
+    by_cluster: dict[str, set[str]] = {}
+    for r in clusters:
+        by_cluster.setdefault(r["cluster_u50"], set()).add(r["id"])
+    truth: dict[str, set[str]] = {}
+    for u90, u50 in release.membership.items():
+        if u90 in release.fasta_ids:
+            truth.setdefault(u50, set()).add(u90)
+    groups = sorted(map(sorted, by_cluster.values()))
+    assert groups == sorted([sorted(g) for g in truth.values()] + [[m] for m in release.missing])
+    for u50, members in truth.items():  # the representative: UniRef50_X's own UniRef90_X row
+        assert {r["cluster_u50"] for r in clusters if r["id"] in members} == {"UniRef90_" + u50.split("_", 1)[1]}
+    level = res.stages["cluster_u50"].stats
+    assert level["not_in_membership"] == len(release.missing) == 2
+    assert level["membership_not_in_sequences"] == len(release.extra)
+    assert level["membership"]["release"] == "2026_03" and level["clusters"] == len(truth) + 2
+    split = pq.read_table(res.stages["split"].path("splits.parquet")).to_pylist()
+    quarantine = pq.read_table(res.stages["split"].path("quarantine.parquet")).to_pylist()
+    kept = res.stages["ingest"].stats["kept"]
+    assert len(split) + len(quarantine) == kept == len(release.fasta_ids)  # input = output + quarantined
+    if on_missing == "quarantine":
+        assert sorted(q["id"] for q in quarantine) == sorted(release.missing)
+        assert {q["reason"] for q in quarantine} == {"not_in_membership"}
+    else:
+        assert quarantine == [] and set(release.missing) <= {r["id"] for r in split}
+    splits_of = {}
+    for r in split:  # whole UniRef50 clusters go to one split
+        splits_of.setdefault(next(c["cluster_u50"] for c in clusters if c["id"] == r["id"]), set()).add(r["split"])
+    assert all(len(s) == 1 for s in splits_of.values())
+    store = LineageStore(res.lineage)
+    kinds = {r["kind"] for r in store.query("SELECT kind FROM artifacts")}
+    assert "uniref_membership" in kinds
