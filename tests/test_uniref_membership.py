@@ -113,3 +113,35 @@ def test_uniref_level_groups_the_fasta_by_the_membership(prefect_harness, releas
     store = LineageStore(res.lineage)
     kinds = {r["kind"] for r in store.query("SELECT kind FROM artifacts")}
     assert "uniref_membership" in kinds
+
+
+def test_training_draws_each_uniref50_cluster_once_per_epoch_and_members_uniformly(prefect_harness, release,
+                                                                                    tmp_path):
+    """ESM-2's UR50/D sampling on the level's shards: every epoch one row per UniRef50 cluster of the train split,
+    and within a cluster each UniRef90 member equally often (chi-square over 400 epochs)."""
+    import numpy as np
+    from scipy.stats import chi2
+
+    from pipeline_lib.train.data import ShardIndex
+
+    levels = f"cluster.levels=[{{name: u50, min_seq_id: 0.5, method: uniref, membership: {release.uniref50_xml}}}]"
+    args = [f"workdir={tmp_path / 'w'}", f"source={{kind: fasta, paths: [{release.uniref90_fasta}]}}", levels,
+            "split.valid_fraction=0.1", "split.test_fraction=0.1"]
+    res = data_refresh(str(ROOT / "configs" / "demo.yaml"), args)
+    index = ShardIndex(res.shards_dir, column="tokens", cluster_level="u50")
+    offsets, rows = index.cluster_offsets, index.cluster_rows
+    sizes = np.diff(offsets)
+    cluster_of = np.empty(index.num_rows, dtype=np.int64)
+    cluster_of[rows] = np.repeat(np.arange(len(sizes)), sizes)
+    assert sizes.max() > 1 and index.num_clusters < index.num_rows  # clusters with several UniRef90 members
+    counts = np.zeros(index.num_rows)
+    epochs = 400
+    for epoch in range(epochs):
+        picked = index.select(epoch, seed=0)
+        assert sorted(cluster_of[picked]) == list(range(index.num_clusters))  # each cluster exactly once
+        counts[picked] += 1
+    expected = epochs / sizes[cluster_of]
+    multi = sizes[cluster_of] > 1
+    stat = float((((counts - expected) ** 2) / expected)[multi].sum())
+    dof = int((sizes[sizes > 1] - 1).sum())
+    assert chi2.sf(stat, dof) > 1e-3, (stat, dof)
