@@ -52,13 +52,14 @@ def run_data_stages(ctx, cfg: Config, release: data.ReleaseCheck | None = None) 
         levels.append(resolve(ctx, data.cluster_level.submit(ctx, cfg, ingested, i, levels[-1] if levels else None)))
     clustered = resolve(ctx, data.cluster.submit(ctx, cfg, ingested, levels))
     splitted = resolve(ctx, data.split.submit(ctx, cfg, ingested, clustered))
+    audited = resolve(ctx, data.audit.submit(ctx, cfg, ingested, splitted)) if cfg.split.audit.enabled else None
     futures = [data.shards_partition.submit(ctx, cfg, ingested, clustered, splitted, i, rows)
                for i, rows in enumerate(data.shard_partitions(cfg, ingested))]
     partitions = resolve_all(ctx, futures, "shard-partitions", "partitions")  # partitions done, in the UI
     sharded = resolve(ctx, data.shards.submit(ctx, cfg, ingested, clustered, splitted, partitions))
     per_level = {f"cluster_{lv.name}": out for lv, out in zip(cfg.cluster.levels, levels, strict=True)}
     return {"source": source, "ingest": ingested, **per_level, "cluster": clustered, "split": splitted,
-            "shards": sharded}
+            **({"audit": audited} if audited else {}), "shards": sharded}
 
 
 @flow(name="data_refresh", log_prints=True)

@@ -13,6 +13,7 @@ from pipeline_lib import schemas
 from pipeline_lib.config import Config
 from pipeline_lib.errors import DataValidationError
 from pipeline_lib.lineage import ArtifactRecord, artifact_for, redact_secrets, to_json
+from pipeline_lib.sequences.audit import audit_splits
 from pipeline_lib.sequences.cluster import assemble_clusters
 from pipeline_lib.sequences.cluster import cluster_level as cluster_level_members
 from pipeline_lib.sequences.cluster_uniref import uniref_level
@@ -278,6 +279,28 @@ def split(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageO
         return produced, stats, ({"mmseqs": MMseqs(binary=cfg.cluster.binary).version()} if cmd else {})
 
     return run_stage(ctx, "split", params, inputs, compute)
+
+
+@lineage_task(name="audit")
+def audit(ctx: RunContext, cfg: Config, ingested: StageOutput, splitted: StageOutput) -> StageOutput:
+    """Stage 4b: the leakage audit, each held-out split searched against train (metrics ``audit/...``)."""
+    seqs, splits = ingested.outputs["sequences.parquet"], splitted.outputs["splits.parquet"]
+    mm = MMseqs(binary=cfg.cluster.binary, threads=cfg.cluster.threads)
+    params = {"audit": cfg.split.audit.model_dump(mode="json"), "seed": cfg.seed, "mmseqs_version": mm.version()}
+
+    def compute(tmp: Path):
+        res = audit_splits(Path(seqs.path), Path(splits.path), tmp, tmp / "_mmseqs", cfg.split.audit, seed=cfg.seed,
+                           threads=cfg.cluster.threads, binary=cfg.cluster.binary)
+        _rm(tmp / "_mmseqs")
+        rows = sum(s["queries"] for s in res.per_split.values())
+        stats = {**res.per_split, "commands": [res.command] if res.command else []}
+        return [Produced("audit.parquet", "split_audit", rows)], stats, {"mmseqs": mm.version()}
+
+    out = run_stage(ctx, "audit", params, [seqs, splits], compute)
+    ctx.store.record_metrics(ctx.run_id, None, [(f"audit/{split}/{k}", 0, float(v))
+                                                for split, m in out.stats.items() if split in ("valid", "test")
+                                                for k, v in m.items() if isinstance(v, (int, float))])
+    return out
 
 
 def shard_partitions(cfg: Config, ingested: StageOutput) -> list[tuple[int, int]]:

@@ -130,10 +130,10 @@ def test_dask_local_cluster_gives_the_thread_runners_artifacts(thread_run, tmp_p
     assert partitions >= 2
     # source, ingest, each cluster level, cluster, split, each shard partition and the shards manifest each ran as
     # a task on one of the two worker processes; the partitions' rows and tokens add up to the manifest's
-    assert len(done) == 5 + 2 + partitions and {t["worker"] for t in done} <= set(cluster.worker_pids)
+    assert len(done) == 5 + 2 + 1 + partitions and {t["worker"] for t in done} <= set(cluster.worker_pids)
     steps = LineageStore(res.lineage).query("SELECT stage, status, stats FROM steps WHERE run_id=?", [res.run_id])
     assert sorted(s["stage"] for s in steps) == \
-        sorted(["source", *DATA_STAGES, "cluster_level", "cluster_level",
+        sorted(["source", *DATA_STAGES, "cluster_level", "cluster_level", "audit",
                 *["shards_partition"] * partitions])  # kept by the workers, written here
     assert {s["status"] for s in steps} == {"completed"}
     parts = [json.loads(s["stats"]) for s in steps if s["stage"] == "shards_partition"]

@@ -238,8 +238,8 @@ def test_retention_prunes_the_published_copies_too(prefect_harness, s3, tmp_path
     partitions = {f"{base}/stages/shards_partition/{r['cache_key'][:16]}" for r in store.query(
         "SELECT cache_key FROM steps WHERE run_id=? AND stage='shards_partition'", [r1.run_id])}
     assert len(partitions) == 1  # (one shard partition: the default partition_rows)
-    assert {d["url"] for d in stats["deleted"] if d["url"]} == {r1.stages[s].url for s in (*STAGES, "cluster_c50")} \
-        | partitions
+    assert {d["url"] for d in stats["deleted"] if d["url"]} == {r1.stages[s].url for s in
+                                                                 (*STAGES, "cluster_c50", "audit")} | partitions
     assert stats["freed_remote_bytes"] == sum(d["remote_bytes"] for d in stats["deleted"]) > 0
     shard = next(a for a in r1.stages["shards"].outputs.values() if a.kind == "shard")
     shard_url = f"{r1.stages['shards'].url}/{Path(shard.path).relative_to(r1.stages['shards'].directory)}"

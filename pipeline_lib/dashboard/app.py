@@ -34,6 +34,7 @@ from pipeline_lib.dashboard.db import db_version, read_only
 from pipeline_lib.dashboard.tables import (
     CSS,
     Table,
+    audit_table,
     eval_rows_table,
     runs_table,
     splits_table,
@@ -100,7 +101,8 @@ def dataset_page(db: Path, run_id: str) -> list[Any]:
         _graph("fig-lengths", figures.length_figure(ds.lengths)),
         _graph("fig-clusters", figures.cluster_size_figure(ds.cluster_sizes)),
         html.Div([_graph("fig-splits", figures.split_figure(ds.splits)),
-                  _table(splits_table(ds.splits), "splits-table")]),
+                  _table(splits_table(ds.splits), "splits-table"),
+                  *([_table(audit_table(ds.audit), "audit-table")] if ds.audit else [])]),
         _graph("fig-plddt", figures.histogram_figure(ds.plddt, "Mean pLDDT per structure",
                                                      "no structure_shard artifacts in this run")),
         _graph("fig-msa", figures.histogram_figure(ds.msa_depth, "MSA depth", "no msa artifacts in this run",

@@ -17,7 +17,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -233,6 +233,15 @@ def split_sizes(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "tokens": (sh.get(n) or {}).get("tokens"), "files": (sh.get(n) or {}).get("files")} for n in names]
 
 
+def split_audit(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per held-out split: the leakage audit stage's stats (searched, shares by identity, the closest pair)."""
+    latest: dict[str, Any] = {}
+    for s in steps:
+        if s["status"] != "failed" and s["stage"] == "audit":
+            latest = s["stats"] or {}
+    return [{"split": name, **latest[name]} for name in ("valid", "test") if isinstance(latest.get(name), dict)]
+
+
 @dataclass
 class Dataset:
     """Everything the dataset page shows for one run."""
@@ -242,6 +251,7 @@ class Dataset:
     splits: list[dict[str, Any]]
     plddt: Histogram
     msa_depth: Histogram
+    audit: list[dict[str, Any]] = field(default_factory=list)
 
 
 def dataset(db: Source, run_id: str) -> Dataset:
@@ -249,19 +259,19 @@ def dataset(db: Source, run_id: str) -> Dataset:
     with _open(db) as con:
         arts, steps = run_artifacts(con, run_id), run_steps(con, run_id)
     return Dataset(length_histogram(arts), cluster_size_distribution(arts), split_sizes(steps),
-                   plddt_histogram(arts), msa_depth_histogram(arts))
+                   plddt_histogram(arts), msa_depth_histogram(arts), split_audit(steps))
 
 
 # --- training and evaluation ---------------------------------------------------------------------------
 
 def training_curves(db: Source, run_id: str, max_points: int = 2000) -> dict[str, dict[str, list[float]]]:
-    """``{metric: {"step": [...], "value": [...]}}`` for every non-``eval/`` metric of the run, thinned to
-    about ``max_points`` points per metric (the last point is always kept)."""
+    """``{metric: {"step": [...], "value": [...]}}`` for every training metric of the run (not ``eval/`` or
+    ``audit/``), thinned to about ``max_points`` points per metric (the last point is always kept)."""
     with _open(db) as con:
         got = con.execute("""
             WITH m AS (SELECT name, step, value, row_number() OVER (PARTITION BY name ORDER BY step, ts) AS rn,
                               count(*) OVER (PARTITION BY name) AS n
-                       FROM metrics WHERE run_id = ? AND name NOT LIKE 'eval/%')
+                       FROM metrics WHERE run_id = ? AND name NOT LIKE 'eval/%' AND name NOT LIKE 'audit/%')
             SELECT name, step, value FROM m WHERE (rn - 1) % greatest(1, n // ?) = 0 OR rn = n
             ORDER BY name, step""", [run_id, max_points]).fetchall()
     out: dict[str, dict[str, list[float]]] = {}

@@ -21,6 +21,7 @@ from pipeline_lib.dashboard.db import read_only
 from pipeline_lib.dashboard.tables import (
     CSS,
     Table,
+    audit_table,
     eval_rows_table,
     runs_table,
     splits_table,
@@ -88,6 +89,10 @@ def render_report(db_path: str | os.PathLike[str], run_id: str) -> str:
                 figures.split_figure(ds.splits)):
         doc.fig(fig)
     doc.table(splits_table(ds.splits))
+    if ds.audit:
+        doc.p("Leakage audit: how close each held-out split is to the training data (nearest train neighbour "
+              "by MMseqs2 search).")
+        doc.table(audit_table(ds.audit))
     for hist, title, missing, log_y in (
             (ds.plddt, "Mean pLDDT per structure", "no structure_shard artifacts", False),
             (ds.msa_depth, "MSA depth", "no msa artifacts", True)):

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-__all__ = ["CSS", "Table", "fmt", "runs_table", "steps_table", "summary_table", "splits_table", "eval_rows_table",
+__all__ = ["CSS", "Table", "fmt", "runs_table", "steps_table", "summary_table", "splits_table", "audit_table",
+           "eval_rows_table",
            "table_html"]
 
 CSS = """
@@ -96,6 +97,16 @@ def splits_table(splits: list[dict[str, Any]]) -> Table:
     cols = ["split", "sequences", "clusters", "tokens", "shard files"]
     return Table(cols, [[s["split"], fmt(s["sequences"]), fmt(s["clusters"]), fmt(s["tokens"]), fmt(s["files"])]
                         for s in splits])
+
+
+def audit_table(audit: list[dict[str, Any]]) -> Table:
+    """The leakage audit: per held-out split, the share whose nearest training neighbour is that close."""
+    cols = ["split", "searched", ">= 30 %", ">= 50 %", ">= 70 %", ">= 90 %", "max identity", "closest pair"]
+    return Table(cols, [[a["split"], f"{fmt(a.get('queries'))} of {fmt(a.get('held_out'))}",
+                         *(f"{100 * a.get(f'share_ge_{t}', 0):.1f} %" for t in (30, 50, 70, 90)),
+                         fmt(a.get("max_identity"), digits=3),
+                         (f"{a['closest']['id']} ~ {a['closest']['train_id']}" if a.get("closest") else "-")]
+                        for a in audit])
 
 
 def eval_rows_table(names: list[str], rows: list[dict[str, Any]]) -> Table:

@@ -7,7 +7,8 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline_lib.config_ops import StrictModel
 
-__all__ = ["IngestConfig", "ClusterLevel", "ClusterConfig", "DecontaminateConfig", "SplitConfig", "ShardsConfig"]
+__all__ = ["IngestConfig", "ClusterLevel", "ClusterConfig", "DecontaminateConfig", "AuditConfig", "SplitConfig",
+           "ShardsConfig"]
 
 
 class IngestConfig(StrictModel):
@@ -82,11 +83,24 @@ class DecontaminateConfig(StrictModel):
     coverage: float = Field(0.0, ge=0, le=1)
 
 
+class AuditConfig(StrictModel):
+    enabled: bool = Field(True, description="Measure how close valid and test sequences are to training data: "
+                                            "an MMseqs2 search of each held-out split against train.")
+    max_queries: int = Field(10_000, ge=1, description="Held-out sequences searched per split (a seeded sample "
+                                                       "when the split is larger).")
+    coverage: float = Field(0.5, ge=0, le=1, description="A train hit must cover this share of the held-out "
+                                                         "sequence (mmseqs -c with --cov-mode 2).")
+    sensitivity: float = Field(5.7, gt=0, le=7.5, description="mmseqs -s of the search.")
+    max_identity: float | None = Field(None, gt=0, le=1, description=(
+        "Fail the build when a held-out sequence has a train hit at or above this identity (None: report only)."))
+
+
 class SplitConfig(StrictModel):
     valid_fraction: float = Field(0.05, ge=0, lt=1)
     test_fraction: float = Field(0.05, ge=0, lt=1)
     level: str | None = Field(None, description="Cluster level that splits are drawn by (default: coarsest).")
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @model_validator(mode="after")
     def _fractions(self) -> SplitConfig:

@@ -1,0 +1,66 @@
+"""The leakage audit on planted near-duplicates: families of ~98 % identical point mutants split by a 100 % level
+land in different splits (leakage the audit must find, as the true families say), split by a 50 % level they stay
+together (no hit); `split.audit.max_identity` fails the build naming the closest pair."""
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from flows.data_refresh import data_refresh
+from pipeline_lib.errors import DataValidationError
+from pipeline_lib.lineage import LineageStore
+from tests.conftest import ROOT
+from tests.helpers import family_fasta
+
+
+def _args(tmp_path, fasta, level: str, *extra: str) -> list[str]:
+    return [f"workdir={tmp_path / 'w'}", f"source={{kind: fasta, paths: [{fasta}]}}",
+            f"cluster.levels=[{{name: c, min_seq_id: {level}, method: linclust}}]",
+            "split.valid_fraction=0.25", "split.test_fraction=0.25", *extra]
+
+
+def _family(seq_id: str) -> str:
+    return seq_id.split("_")[0]
+
+
+def test_audit_finds_planted_leakage_and_none_when_families_stay_together(prefect_harness, tmp_path):
+    fasta = tmp_path / "families.fa"
+    family_fasta(fasta, families=12, mutants=3, unrelated=12, length=150)
+    res = data_refresh(str(ROOT / "configs" / "demo.yaml"), _args(tmp_path / "a", fasta, "1.0"))
+    split = {r["id"]: r["split"] for r in pq.read_table(res.stages["split"].path("splits.parquet")).to_pylist()}
+    audit = pq.read_table(res.stages["audit"].path("audit.parquet")).to_pylist()
+    assert {r["id"] for r in audit} == {i for i, s in split.items() if s != "train"}  # every held-out sequence
+    train_families = {_family(i) for i, s in split.items() if s == "train" and i.startswith("fam")}
+    for r in audit:  # the truth: a held-out family member with a family member in train is a ~96-98 % hit
+        leaked = r["id"].startswith("fam") and _family(r["id"]) in train_families
+        assert (r["identity"] >= 0.9) == leaked, r
+        if leaked:
+            assert _family(r["nearest_train_id"]) == _family(r["id"]) and split[r["nearest_train_id"]] == "train"
+        else:
+            assert r["nearest_train_id"] is None and r["identity"] == 0.0
+    stats = res.stages["audit"].stats
+    for name in ("valid", "test"):
+        rows = [r for r in audit if split[r["id"]] == name]
+        share = sum(r["identity"] >= 0.9 for r in rows) / len(rows)
+        assert stats[name]["share_ge_90"] == pytest.approx(share) and stats[name]["queries"] == len(rows)
+    assert max(stats["valid"]["share_ge_90"], stats["test"]["share_ge_90"]) > 0  # leakage was planted
+    metrics = {r["name"]: r["value"] for r in LineageStore(res.lineage).query(
+        "SELECT name, value FROM metrics WHERE run_id = ? AND name LIKE 'audit/%'", [res.run_id])}
+    assert metrics["audit/valid/share_ge_90"] == pytest.approx(stats["valid"]["share_ge_90"])
+    from pipeline_lib.dashboard.report import render_report
+
+    page = render_report(res.lineage, res.run_id)  # the report's audit table names the closest pair
+    worst = max((stats[s] for s in ("valid", "test")), key=lambda m: m["max_identity"])["closest"]
+    assert "Leakage audit" in page and f"{worst['id']} ~ {worst['train_id']}" in page
+    together = data_refresh(str(ROOT / "configs" / "demo.yaml"), _args(tmp_path / "b", fasta, "0.5"))
+    assert all(together.stages["audit"].stats[s]["max_identity"] == 0.0 for s in ("valid", "test"))
+
+
+def test_max_identity_fails_the_build_before_the_shards(prefect_harness, tmp_path):
+    fasta = tmp_path / "families.fa"
+    family_fasta(fasta, families=12, mutants=3, unrelated=12, length=150)
+    with pytest.raises(DataValidationError, match=r"leakage audit: (valid|test) sequence fam\d+_\w+ is 0\.9\d+ "
+                                                  r"identical to training sequence fam\d+_\w+"):
+        data_refresh(str(ROOT / "configs" / "demo.yaml"),
+                     _args(tmp_path, fasta, "1.0", "split.audit.max_identity=0.9"))
+    assert not list((tmp_path / "w" / "stages").glob("shards/*/manifest.json"))
