@@ -49,7 +49,8 @@ def run_data_stages(ctx, cfg: Config, release: data.ReleaseCheck | None = None) 
     ingested = resolve(ctx, data.ingest.submit(ctx, cfg, source))
     levels: list[StageOutput] = []
     for i in range(len(cfg.cluster.levels)):  # each level clusters the previous level's representatives
-        levels.append(resolve(ctx, data.cluster_level.submit(ctx, cfg, ingested, i, levels[-1] if levels else None)))
+        levels.append(resolve(ctx, data.cluster_level.submit(ctx, cfg, ingested, i, levels[-1] if levels else None,
+                                                             source)))
     clustered = resolve(ctx, data.cluster.submit(ctx, cfg, ingested, levels))
     splitted = resolve(ctx, data.split.submit(ctx, cfg, ingested, clustered))
     audited = resolve(ctx, data.audit.submit(ctx, cfg, ingested, splitted)) if cfg.split.audit.enabled else None

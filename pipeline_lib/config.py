@@ -105,12 +105,19 @@ class UnirefSource(DownloadSettings):
     base_url: str = Field("https://ftp.uniprot.org/pub/databases/uniprot",
                           description="Root laid out like UniProt's FTP (uniref/uniref50/uniref50.fasta.gz).")
     database: Literal["uniref50", "uniref90", "uniref100"] = "uniref50"
+    files: list[str] = Field(default_factory=list, description=(
+        "More files of the same release as <database>/<file name>, e.g. uniref50/uniref50.xml.gz (the UniRef50 "
+        "membership ESM-2's UR50/D needs); each is verified against its own folder's RELEASE.metalink, and a file "
+        "of another release is refused. A cluster level names one as membership: release:uniref50/uniref50.xml.gz."))
     allowed_hosts: list[str] | None = Field(None, description=_SOURCE_HOSTS_HELP + " For UniProt itself: "
                                                               "[ftp.uniprot.org].")
 
     @model_validator(mode="after")
     def _hosts(self) -> UnirefSource:
         _check_source_hosts("base_url", [self.base_url], self.allowed_hosts)
+        for spec in self.files:
+            if not re.fullmatch(r"uniref(50|90|100)/[A-Za-z0-9_][A-Za-z0-9_.-]*", spec):
+                raise ValueError(f"files: {spec!r} is not <database>/<file name>, e.g. uniref50/uniref50.xml.gz")
         return self
 
 
@@ -181,6 +188,16 @@ class Config(StrictModel):
                           f"training read local files). For object storage set storage.url: {value} and "
                           "keep workdir local (e.g. workdir: /scratch/plm): it becomes the store's local cache")
         return value
+
+    @model_validator(mode="after")
+    def _release_memberships(self) -> Config:
+        for lv in self.cluster.levels:
+            spec = (lv.membership or "").removeprefix("release:")
+            if lv.membership and lv.membership.startswith("release:") and (
+                    not isinstance(self.source, UnirefSource) or spec not in self.source.files):
+                raise ValueError(f"cluster level {lv.name}: membership {lv.membership} names a file of the uniref "
+                                 f"source's release; add {spec!r} to source.files (source kind uniref)")
+        return self
 
     @model_validator(mode="after")
     def _split_level(self) -> Config:

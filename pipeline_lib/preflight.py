@@ -66,7 +66,7 @@ def _data_inputs(cfg: Config) -> list[str]:
     out += [f"split.decontaminate.fasta.{i}: {p}: {why}" for i, p in enumerate(cfg.split.decontaminate.fasta)
             if (why := _missing(p))]
     out += [f"cluster.levels.{i}.membership: {lv.membership}: {why}" for i, lv in enumerate(cfg.cluster.levels)
-            if lv.membership and (why := _missing(lv.membership))]
+            if lv.membership and not lv.membership.startswith("release:") and (why := _missing(lv.membership))]
     return out
 
 

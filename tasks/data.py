@@ -85,12 +85,17 @@ def _resolve_sources(cfg: Config, ctx: RunContext, downloads: list[dict[str, Any
         if downloads:  # which URL files were fetched this run, and why a copy that was here was not kept
             info["downloads"] = downloads
         return [Produced(f"source_{i}", "source_fasta", path=str(p)) for i, p in enumerate(paths)], info
-    from pipeline_lib.sources.uniref import download_uniref
+    from pipeline_lib.sources.uniref import download_release_files, download_uniref
 
     result, release = download_uniref(src, downloads_dir)
     meta = {"release": release.release, "md5": release.md5, "url": result.url, "database": src.database}
-    return [Produced("source_0", "source_fasta", path=str(result.path), meta=meta)], \
-        {"source": "uniref", "release": release.release, "database": src.database, "md5": release.md5}
+    produced = [Produced("source_0", "source_fasta", path=str(result.path), meta=meta)]
+    extra = download_release_files(src, release.release, downloads_dir)  # same release, or refused
+    produced += [Produced(f"release_{i}", "release_file", path=str(r.path),
+                          meta={"file": spec, "release": release.release, "url": r.url})
+                 for i, (spec, r) in enumerate(extra.items())]
+    return produced, {"source": "uniref", "release": release.release, "database": src.database, "md5": release.md5,
+                      **({"files": list(extra)} if extra else {})}
 
 
 def source_urls(cfg: Config) -> list[str]:
@@ -135,7 +140,7 @@ def source(ctx: RunContext, cfg: Config, release: ReleaseCheck | None = None,
 @lineage_task(name="ingest")
 def ingest(ctx: RunContext, cfg: Config, source: StageOutput) -> StageOutput:
     """Stage 2: FASTA -> sequences / duplicates / quarantine Parquet."""
-    inputs = list(source.outputs.values())
+    inputs = [a for a in source.outputs.values() if a.kind == "source_fasta"]  # not a release's other files
 
     def compute(tmp: Path):
         stats = ingest_fasta([Path(a.path) for a in inputs], tmp, cfg.ingest)
@@ -157,13 +162,13 @@ def ingest(ctx: RunContext, cfg: Config, source: StageOutput) -> StageOutput:
 
 @lineage_task(name="cluster_level")
 def cluster_level(ctx: RunContext, cfg: Config, ingested: StageOutput, index: int,
-                  previous: StageOutput | None = None) -> StageOutput:
+                  previous: StageOutput | None = None, source: StageOutput | None = None) -> StageOutput:
     """Stage 3a: one MMseqs2 level, cached on its own: its key holds this level's parameters and the previous
     level's result, so changing a coarser level re-runs that level and the ones after it only."""
     level = cfg.cluster.levels[index]
     seqs = ingested.outputs["sequences.parquet"]
     if level.method == "uniref":
-        return _uniref_level(ctx, level, seqs, previous)
+        return _uniref_level(ctx, level, seqs, previous, source)
     mm = MMseqs(binary=cfg.cluster.binary, threads=cfg.cluster.threads)
     # threads change speed, not results: keep them out of the cache key
     params = {"level": level.model_dump(mode="json"), "binary": cfg.cluster.binary, "mmseqs_version": mm.version()}
@@ -193,9 +198,23 @@ def cluster_level(ctx: RunContext, cfg: Config, ingested: StageOutput, index: in
     return run_stage(ctx, "cluster_level", params, inputs, compute)
 
 
-def _uniref_level(ctx: RunContext, level: ClusterLevel, seqs: ArtifactRecord,
-                  previous: StageOutput | None) -> StageOutput:
+def _membership_file(level: ClusterLevel, source: StageOutput | None) -> str:
+    """The level's membership path; ``release:<database>/<name>`` is that file of the source's release."""
+    assert level.membership is not None
+    if not level.membership.startswith("release:"):
+        return level.membership
+    spec = level.membership.removeprefix("release:")
+    found = [a.path for a in (source.outputs.values() if source else []) if a.meta.get("file") == spec]
+    if not found:
+        raise DataValidationError(f"cluster level {level.name}: the source stage fetched no {spec} "
+                                  "(source.files of a uniref source)")
+    return found[0]
+
+
+def _uniref_level(ctx: RunContext, level: ClusterLevel, seqs: ArtifactRecord, previous: StageOutput | None,
+                  source: StageOutput | None) -> StageOutput:
     """A level from UniProt's membership file (keyed by its content, like any input)."""
+    level = level.model_copy(update={"membership": _membership_file(level, source)})
     assert level.membership is not None
     membership = artifact_for(level.membership, "uniref_membership")
     params = {"level": level.model_dump(mode="json", exclude={"membership"})}

@@ -217,3 +217,16 @@ def test_a_relative_workdir_in_a_file_is_relative_to_the_file(tmp_path, monkeypa
     assert load_config(tmp_path / "a" / "c.yaml", ["workdir=here"]).workdir_path == tmp_path / "b" / "here"
     assert load_config(tmp_path / "a" / "c.yaml").hash() == load_config("c.yaml").hash()
     assert load_config(ROOT / "configs" / "demo.yaml").workdir_path == ROOT / "demo_work"
+
+
+def test_a_release_membership_must_be_a_file_of_the_uniref_source():
+    level = ("cluster.levels=[{name: u50, min_seq_id: 0.5, method: uniref, "
+             "membership: release:uniref50/uniref50.xml.gz}]")
+    with pytest.raises(ConfigError, match="add 'uniref50/uniref50.xml.gz' to source.files"):
+        load_config(None, [level])
+    with pytest.raises(ConfigError, match="is not <database>/<file name>"):
+        load_config(None, ["source={kind: uniref, files: [../etc/passwd]}"])
+    with pytest.raises(ConfigError, match="method uniref needs membership"):
+        load_config(None, ["cluster.levels=[{name: u50, min_seq_id: 0.5, method: uniref}]"])
+    cfg = load_config(None, [level, "source={kind: uniref, database: uniref90, files: [uniref50/uniref50.xml.gz]}"])
+    assert cfg.source.files == ["uniref50/uniref50.xml.gz"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -145,3 +146,45 @@ def test_training_draws_each_uniref50_cluster_once_per_epoch_and_members_uniform
     stat = float((((counts - expected) ** 2) / expected)[multi].sum())
     dof = int((sizes[sizes > 1] - 1).sum())
     assert chi2.sf(stat, dof) > 1e-3, (stat, dof)
+
+
+def test_a_release_gives_the_fasta_and_its_membership_together_or_not_at_all(prefect_harness, tmp_path):
+    """The uniref source fetches uniref90.fasta.gz and uniref50/uniref50.xml.gz of one release from a server laid
+    out like UniProt's FTP, each verified against its folder's metalink; a level names the membership as
+    release:...; a UniRef50 folder at another release is refused before anything is downloaded."""
+    from http_server import LocalHTTPServer
+
+    from tests.uniprot_release import write_ftp_metadata
+
+    www = tmp_path / "www"
+    rel = build_release(www / "pub" / "databases" / "uniprot")
+    write_ftp_metadata(rel)
+    level = ("cluster.levels=[{name: u50, min_seq_id: 0.5, method: uniref, "
+             "membership: release:uniref50/uniref50.xml.gz}]")
+    with LocalHTTPServer(www) as srv:
+        src = (f"source={{kind: uniref, base_url: {srv.url('/pub/databases/uniprot')}, database: uniref90, "
+               "files: [uniref50/uniref50.xml.gz]}")
+        res = data_refresh(str(ROOT / "configs" / "demo.yaml"),
+                           [f"workdir={tmp_path / 'w'}", src, level, "split.valid_fraction=0.2",
+                            "split.test_fraction=0.2"])
+        clusters = pq.read_table(res.stages["cluster"].path("clusters.parquet")).to_pylist()
+        by_cluster: dict[str, set[str]] = {}
+        for r in clusters:
+            by_cluster.setdefault(r["cluster_u50"], set()).add(r["id"])
+        truth: dict[str, set[str]] = {}
+        for u90, u50 in rel.membership.items():
+            if u90 in rel.fasta_ids:
+                truth.setdefault(u50, set()).add(u90)
+        assert sorted(map(sorted, by_cluster.values())) == sorted([sorted(g) for g in truth.values()]
+                                                                 + [[m] for m in rel.missing])
+        source = res.stages["source"]
+        assert source.stats["release"] == "2026_03" and source.stats["files"] == ["uniref50/uniref50.xml.gz"]
+        fetched = [a for a in source.outputs.values() if a.kind == "release_file"]
+        assert len(fetched) == 1 and Path(fetched[0].path).read_bytes() == rel.uniref50_xml.read_bytes()
+        assert res.stages["ingest"].stats["records_in"] == len(rel.fasta_ids)  # the XML is not read as FASTA
+        write_ftp_metadata(rel, uniref50_release="2026_02")
+        requests_before = len(srv.requests)
+        with pytest.raises(DataValidationError, match=r"uniref50/uniref50.xml.gz is from release 2026_02, the "
+                                                      r"source's FASTA from release 2026_03: refusing to mix"):
+            data_refresh(str(ROOT / "configs" / "demo.yaml"), [f"workdir={tmp_path / 'w2'}", src, level])
+        assert not any(r.path.endswith(".gz") for r in srv.requests[requests_before:])  # nothing downloaded

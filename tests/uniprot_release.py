@@ -145,3 +145,21 @@ def _member_block(u90: str, u50: str) -> str:
                       f'    <property type="UniRef50 ID" value="{u50}"/>', "  </dbReference>",
                       '  <sequence length="12" checksum="0000000000000000">MKVLAAGIVLLA</sequence>',
                       "</member>"])
+
+
+def write_ftp_metadata(rel: MiniRelease, *, uniref50_release: str | None = None) -> None:
+    """``RELEASE.metalink`` (Metalink 3 as UniProt writes it: size and MD5 per file, a ``<version>``) and a
+    release note in each folder; ``uniref50_release`` puts the UniRef50 folder at another release."""
+    for folder, release in ((rel.uniref90_fasta.parent, rel.release),
+                            (rel.uniref50_xml.parent, uniref50_release or rel.release)):
+        files = "".join(
+            f'<file name="{f.name}"><size>{f.stat().st_size}</size><verification><hash type="md5">'
+            f'{hashlib.md5(f.read_bytes()).hexdigest()}</hash></verification><resources><url type="ftp" '
+            f'location="uk">ftp://ftp.ebi.ac.uk/pub/databases/uniprot/uniref/{folder.name}/{f.name}</url>'
+            "</resources></file>" for f in sorted(folder.iterdir()) if f.name.endswith(".gz"))
+        (folder / "RELEASE.metalink").write_text(
+            '<?xml version="1.0" encoding="UTF-8"?>\n<metalink xmlns="http://www.metalinker.org/" version="3.0">'
+            "<publisher><name>UniProt Consortium</name><url>http://www.uniprot.org</url></publisher>"
+            f"<version>{release}</version><files>{files}</files></metalink>\n")
+        (folder / f"{folder.name}.release_note").write_text(f"{folder.name.replace('uniref', 'UniRef')} Release "
+                                                            f"{release}\n")

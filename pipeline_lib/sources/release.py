@@ -3,7 +3,8 @@
     ident = source_identity(cfg.source, download_dir)
     if identity_changed(previous_ident, ident): ...run the refresh...
 
-- ``uniref``: the release name, file name, size and MD5 from ``RELEASE.metalink`` (one small request).
+- ``uniref``: the release name, file name, size and MD5 from ``RELEASE.metalink`` (one small request), and
+  those of ``source.files`` from their folders' metalinks.
 - ``fasta``: sha256 of local files; ETag / size / Last-Modified of URLs (a HEAD request each).
 - ``embedded``: the wheels' versions and the files' sha256.
 """
@@ -22,10 +23,16 @@ def source_identity(source: UnirefSource | FastaSource | EmbeddedSource, downloa
     if isinstance(source, UnirefSource):
         from pipeline_lib.sources.uniref import release_info
 
-        info = release_info(source.base_url, source.database, retries=source.retries, timeout_s=source.timeout_s,
-                            allowed_hosts=source.allowed_hosts)
+        kw: dict[str, Any] = {"retries": source.retries, "timeout_s": source.timeout_s,
+                              "allowed_hosts": source.allowed_hosts}
+        info = release_info(source.base_url, source.database, **kw)
         d = info.to_dict()
         d.pop("metalink_sha256", None)  # a mirror-list edit is not a new release
+        if source.files:  # the release's other files: each at the same release, with its size and MD5
+            from pipeline_lib.sources.uniref import release_files
+
+            d["files"] = {f.spec: {"size": f.size, "md5": f.md5}
+                          for f in release_files(source.base_url, info.release, source.files, **kw)}
         return {"kind": "uniref", **d}
     if isinstance(source, EmbeddedSource):
         from pipeline_lib.sources.embedded import embedded_corpus

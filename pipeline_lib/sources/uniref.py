@@ -30,9 +30,9 @@ from pipeline_lib.io import write_json_atomic
 from pipeline_lib.sources.download import DownloadResult, download, fetch_bytes, redact_url
 
 __all__ = [
-    "FileEntry", "Metalink", "ReleaseInfo",
+    "FileEntry", "Metalink", "ReleaseInfo", "ReleaseFile",
     "database_url", "parse_metalink", "parse_release_note",
-    "fetch_metalink", "release_info", "release_changed", "download_uniref",
+    "fetch_metalink", "release_info", "release_files", "release_changed", "download_uniref", "download_release_files",
 ]
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,54 @@ def release_info(base_url: str, database: str, **download_kwargs: Any) -> Releas
     if entry.md5 is None:
         log.warning("%s: no MD5 for %s; only the size can be verified", origin, fasta_name)
     return ReleaseInfo(database, release, fasta_name, entry.size, entry.md5, ml.sha256)
+
+
+@dataclass(frozen=True)
+class ReleaseFile:
+    """One more file of a release (``<database>/<name>``), with what its folder's metalink says of it."""
+
+    spec: str
+    release: str
+    size: int | None
+    md5: str | None
+
+
+def release_files(base_url: str, release: str, files: list[str], **download_kwargs: Any) -> list[ReleaseFile]:
+    """Each of ``files`` (``<database>/<name>``) from its folder's metalink; refuses a file the metalink does not
+    list, one with neither size nor MD5, and one whose folder is at another release than ``release``."""
+    out = []
+    for spec in files:
+        database, name = spec.split("/", 1)
+        ml = fetch_metalink(base_url, database, **download_kwargs)
+        origin = redact_url(database_url(base_url, database) + "RELEASE.metalink")
+        entry = ml.files.get(name)
+        if entry is None:
+            raise DataValidationError(f"no <file name={name!r}>; files listed: {sorted(ml.files)}", path=origin)
+        theirs = ml.version or _release_from_note(base_url, database, **download_kwargs)
+        if theirs != release:
+            raise DataValidationError(f"{spec} is from release {theirs}, the source's FASTA from release {release}: "
+                                      "refusing to mix releases (a mirror mid-update? try again later)", path=origin)
+        if entry.size is None and entry.md5 is None:
+            raise DataValidationError(f"neither size nor MD5 for {name}: refusing an unverifiable download",
+                                      path=origin)
+        out.append(ReleaseFile(spec, theirs, entry.size, entry.md5))
+    return out
+
+
+def download_release_files(source_cfg: UnirefSource, release: str, dest_dir: str | os.PathLike[str], *,
+                           backoff_s: float = 1.0, progress: bool = True) -> dict[str, DownloadResult]:
+    """``source_cfg.files`` of ``release`` to ``dest_dir/<release>/<database>/<name>``, each verified against its
+    folder's metalink (size, MD5); a valid existing copy is kept."""
+    kw: dict[str, Any] = {"retries": source_cfg.retries, "timeout_s": source_cfg.timeout_s, "backoff_s": backoff_s,
+                          "allowed_hosts": source_cfg.allowed_hosts}
+    out = {}
+    for f in release_files(source_cfg.base_url, release, source_cfg.files, **kw):
+        database, name = f.spec.split("/", 1)
+        url = database_url(source_cfg.base_url, database) + name
+        out[f.spec] = download(url, Path(dest_dir) / release / database / name, expected_size=f.size,
+                               expected_md5=f.md5, progress=progress, **kw, min_bytes=source_cfg.min_bytes,
+                               deadline_s=source_cfg.deadline_s)
+    return out
 
 
 def release_changed(previous: ReleaseInfo | dict[str, Any] | None, current: ReleaseInfo) -> bool:
