@@ -83,9 +83,13 @@ def test_import_round_trip_and_errors(tmp_path: Path):
     with torch.no_grad():
         assert torch.allclose(again(tok), m(tok), atol=1e-6)
     conf = json.loads((out / "config.json").read_text())
-    conf["position_embedding_type"] = "absolute"
+    conf["position_embedding_type"] = "absolute"  # ESM-1b's layout, without its learned table
     (out / "config.json").write_text(json.dumps(conf))
-    with pytest.raises(DataValidationError, match="rotary"):
+    with pytest.raises(DataValidationError, match=r"missing \['esm.embeddings.position_embeddings.weight'\]"):
+        import_hf(out)
+    conf["position_embedding_type"] = "relative_key"
+    (out / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(DataValidationError, match="ESM-2 uses rotary, ESM-1b absolute"):
         import_hf(out)
 
 
@@ -110,3 +114,60 @@ def test_imported_hf_model_trains_a_step(tmp_path: Path):
     assert result.step == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.metrics)
     tuned = transformers.EsmForMaskedLM.from_pretrained(result.hf_dir)
     assert tuned.config.hidden_size == 32 and tuned.config.num_hidden_layers == 2
+
+
+def test_esm1b_exports_to_transformers_with_equal_logits_and_packs_like_padding(tmp_path: Path):
+    """ESM-1b's layout (learned absolute positions offset past <pad>, embedding LayerNorm, token dropout):
+    transformers' EsmForMaskedLM with position_embedding_type absolute gives our logits, padded rows included;
+    packed sequences give the logits each has alone (positions restart per sequence); import reads it back."""
+    torch.manual_seed(1)
+    m = ESM2(model_config("tiny", architecture="esm1b", max_len=64))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    m.eval()
+    assert m.cfg.position_embedding == "absolute" and m.cfg.max_positions == 66
+    out = export_hf(m, tmp_path / "hf", vocab="esm2")
+    conf = json.loads((out / "config.json").read_text())
+    assert (conf["position_embedding_type"], conf["emb_layer_norm_before"], conf["max_position_embeddings"]) == \
+        ("absolute", True, 66)
+    hf = transformers.EsmForMaskedLM.from_pretrained(out).eval()
+    tok, att = _batch(33, 32, 4, 24)
+    with torch.no_grad():
+        ours, theirs = m(tok), hf(input_ids=tok, attention_mask=att).logits
+        real = att.bool()
+        assert torch.allclose(ours[real], theirs[real], atol=1e-5), (ours - theirs)[real].abs().max()
+        # two sequences packed in one row equal each alone
+        a, b = tok[0], tok[1][:15]
+        packed = torch.cat([a, b])[None]
+        doc = torch.cat([torch.zeros(len(a)), torch.ones(len(b))]).long()[None]
+        pos = torch.cat([torch.arange(len(a)), torch.arange(len(b))])[None]
+        both = m(packed, doc_ids=doc, position_ids=pos)[0]
+        assert torch.allclose(both[: len(a)], m(a[None])[0], atol=1e-5)
+        assert torch.allclose(both[len(a):], m(b[None])[0], atol=1e-5)
+        back, vocab = import_hf(out)
+        assert vocab == "esm2" and back.cfg == m.cfg and torch.allclose(back(tok)[real], ours[real], atol=1e-6)
+        with pytest.raises(ValueError, match="longer than the 64 learned positions"):
+            m(torch.randint(4, 24, (1, 70)))
+
+
+def test_esm1b_trains_and_exports(tmp_path: Path):
+    """train.architecture esm1b: the loop trains ESM-1b's network and exports it as an EsmForMaskedLM with absolute
+    positions, whose logits equal the checkpoint's."""
+    from pipeline_lib.train.config import TrainConfig
+    from pipeline_lib.train.loop import Trainer
+    from pipeline_lib.train.parallel import DistEnv
+    from pipeline_lib.train.synthetic import write_synthetic_shards
+
+    shards = write_synthetic_shards(tmp_path / "shards", rows=64, row_group_rows=8)
+    cfg = TrainConfig(architecture="esm1b", model="tiny", max_len=64, batch_tokens=256, num_workers=0,
+                      warmup_steps=1, total_steps=3, lr=1e-3, checkpoint_every=10, export_hf=True)
+    result = Trainer(cfg, shards_dir=shards, output_dir=tmp_path / "run", env=DistEnv()).train()
+    assert result.step == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.metrics)
+    hf = transformers.EsmForMaskedLM.from_pretrained(result.hf_dir).eval()
+    assert hf.config.position_embedding_type == "absolute" and hf.config.emb_layer_norm_before
+    ours, _ = import_hf(result.hf_dir)
+    tok, att = _batch(33, 32, 4, 24)
+    with torch.no_grad():
+        assert torch.allclose(ours(tok)[att.bool()], hf(input_ids=tok, attention_mask=att).logits[att.bool()],
+                              atol=1e-5)

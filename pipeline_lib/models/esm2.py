@@ -1,4 +1,5 @@
-"""ESM-2 masked language model, a plain ``nn.Module`` (SaProt is the same network with 446 tokens).
+"""ESM-2 masked language model, a plain ``nn.Module`` (SaProt is the same network with 446 tokens; ESM-1b /
+ESM-1v the same with learned absolute positions and an embedding LayerNorm instead of rotary embeddings).
 
     from pipeline_lib.models import ESM2, ESM2Config
     model = ESM2(ESM2Config(num_layers=6, hidden_size=320, num_heads=20))
@@ -51,13 +52,20 @@ class ESM2Config:
     token_dropout: bool = True
     layer_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    # ESM-1b / ESM-1v: learned absolute positions (ids offset past <pad>, as fairseq's) and a LayerNorm on the
+    # embeddings, instead of rotary embeddings
+    position_embedding: str = "rotary"   # "rotary" | "absolute"
+    max_positions: int = 1026            # absolute: 1024 tokens + the <pad> offset
+    emb_layer_norm_before: bool = False
 
     def __post_init__(self) -> None:
         if self.intermediate_size is None:
             object.__setattr__(self, "intermediate_size", 4 * self.hidden_size)
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
-        if self.head_dim % 2:
+        if self.position_embedding not in ("rotary", "absolute"):
+            raise ValueError(f"position_embedding {self.position_embedding!r}: rotary or absolute")
+        if self.position_embedding == "rotary" and self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even for rotary embeddings")
 
     @property
@@ -105,11 +113,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
         self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttnInputs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
+                attn: AttnInputs) -> torch.Tensor:
         b, t, _ = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim).unbind(2)  # (B, T, H, D) each
         q = q * self.head_dim ** -0.5  # ESM scales q before the rotation, and attention uses scale 1
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cos is not None and sin is not None:  # rotary (ESM-2); ESM-1b adds absolute positions to the input
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         return self.out(attention(q, k, v, attn).reshape(b, t, -1))
 
 
@@ -124,7 +134,8 @@ class Block(nn.Module):
         self.fc1 = nn.Linear(cfg.hidden_size, cfg.ffn_size)
         self.fc2 = nn.Linear(cfg.ffn_size, cfg.hidden_size)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttnInputs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
+                attn: AttnInputs) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin, attn)
         return x + self.fc2(F.gelu(self.fc1(self.ffn_norm(x))))
 
@@ -149,6 +160,9 @@ class ESM2(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        self.embed_positions = (nn.Embedding(cfg.max_positions, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+                                if cfg.position_embedding == "absolute" else None)
+        self.emb_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if cfg.emb_layer_norm_before else None
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.lm_head = LMHead(cfg.hidden_size, cfg.vocab_size, cfg.layer_norm_eps)
@@ -166,20 +180,35 @@ class ESM2(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.embed_tokens.weight, std=std)
         zero_row_(self.embed_tokens.weight, self.cfg.pad_token_id)
+        if self.embed_positions is not None:
+            nn.init.normal_(self.embed_positions.weight, std=std)
+            zero_row_(self.embed_positions.weight, self.cfg.pad_token_id)
         self.lm_head.bias.zero_()
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def _embed(self, tokens: torch.Tensor, attn: AttnInputs) -> torch.Tensor:
+    def _embed(self, tokens: torch.Tensor, attn: AttnInputs,
+               position_ids: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.cfg
+        if position_ids is None:
+            position_ids = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
         x = self.embed_tokens(tokens)
         if cfg.token_dropout:
             is_mask = tokens == cfg.mask_token_id
             x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
             ratio = _observed_mask_ratio(tokens, is_mask, cfg.pad_token_id, attn.doc_ids, x.dtype)
             x = x * (1 - MASK_RATIO_TRAIN) / (1 - ratio)[..., None]
-        return x * (1 - (tokens == cfg.pad_token_id).unsqueeze(-1).type_as(x))
+        is_pad = tokens == cfg.pad_token_id
+        if self.embed_positions is not None:  # fairseq's learned positions: <pad> + 1 + index, <pad> on padding
+            pos = torch.where(is_pad, cfg.pad_token_id, position_ids + cfg.pad_token_id + 1)
+            if int(pos.max()) >= cfg.max_positions:
+                raise ValueError(f"a sequence of {int(pos.max()) - cfg.pad_token_id} tokens is longer than the "
+                                 f"{cfg.max_positions - cfg.pad_token_id - 1} learned positions")
+            x = x + self.embed_positions(pos)
+        if self.emb_norm is not None:
+            x = self.emb_norm(x)
+        return x * (1 - is_pad.unsqueeze(-1).type_as(x))
 
     def encode(self, tokens: torch.Tensor, *, position_ids: torch.Tensor | None = None,
                doc_ids: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
@@ -191,8 +220,9 @@ class ESM2(nn.Module):
         attn = build_attn_inputs(tokens, self.cfg.pad_token_id, doc_ids=doc_ids, cu_seqlens=cu_seqlens,
                                  max_seqlen=max_seqlen, backend=backend,
                                  weight_dtype=self.embed_tokens.weight.dtype)
-        x = self._embed(tokens, attn)
-        cos, sin = rotary_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
+        x = self._embed(tokens, attn, position_ids)
+        cos, sin = (rotary_cos_sin(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
+                    if self.embed_positions is None else (None, None))
         for layer in self.layers:
             x = layer(x, cos, sin, attn)
         return self.final_norm(x)

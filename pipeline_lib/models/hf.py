@@ -7,10 +7,12 @@
     transformers.EsmForMaskedLM.from_pretrained("out/hf")
 
 The exported config is ESM-2's (rotary positions, ``token_dropout`` true, ``emb_layer_norm_before`` false,
-no dropout, GELU, LayerNorm eps 1e-5) with the vocabulary's ``mask_token_id`` / ``pad_token_id`` (ESM-2:
-32 / 1; SaProt: 4 / 1). The fused q/k/v projection is split into ``query`` / ``key`` / ``value``. The
-contact-prediction head is not trained here: it is written as zeros (``predict_contacts`` gives 0.5
-everywhere) so that loading reports no missing weights; fit it downstream if contacts are needed.
+no dropout, GELU, LayerNorm eps 1e-5), or ESM-1b's for a model with absolute positions
+(``position_embedding_type`` absolute, ``emb_layer_norm_before`` true, the learned table's size), with the
+vocabulary's ``mask_token_id`` / ``pad_token_id`` (ESM-2: 32 / 1; SaProt: 4 / 1). The fused q/k/v projection
+is split into ``query`` / ``key`` / ``value``. The contact-prediction head is not trained here: it is written
+as zeros (``predict_contacts`` gives 0.5 everywhere) so that loading reports no missing weights; fit it
+downstream if contacts are needed.
 Importing reads ``model.safetensors`` or ``pytorch_model.bin`` (with ``weights_only=True``); the
 transformers package is needed only to load the exported directory, not to write or read it here.
 """
@@ -55,6 +57,17 @@ _IGNORED_SUFFIXES = ("rotary_embeddings.inv_freq", "position_ids", "lm_head.deco
 _IGNORED_PREFIXES = ("esm.contact_head.", "esm.pooler.", "contact_head.", "pooler.")
 
 
+def _extra_keys(cfg: ESM2Config) -> dict[str, str]:
+    """ESM-1b's parameters beyond ESM-2's: learned positions and the embedding LayerNorm (ours -> HF)."""
+    out = {}
+    if cfg.position_embedding == "absolute":
+        out["embed_positions.weight"] = "esm.embeddings.position_embeddings.weight"
+    if cfg.emb_layer_norm_before:
+        out |= {"emb_norm.weight": "esm.embeddings.layer_norm.weight",
+                "emb_norm.bias": "esm.embeddings.layer_norm.bias"}
+    return out
+
+
 def hf_config(cfg: ESM2Config, *, max_position_embeddings: int = 1026) -> dict[str, Any]:
     """``config.json`` content of an ``EsmForMaskedLM`` with this shape and vocabulary."""
     return {
@@ -63,8 +76,9 @@ def hf_config(cfg: ESM2Config, *, max_position_embeddings: int = 1026) -> dict[s
         "num_attention_heads": cfg.num_heads, "intermediate_size": cfg.ffn_size, "hidden_act": "gelu",
         "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
         "max_position_embeddings": max_position_embeddings, "initializer_range": 0.02,
-        "layer_norm_eps": cfg.layer_norm_eps, "position_embedding_type": "rotary", "rope_theta": cfg.rope_theta,
-        "token_dropout": cfg.token_dropout, "emb_layer_norm_before": False, "is_folding_model": False,
+        "layer_norm_eps": cfg.layer_norm_eps, "position_embedding_type": cfg.position_embedding,
+        "rope_theta": cfg.rope_theta, "token_dropout": cfg.token_dropout,
+        "emb_layer_norm_before": cfg.emb_layer_norm_before, "is_folding_model": False,
         "mask_token_id": cfg.mask_token_id, "pad_token_id": cfg.pad_token_id, "eos_token_id": cfg.eos_token_id,
         "tie_word_embeddings": True, "use_cache": True, "torch_dtype": "float32",
     }
@@ -74,9 +88,10 @@ def to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ESM2Config) -> dict[str, 
     """Our parameter names -> ``EsmForMaskedLM`` names (fp32, contiguous, no shared storage)."""
     out: dict[str, torch.Tensor] = {}
     h = cfg.hidden_size
-    for ours, theirs in _TOP_MAP.items():
+    for ours, theirs in (_TOP_MAP | _extra_keys(cfg)).items():
         out[theirs] = sd[ours]
     out["lm_head.decoder.weight"] = sd["embed_tokens.weight"]
+    rotary = cfg.position_embedding == "rotary"
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
     for i in range(cfg.num_layers):
         pre, hpre = f"layers.{i}.", _L.format(i=i)
@@ -88,7 +103,8 @@ def to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ESM2Config) -> dict[str, 
             out[f"{hpre}attention.self.query.{p}"] = q
             out[f"{hpre}attention.self.key.{p}"] = k
             out[f"{hpre}attention.self.value.{p}"] = v
-        out[f"{hpre}attention.self.rotary_embeddings.inv_freq"] = inv_freq
+        if rotary:
+            out[f"{hpre}attention.self.rotary_embeddings.inv_freq"] = inv_freq
     out["esm.contact_head.regression.weight"] = torch.zeros(1, cfg.num_layers * cfg.num_heads)
     out["esm.contact_head.regression.bias"] = torch.zeros(1)
     return {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in out.items()}
@@ -108,7 +124,7 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ESM2Config) -> dict[str
             return torch.empty(0)
         return sd.pop(key)
 
-    for ours, theirs in _TOP_MAP.items():
+    for ours, theirs in (_TOP_MAP | _extra_keys(cfg)).items():
         out[ours] = take(theirs)
     for i in range(cfg.num_layers):
         pre, hpre = f"layers.{i}.", _L.format(i=i)
@@ -141,6 +157,8 @@ def export_hf(model: ESM2 | dict[str, torch.Tensor], out_dir: str | os.PathLike[
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
         save_file(to_hf_state_dict(sd, cfg), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if cfg.position_embedding == "absolute":  # the learned table decides how long a sequence may be
+            max_position_embeddings = cfg.max_positions
         (tmp / "config.json").write_text(json.dumps(hf_config(cfg, max_position_embeddings=max_position_embeddings),
                                                     indent=2) + "\n")
         (tmp / "vocab.txt").write_text("\n".join(ab.tokens) + "\n")
@@ -162,10 +180,9 @@ def read_hf_config(path: str | os.PathLike[str]) -> tuple[ESM2Config, str | None
     problems = []
     if c.get("model_type") != "esm":
         problems.append(f"model_type {c.get('model_type')!r} != 'esm'")
-    if c.get("position_embedding_type") != "rotary":
-        problems.append(f"position_embedding_type {c.get('position_embedding_type')!r} (ESM-2 uses rotary)")
-    if c.get("emb_layer_norm_before"):
-        problems.append("emb_layer_norm_before is true (ESM-1b layout, not ESM-2)")
+    position = c.get("position_embedding_type", "absolute")
+    if position not in ("rotary", "absolute"):
+        problems.append(f"position_embedding_type {position!r} (ESM-2 uses rotary, ESM-1b absolute)")
     if c.get("is_folding_model"):
         problems.append("is_folding_model is true (ESMFold)")
     if problems:
@@ -181,7 +198,9 @@ def read_hf_config(path: str | os.PathLike[str]) -> tuple[ESM2Config, str | None
                      pad_token_id=c.get("pad_token_id", 1), mask_token_id=c["mask_token_id"],
                      cls_token_id=index.get("<cls>", 0), eos_token_id=index.get("<eos>", 2),
                      token_dropout=bool(c.get("token_dropout", False)), layer_norm_eps=c.get("layer_norm_eps", 1e-5),
-                     rope_theta=c.get("rope_theta", 10000.0))
+                     rope_theta=c.get("rope_theta", 10000.0), position_embedding=position,
+                     max_positions=c.get("max_position_embeddings", 1026),
+                     emb_layer_norm_before=bool(c.get("emb_layer_norm_before", False)))
     return cfg, vocab
 
 

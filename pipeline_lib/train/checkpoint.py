@@ -128,7 +128,7 @@ def export_checkpoint_hf(ckpt_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the Hugging Face ``EsmForMaskedLM`` directory of a checkpoint (no distributed setup needed)."""
     d = Path(ckpt_dir)
     meta = json.loads((d / "meta.json").read_text())
-    if meta.get("architecture", "esm2") != "esm2":
+    if meta.get("architecture", "esm2") not in ("esm2", "esm1b"):
         raise ConfigError(f"{d}: a {meta['architecture']} checkpoint has no Hugging Face EsmForMaskedLM form")
     cfg = ESM2Config.from_dict(meta["model"])
     return export_hf(load_file(str(d / "model.safetensors")), out_dir, vocab=meta["vocab"], cfg=cfg)

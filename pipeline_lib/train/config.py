@@ -37,9 +37,11 @@ class ModelShape(StrictModel):
 class TrainConfig(StrictModel):
     enabled: bool = Field(False, description="Run the train stage.")
     # --- model
-    architecture: Literal["esm2", "msa_transformer"] = Field(
-        "esm2", description="esm2: ESM-2 / SaProt on sequence shards; msa_transformer: MSA Transformer on the "
-                            "msa stage's shards (model flavors tiny, 100M; no Hugging Face export).")
+    architecture: Literal["esm2", "esm1b", "msa_transformer"] = Field(
+        "esm2", description="esm2: ESM-2 / SaProt on sequence shards; esm1b: ESM-1b / ESM-1v's network (learned "
+                            "absolute positions, embedding LayerNorm; 650M is theirs) on the same shards; "
+                            "msa_transformer: MSA Transformer on the msa stage's shards (model flavors tiny, 100M; "
+                            "no Hugging Face export).")
     model: str = Field("8M", description="Size flavor: tiny, 8M, 35M, 150M, 650M, 3B, 15B (ignored when shape is set); "
                                          "MSA Transformer: tiny, 100M.")
     shape: ModelShape | None = Field(None, description="Explicit shape instead of a flavor.")

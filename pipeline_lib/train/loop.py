@@ -179,7 +179,7 @@ class Trainer:
                 if self.step % self.cfg.checkpoint_every == 0 or self.step == last:
                     saved = self.save()
             hf_dir = None
-            esm = self.cfg.architecture == "esm2"  # the MSA Transformer has no Hugging Face counterpart
+            esm = self.cfg.architecture in ("esm2", "esm1b")  # the MSA Transformer has no HF counterpart
             if self.cfg.export_hf and esm and saved is not None and self.env.is_main:
                 hf_dir = export_checkpoint_hf(saved, self.out / "hf")
             return TrainResult(self.step, saved, hf_dir, records)

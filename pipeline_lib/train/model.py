@@ -45,7 +45,8 @@ def build_model(cfg: TrainConfig, *, device: str | torch.device | None = None) -
                                                          max_positions=max(1024, cfg.max_len),
                                                          max_rows=max(1024, cfg.msa_max_rows)))
         else:
-            model = ESM2(model_config(cfg.model, vocab=cfg.vocab, shape=shape, intermediate_size=ffn))
+            model = ESM2(model_config(cfg.model, vocab=cfg.vocab, shape=shape, intermediate_size=ffn,
+                                      architecture=cfg.architecture, max_len=max(1024, cfg.max_len)))
     if not is_meta(model):
         init_weights(model, cfg.seed)
     return model, cfg.vocab
