@@ -64,3 +64,22 @@ def test_max_identity_fails_the_build_before_the_shards(prefect_harness, tmp_pat
         data_refresh(str(ROOT / "configs" / "demo.yaml"),
                      _args(tmp_path, fasta, "1.0", "split.audit.max_identity=0.9"))
     assert not list((tmp_path / "w" / "stages").glob("shards/*/manifest.json"))
+
+
+def test_decontaminating_train_against_held_out_removes_exactly_the_leaks(prefect_harness, tmp_path):
+    """`split.decontaminate.held_out`: training sequences at >= 90 % identity to a valid or test sequence are
+    quarantined (as the true families say, and nothing else), and the audit after it finds no such pair."""
+    fasta = tmp_path / "families.fa"
+    family_fasta(fasta, families=12, mutants=3, unrelated=12, length=150)
+    res = data_refresh(str(ROOT / "configs" / "demo.yaml"),
+                       _args(tmp_path, fasta, "1.0", "split.decontaminate.held_out=true",
+                             "split.decontaminate.min_seq_id=0.9"))
+    split = {r["id"]: r["split"] for r in pq.read_table(res.stages["split"].path("splits.parquet")).to_pylist()}
+    removed = pq.read_table(res.stages["split"].path("quarantine.parquet")).to_pylist()
+    assigned = {**split, **{r["id"]: "train" for r in removed}}  # removed rows were train
+    held_families = {_family(i) for i, s in assigned.items() if s != "train" and i.startswith("fam")}
+    truth = {i for i, s in assigned.items() if s == "train" and i.startswith("fam") and _family(i) in held_families}
+    assert truth and {r["id"] for r in removed} == truth
+    assert all(r["reason"] == "decontaminated" and "identity to held-out sequence fam" in r["detail"] for r in removed)
+    assert res.stages["split"].stats["decontaminated"] == len(truth)
+    assert all(res.stages["audit"].stats[s]["max_identity"] < 0.9 for s in ("valid", "test"))

@@ -79,6 +79,9 @@ class ClusterConfig(StrictModel):
 
 class DecontaminateConfig(StrictModel):
     fasta: list[str] = Field(default_factory=list, description="Evaluation FASTA files to keep out of training.")
+    held_out: bool = Field(False, description=(
+        "Also keep training sequences similar to this build's own valid and test sequences out of training "
+        "(ESM-2 / BioNeMo: MMseqs2 removes training sequences similar to the held-out ones)."))
     min_seq_id: float = Field(0.5, gt=0, le=1, description="Training hits at or above this identity are dropped.")
     coverage: float = Field(0.0, ge=0, le=1)
 

@@ -17,6 +17,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -118,20 +119,38 @@ def _rows_at(path: Path, columns: list[str], rows: list[int]) -> dict[int, tuple
     return out
 
 
+def _train_mask(clusters: Path, level: str, seed: int, split_cfg: SplitConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``clusters`` (the sequences' order): is it train, is it valid or test."""
+    parts = []
+    for batch in pq.ParquetFile(clusters, pre_buffer=False).iter_batches(batch_size=BATCH_ROWS,
+                                                                           columns=[f"cluster_{level}"]):
+        parts.append(pc.equal(_split_column(batch.column(0), seed, split_cfg), "train").to_numpy(
+            zero_copy_only=False))
+    train = np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+    return train, ~train
+
+
 def decontaminate(sequences: Path, clusters: Path, cfg: DecontaminateConfig, split_cfg: SplitConfig, *,
                   level: str, seed: int, tmp_dir: Path, threads: int = 1,
                   binary: str | None = None) -> tuple[list[dict], list[str]]:
-    """Search would-be training sequences against the evaluation FASTA files.
+    """Search would-be training sequences against the evaluation FASTA files, and against this build's own valid
+    and test sequences when ``cfg.held_out``.
 
     Returns (quarantine rows for hits at >= ``cfg.min_seq_id``, the mmseqs argv used).
     """
-    if not cfg.fasta:
+    if not cfg.fasta and not cfg.held_out:
         return [], []
     tmp_dir.mkdir(parents=True, exist_ok=True)
+    is_train, is_held = _train_mask(clusters, level, seed, split_cfg)
     query = tmp_dir / "train.fasta"
-    write_fasta_from_parquet(sequences, query)
+    write_fasta_from_parquet(sequences, query, keep=is_train)
     targets = tmp_dir / "eval.fasta"
-    with open(targets, "w") as out:
+    if cfg.held_out:  # ">held:<row>": the held-out row, named by its id in the quarantine detail
+        write_fasta_from_parquet(sequences, tmp_dir / "held.fasta", keep=is_held)
+        with open(tmp_dir / "held.fasta") as src, open(targets, "w") as out:
+            for line in src:
+                out.write(f">held:{line[1:]}" if line.startswith(">") else line)
+    with open(targets, "a") as out:
         for f in cfg.fasta:
             from pipeline_lib.sequences.fasta import read_fasta  # local import keeps module import light
 
@@ -150,13 +169,16 @@ def decontaminate(sequences: Path, clusters: Path, cfg: DecontaminateConfig, spl
             qi = int(q)
             if ident >= cfg.min_seq_id and ident > best.get(qi, (-1.0, ""))[0]:
                 best[qi] = (ident, t)
-    # only the hit rows are looked up (a few, of tens of millions): their id, and whether they train
-    ids = _rows_at(sequences, ["id"], list(best))
-    reps = _rows_at(clusters, [f"cluster_{level}"], list(best))
-    is_train = {qi: split_of(reps[qi][0], seed, split_cfg.valid_fraction, split_cfg.test_fraction) == "train"
-                for qi in best}
+    # only the hit rows are looked up (a few, of tens of millions): their id, and the held-out ids they hit
+    held = [int(t.removeprefix("held:")) for _, t in best.values() if t.startswith("held:")]
+    ids = _rows_at(sequences, ["id"], list(best) + held)
+
+    def target(t: str) -> str:
+        return f"held-out sequence {ids[int(t.removeprefix('held:'))][0]}" if t.startswith("held:") \
+            else f"evaluation sequence {t}"
+
     rows = [dict(stage="split", source_file=str(sequences), source_record=qi, id=ids[qi][0], reason="decontaminated",
-                 detail=f"{ids[qi][0]}: {ident:.2f} identity to evaluation sequence {t}", raw=None)
+                 detail=f"{ids[qi][0]}: {ident:.2f} identity to {target(t)}", raw=None)
             for qi, (ident, t) in sorted(best.items()) if is_train[qi]]
     log.info("decontamination: %d training sequences removed", len(rows))
     return rows, ["mmseqs", *args]
