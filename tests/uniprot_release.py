@@ -1,5 +1,6 @@
 """A miniature UniProt UniRef release built from real TrEMBL entries (../shared/fixtures), laid out like the FTP
-tree: ``uniref/uniref90/uniref90.fasta.gz`` and ``uniref/uniref50/uniref50.xml.gz`` in UniProt's XML layout
+tree: ``uniref/uniref90/uniref90.fasta.gz``, ``uniref/uniref50/uniref50.fasta.gz`` and
+``uniref/uniref50/uniref50.xml.gz`` in UniProt's XML layout
 (../shared/docs/DOMAIN.md: root ``<UniRef50 ... version=..>``, entries with a representative member and members,
 each member's UniRef90 cluster as a property, repeated by every protein of that cluster).
 
@@ -88,6 +89,7 @@ def build_release(root: Path, *, families: int = 24, release: str = "2026_03", s
            'xsi:schemaLocation="http://uniprot.org/uniref http://www.uniprot.org/support/docs/uniref.xsd" '
            f'releaseDate="2026-04-01" version="{release}">']
     all_u90: list[tuple[str, str]] = []  # (u90 id, u50 id) in file order
+    u50_fasta: list[str] = []
     for i, p in enumerate(proteins):
         u50 = f"UniRef50_{p['acc']}"
         clusters = []
@@ -100,6 +102,7 @@ def build_release(root: Path, *, families: int = 24, release: str = "2026_03", s
                 members.append((macc, f"{macc}_9ZZZZ", _mutate(rep_seq, 0.02, rng)))
             clusters.append((f"UniRef90_{acc}", members))
         total = sum(len(m) for _, m in clusters)
+        u50_fasta.append(f">{u50} {p['desc']} n={total} Tax={p['os']} TaxID={p['ox']} RepID={p['name']}\n{p['seq']}\n")
         xml += [f'<entry id="{u50}" updated="2026-02-05">', f"<name>Cluster: {p['desc']}</name>",
                 f'<property type="member count" value="{total}"/>',
                 f'<property type="common taxon" value="{p["os"]}"/>',
@@ -134,6 +137,7 @@ def build_release(root: Path, *, families: int = 24, release: str = "2026_03", s
     rel.fasta_ids = [u for u, _ in all_u90]
     rel.uniref50_xml.write_bytes(gzip.compress(text.encode("latin-1"), mtime=0))
     rel.uniref90_fasta.write_bytes(gzip.compress("".join(fasta).encode(), mtime=0))
+    (u50_dir / "uniref50.fasta.gz").write_bytes(gzip.compress("".join(u50_fasta).encode(), mtime=0))
     return rel
 
 
