@@ -7,8 +7,9 @@
 Each ``<entry id="UniRef50_X">`` lists its representative and members; each member carries its UniRef90 cluster
 as a property (``<property type="UniRef90 ID" value="UniRef90_Y"/>``), repeated by every protein of that cluster,
 so the pairs are de-duplicated per entry. The file is scanned as bytes, 16 MiB at a time (gzip or plain, memory
-flat however large): the entry tags and the properties are matched by pattern, not built into a tree, so a 20 GB
-file costs little more than its decompression. A UniRef90 file (``<UniRef90 ...>`` root) gives UniRef100 -> UniRef90
+flat however large): the entry tags and the properties are found by pattern and ``bytes.find``, not built into a
+tree, so a 20 GB file costs little more than its decompression (bench/membership_import.py). A UniRef90 file
+(``<UniRef90 ...>`` root) gives UniRef100 -> UniRef90
 pairs the same way (``child_property="UniRef100 ID"``). Every entry must name at least one child (the
 representative's own property does): an entry without one stops the import, naming it, since a change of layout
 would otherwise import nothing silently.
@@ -54,22 +55,53 @@ def _open(path: Path) -> IO[bytes]:
     return cast(IO[bytes], gzip.open(path, "rb")) if magic == b"\x1f\x8b" else open(path, "rb")
 
 
-def _pattern(child_property: str) -> re.Pattern[bytes]:
+_ENTRY = re.compile(rb'<entry\s[^>]*?\bid="([^"]+)"[^>]*>')
+
+
+def _property_patterns(child_property: str) -> tuple[re.Pattern[bytes], bytes, re.Pattern[bytes]]:
     prop = re.escape(child_property.encode())
-    return re.compile(rb'<entry\s[^>]*?\bid="([^"]+)"|<property\s+type="' + prop + rb'"\s+value="([^"]+)"'
-                      rb'|<property\s+value="([^"]+)"\s+type="' + prop + rb'"')
+    fast = re.compile(rb'type="' + prop + rb'" value="([^"]*)"')  # how UniProt writes it
+    named = b'"' + child_property.encode() + b'"'
+    general = re.compile(rb'<property\s+type="' + prop + rb'"\s+value="([^"]+)"'
+                         rb'|<property\s+value="([^"]+)"\s+type="' + prop + rb'"')
+    return fast, named, general
+
+
+def _segments(data: bytes, fast: re.Pattern[bytes], named: bytes,
+              general: re.Pattern[bytes]) -> list[tuple[bytes | None, list[bytes]]]:
+    """``data`` cut at its entry tags: ``(entry id or None for the text before the first tag, child ids)``. The
+    children are found as UniProt writes them (``type`` then ``value``, one space); when that finds fewer than the
+    property's name occurs, the chunk is read again with a general pattern (other attribute order or spacing)."""
+    parts = _ENTRY.split(data)
+    segs: list[tuple[bytes | None, bytes]] = [(None, parts[0])]
+    segs += [(parts[i], parts[i + 1]) for i in range(1, len(parts), 2)]
+    out = [(eid, fast.findall(seg)) for eid, seg in segs]
+    if sum(len(kids) for _, kids in out) != data.count(named):
+        out = [(eid, [a or b for a, b in general.findall(seg)]) for eid, seg in segs]
+    return out
 
 
 def read_membership(path: str | Path, out: str | Path, *, child_property: str = "UniRef90 ID") -> MembershipStats:
     """Write ``out`` (Parquet: ``child``, ``parent``) from the UniRef XML at ``path``; see the module docstring."""
     path, out = Path(path), Path(out)
     stats = MembershipStats()
-    pattern = _pattern(child_property)
+    fast, named, general = _property_patterns(child_property)
     entry: bytes | None = None
     children: set[bytes] = set()
     seen_children = 0
     batch_child: list[str] = []
     batch_parent: list[str] = []
+
+    def handle(data: bytes) -> None:
+        nonlocal entry, children
+        for eid, kids in _segments(data, fast, named, general):
+            if eid is not None:
+                close_entry()
+                entry, children = eid, set(kids)
+            elif kids and entry is None:
+                raise DataValidationError(f"a {child_property!r} property before any <entry>", path=str(path))
+            else:
+                children.update(kids)
 
     def close_entry() -> None:
         nonlocal seen_children
@@ -101,27 +133,14 @@ def read_membership(path: str | Path, out: str | Path, *, child_property: str = 
                         stats.parent_level = root.group(1).decode()
                         version = _VERSION.search(root.group(2))
                         stats.release = version.group(1).decode() if version else None
-                    for m in pattern.finditer(data):
-                        if m.group(1) is not None:
-                            close_entry()
-                            entry, children = m.group(1), set()
-                        elif entry is None:
-                            raise DataValidationError(f"a {child_property!r} property before any <entry>",
-                                                      path=str(path))
-                        else:
-                            children.add(m.group(2) or m.group(3))
+                    handle(data)
                     if len(batch_child) >= _BATCH:
                         writer.write_table(pa.table({"child": batch_child, "parent": batch_parent},
                                                     schema=MEMBERSHIP_SCHEMA))
                         batch_child.clear()
                         batch_parent.clear()
                 if carry.strip():
-                    for m in pattern.finditer(carry):
-                        if m.group(1) is not None:
-                            close_entry()
-                            entry, children = m.group(1), set()
-                        elif entry is not None:
-                            children.add(m.group(2) or m.group(3))
+                    handle(carry)
                 close_entry()
                 writer.write_table(pa.table({"child": batch_child, "parent": batch_parent}, schema=MEMBERSHIP_SCHEMA))
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
