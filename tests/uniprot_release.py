@@ -76,9 +76,11 @@ def _member_xml(tag: str, entry_name: str, acc: str, u90: str, u50: str, p: dict
 
 
 def build_release(root: Path, *, families: int = 24, release: str = "2026_03", seed: int = 0,
-                  n_missing: int = 2, n_extra: int = 2) -> MiniRelease:
+                  n_missing: int = 2, n_extra: int = 2, also: list[dict[str, str]] | None = None) -> MiniRelease:
+    """``also``: more seed proteins first (``acc``, ``name``, ``desc``, ``os``, ``ox``, ``seq``), e.g. ones with an
+    AlphaFold DB model among the fixtures."""
     rng = random.Random(seed)
-    proteins = _proteins(families)
+    proteins = [*(also or []), *_proteins(families)]
     u90_dir, u50_dir = root / "uniref" / "uniref90", root / "uniref" / "uniref50"
     u90_dir.mkdir(parents=True, exist_ok=True)
     u50_dir.mkdir(parents=True, exist_ok=True)
