@@ -162,13 +162,13 @@ def ingest(ctx: RunContext, cfg: Config, source: StageOutput) -> StageOutput:
 
 @lineage_task(name="cluster_level")
 def cluster_level(ctx: RunContext, cfg: Config, ingested: StageOutput, index: int,
-                  previous: StageOutput | None = None, source: StageOutput | None = None) -> StageOutput:
+                  previous: StageOutput | None = None, fetched: StageOutput | None = None) -> StageOutput:
     """Stage 3a: one MMseqs2 level, cached on its own: its key holds this level's parameters and the previous
     level's result, so changing a coarser level re-runs that level and the ones after it only."""
     level = cfg.cluster.levels[index]
     seqs = ingested.outputs["sequences.parquet"]
     if level.method == "uniref":
-        return _uniref_level(ctx, level, seqs, previous, source)
+        return _uniref_level(ctx, level, seqs, previous, fetched)
     mm = MMseqs(binary=cfg.cluster.binary, threads=cfg.cluster.threads)
     # threads change speed, not results: keep them out of the cache key
     params = {"level": level.model_dump(mode="json"), "binary": cfg.cluster.binary, "mmseqs_version": mm.version()}
@@ -198,13 +198,13 @@ def cluster_level(ctx: RunContext, cfg: Config, ingested: StageOutput, index: in
     return run_stage(ctx, "cluster_level", params, inputs, compute)
 
 
-def _membership_file(level: ClusterLevel, source: StageOutput | None) -> str:
+def _membership_file(level: ClusterLevel, fetched: StageOutput | None) -> str:
     """The level's membership path; ``release:<database>/<name>`` is that file of the source's release."""
     assert level.membership is not None
     if not level.membership.startswith("release:"):
         return level.membership
     spec = level.membership.removeprefix("release:")
-    found = [a.path for a in (source.outputs.values() if source else []) if a.meta.get("file") == spec]
+    found = [a.path for a in (fetched.outputs.values() if fetched else []) if a.meta.get("file") == spec]
     if not found:
         raise DataValidationError(f"cluster level {level.name}: the source stage fetched no {spec} "
                                   "(source.files of a uniref source)")
@@ -212,9 +212,10 @@ def _membership_file(level: ClusterLevel, source: StageOutput | None) -> str:
 
 
 def _uniref_level(ctx: RunContext, level: ClusterLevel, seqs: ArtifactRecord, previous: StageOutput | None,
-                  source: StageOutput | None) -> StageOutput:
-    """A level from UniProt's membership file (keyed by its content, like any input)."""
-    level = level.model_copy(update={"membership": _membership_file(level, source)})
+                  fetched: StageOutput | None) -> StageOutput:
+    """A level from UniProt's membership file (keyed by its content, like any input). ``fetched``: the source
+    stage's output (a name other than ``source``, which the stage-code hash would take for the source task)."""
+    level = level.model_copy(update={"membership": _membership_file(level, fetched)})
     assert level.membership is not None
     membership = artifact_for(level.membership, "uniref_membership")
     params = {"level": level.model_dump(mode="json", exclude={"membership"})}
