@@ -109,3 +109,18 @@ def test_saprot_afdb_structures_path(prefect_harness, server, tmp_path, caplog):
     with_model = {r["id"] for r in rows if r["structure_source"]}
     assert with_model == {f"UniRef50_{acc}" for acc in AFDB}
     assert all(set(r["threedi_seq"]) == {"#"} for r in rows if not r["structure_source"])
+
+
+def test_msa_transformer_msa_path(prefect_harness, server, tmp_path):
+    """The MSA Transformer preset's data path and msa stage against the miniature release, the target being the
+    ingested sequences (msa.target_db unset): an MSA per query, in MSA token shards."""
+    from flows.end_to_end import msa_flow
+
+    srv, rel = server
+    res = msa_flow(str(ROOT / "configs" / "msa_transformer.yaml"),
+                   [*_shrunk(srv, tmp_path), "msa.max_queries=6", "msa.batch_size=3", "msa.threads=1",
+                    "msa.search.num_iterations=1", "msa.search.sensitivity=4"])
+    stats = res.stages["msa"].stats
+    assert stats["msas"] == 6 and stats["depth_max"] >= 1
+    shards = sorted((Path(res.stages["msa"].directory) / "shards").rglob("*.parquet"))
+    assert shards and sum(pq.ParquetFile(f).metadata.num_rows for f in shards) == 6
