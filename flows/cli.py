@@ -7,7 +7,7 @@
     plm msa import FILE... --out msas.parquet               import existing A3M / A2M / Stockholm MSAs
     plm dashboard [--db F | --config C --set K=V]           read-only monitoring dashboard on 127.0.0.1
     plm report RUN_ID --out report.html [--db F | --config C --set K=V]   one run as a self-contained HTML file
-    plm deploy configs/uniref50.yaml --cron "0 3 * * 1"     schedule a flow on a Prefect work pool
+    plm deploy configs/esm2_ur50d.yaml --cron "0 3 * * 1"     schedule a flow on a Prefect work pool
     plm worker [--pool plm-process]                         run the scheduled runs (a Prefect process worker)
     plm doctor                                              server, scheduler, deployments, pools, workers
 

@@ -1,9 +1,9 @@
 """Scheduled runs: register a flow of this repository as a Prefect deployment on a process work pool.
 
-    plm deploy configs/uniref50.yaml --cron "0 3 * * 1"                 # data_refresh, Mondays 03:00 UTC
+    plm deploy configs/esm2_ur50d.yaml --cron "0 3 * * 1"                 # data_refresh, Mondays 03:00 UTC
     plm deploy configs/demo.yaml --flow end_to_end --cron "0 4 1 * *" --name demo-monthly
     plm deploy configs/demo.yaml --interval 6h                          # every 6 hours (s, m, h, d)
-    python -m flows.deploy configs/uniref50.yaml --cron "0 3 * * 1"     # the same without the CLI
+    python -m flows.deploy configs/esm2_ur50d.yaml --cron "0 3 * * 1"     # the same without the CLI
     plm worker --pool plm-process                                       # executes the scheduled runs
     plm doctor                                                          # server, scheduler, pools, workers
 

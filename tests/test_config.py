@@ -14,8 +14,9 @@ def write(tmp_path, text):
 def test_presets_validate():
     demo = load_config(ROOT / "configs" / "demo.yaml")
     assert demo.source.kind == "embedded" and demo.split_level == "c50"
-    real = load_config(ROOT / "configs" / "uniref50.yaml")
-    assert real.source.kind == "uniref" and [lv.name for lv in real.cluster.levels] == ["c90", "c50", "c30"]
+    real = load_config(ROOT / "configs" / "esm2_ur50d.yaml")
+    assert real.source.kind == "uniref" and [lv.name for lv in real.cluster.levels] == ["u50"]
+    assert real.split_level == "u50" and real.train.cluster_level == "u50" and real.split.decontaminate.held_out
 
 
 def test_unknown_key_names_its_path(tmp_path):
