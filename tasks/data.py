@@ -13,7 +13,7 @@ from pipeline_lib import schemas
 from pipeline_lib.config import Config
 from pipeline_lib.errors import DataValidationError
 from pipeline_lib.lineage import ArtifactRecord, artifact_for, redact_secrets, to_json
-from pipeline_lib.sequences.audit import audit_splits
+from pipeline_lib.sequences.audit import audit_metrics, audit_splits
 from pipeline_lib.sequences.cluster import assemble_clusters
 from pipeline_lib.sequences.cluster import cluster_level as cluster_level_members
 from pipeline_lib.sequences.cluster_uniref import uniref_level
@@ -317,9 +317,7 @@ def audit(ctx: RunContext, cfg: Config, ingested: StageOutput, splitted: StageOu
         return [Produced("audit.parquet", "split_audit", rows)], stats, {"mmseqs": mm.version()}
 
     out = run_stage(ctx, "audit", params, [seqs, splits], compute)
-    ctx.store.record_metrics(ctx.run_id, None, [(f"audit/{split}/{k}", 0, float(v))
-                                                for split, m in out.stats.items() if split in ("valid", "test")
-                                                for k, v in m.items() if isinstance(v, (int, float))])
+    ctx.store.record_metrics(ctx.run_id, None, [(name, 0, value) for name, value in audit_metrics(out.stats)])
     return out
 
 

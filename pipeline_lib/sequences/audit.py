@@ -24,9 +24,10 @@ from pipeline_lib.errors import DataValidationError
 from pipeline_lib.io import duckdb_connect, sql_path
 from pipeline_lib.sequences.cluster import write_fasta_from_parquet
 from pipeline_lib.sequences.config import AuditConfig
+from pipeline_lib.sequences.split import _rows_at
 from pipeline_lib.tools.mmseqs import MMseqs
 
-__all__ = ["AuditResult", "audit_splits", "THRESHOLDS", "AUDIT_SCHEMA"]
+__all__ = ["AuditResult", "audit_splits", "audit_metrics", "THRESHOLDS", "AUDIT_SCHEMA"]
 
 log = logging.getLogger(__name__)
 THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
@@ -40,10 +41,12 @@ class AuditResult:
     per_split: dict[str, dict[str, Any]] = field(default_factory=dict)
     command: list[str] = field(default_factory=list)
 
-    def metrics(self) -> list[tuple[str, float]]:
-        """``(audit/<split>/<name>, value)`` for lineage."""
-        return [(f"audit/{split}/{k}", float(v)) for split, m in self.per_split.items() for k, v in m.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+def audit_metrics(per_split: dict[str, Any]) -> list[tuple[str, float]]:
+    """``(audit/<split>/<name>, value)`` for lineage, from :attr:`AuditResult.per_split` (or the stage's stats,
+    which hold it, so a cached audit records the same metrics)."""
+    return [(f"audit/{split}/{k}", float(v)) for split in HELD_OUT if isinstance(per_split.get(split), dict)
+            for k, v in per_split[split].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
 def _split_rows(sequences: Path, splits: Path) -> tuple[int, dict[str, np.ndarray]]:
@@ -60,18 +63,6 @@ def _split_rows(sequences: Path, splits: Path) -> tuple[int, dict[str, np.ndarra
     for split, ord_ in rows:
         out.setdefault(split, []).append(ord_)
     return n, {k: np.asarray(v, dtype=np.int64) for k, v in out.items()}
-
-
-def _ids(sequences: Path, ords: set[int]) -> dict[int, str]:
-    out: dict[int, str] = {}
-    n = 0
-    for batch in pq.ParquetFile(sequences).iter_batches(columns=["id"], batch_size=1 << 16):
-        col = batch.column(0).to_pylist()
-        for i, v in enumerate(col):
-            if n + i in ords:
-                out[n + i] = v
-        n += len(col)
-    return out
 
 
 def audit_splits(sequences: Path, splits: Path, out_dir: Path, tmp_dir: Path, cfg: AuditConfig, *, seed: int,
@@ -107,7 +98,8 @@ def audit_splits(sequences: Path, splits: Path, out_dir: Path, tmp_dir: Path, cf
                 qi, value = int(q), float(fident)
                 if value > best.get(qi, (-1.0, -1))[0] or (value == best[qi][0] and int(t) < best[qi][1]):
                     best[qi] = (value, int(t))
-    names = _ids(sequences, set(asked.tolist()) | {t for _, t in best.values()})
+    wanted = set(asked.tolist()) | {t for _, t in best.values()}  # only these ids are looked up
+    names = {row: values[0] for row, values in _rows_at(sequences, ["id"], list(wanted)).items()}
     records = []
     for split in HELD_OUT:
         rows = queries[split]

@@ -88,7 +88,6 @@ def read_membership(path: str | Path, out: str | Path, *, child_property: str = 
     fast, named, general = _property_patterns(child_property)
     entry: bytes | None = None
     children: set[bytes] = set()
-    seen_children = 0
     batch_child: list[str] = []
     batch_parent: list[str] = []
 
@@ -104,7 +103,6 @@ def read_membership(path: str | Path, out: str | Path, *, child_property: str = 
                 children.update(kids)
 
     def close_entry() -> None:
-        nonlocal seen_children
         if entry is None:
             return
         if not children:
@@ -116,7 +114,6 @@ def read_membership(path: str | Path, out: str | Path, *, child_property: str = 
             batch_parent.append(parent)
         stats.entries += 1
         stats.pairs += len(children)
-        seen_children += len(children)
 
     try:
         with _open(path) as stream, atomic_path(out) as tmp, pq.ParquetWriter(tmp, MEMBERSHIP_SCHEMA,

@@ -200,8 +200,7 @@ def write_structure_shards(found: BatchResult, sequences: Path, clusters: Path, 
     backend, version = backend_version(cfg)
     records, tally, enc_stats, src_stats = found.records, found.tally, found.encode, found.source
     if not records:
-        where = "; ".join(f"{s.kind} {getattr(s, 'path', None) or getattr(s, 'paths', None) or ''}".strip()
-                          for s in cfg.sources)
+        where = "; ".join(_describe(s) for s in cfg.sources)
         raise DataValidationError(
             f"the structure sources gave no structure ({where}): {tally.files_in} files read, "
             f"{len(tally.too_large)} too large, refused {dict(src_stats.refused)}, skipped {dict(src_stats.skipped)}"
