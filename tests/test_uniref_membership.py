@@ -17,7 +17,7 @@ from pipeline_lib.lineage import LineageStore
 from pipeline_lib.sequences import uniref_membership
 from pipeline_lib.sequences.uniref_membership import read_membership
 from tests.conftest import ROOT
-from tests.uniprot_release import build_release
+from tests.uniprot_release import build_release, groups_of
 
 NS = "{http://uniprot.org/uniref}"
 
@@ -83,15 +83,8 @@ def test_uniref_level_groups_the_fasta_by_the_membership(prefect_harness, releas
     res = data_refresh(str(ROOT / "configs" / "demo.yaml"), args)
     clusters = pq.read_table(res.stages["cluster"].path("clusters.parquet")).to_pylist()
     assert [r["id"] for r in clusters] == release.fasta_ids
-    by_cluster: dict[str, set[str]] = {}
-    for r in clusters:
-        by_cluster.setdefault(r["cluster_u50"], set()).add(r["id"])
-    truth: dict[str, set[str]] = {}
-    for u90, u50 in release.membership.items():
-        if u90 in release.fasta_ids:
-            truth.setdefault(u50, set()).add(u90)
-    groups = sorted(map(sorted, by_cluster.values()))
-    assert groups == sorted([sorted(g) for g in truth.values()] + [[m] for m in release.missing])
+    assert groups_of(clusters, "cluster_u50") == release.expected_groups()
+    truth = release.true_groups()
     for u50, members in truth.items():  # the representative: UniRef50_X's own UniRef90_X row
         assert {r["cluster_u50"] for r in clusters if r["id"] in members} == {"UniRef90_" + u50.split("_", 1)[1]}
     level = res.stages["cluster_u50"].stats
@@ -168,15 +161,7 @@ def test_a_release_gives_the_fasta_and_its_membership_together_or_not_at_all(pre
                            [f"workdir={tmp_path / 'w'}", src, level, "split.valid_fraction=0.2",
                             "split.test_fraction=0.2"])
         clusters = pq.read_table(res.stages["cluster"].path("clusters.parquet")).to_pylist()
-        by_cluster: dict[str, set[str]] = {}
-        for r in clusters:
-            by_cluster.setdefault(r["cluster_u50"], set()).add(r["id"])
-        truth: dict[str, set[str]] = {}
-        for u90, u50 in rel.membership.items():
-            if u90 in rel.fasta_ids:
-                truth.setdefault(u50, set()).add(u90)
-        assert sorted(map(sorted, by_cluster.values())) == sorted([sorted(g) for g in truth.values()]
-                                                                 + [[m] for m in rel.missing])
+        assert groups_of(clusters, "cluster_u50") == rel.expected_groups()
         source = res.stages["source"]
         assert source.stats["release"] == "2026_03" and source.stats["files"] == ["uniref50/uniref50.xml.gz"]
         fetched = [a for a in source.outputs.values() if a.kind == "release_file"]

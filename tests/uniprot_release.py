@@ -35,6 +35,26 @@ class MiniRelease:
     missing: list[str] = field(default_factory=list)            # in the FASTA, not in the XML
     extra: list[str] = field(default_factory=list)              # in the XML, not in the FASTA
 
+    def true_groups(self) -> dict[str, set[str]]:
+        """UniRef50 id -> the UniRef90 ids of the FASTA the XML puts in it."""
+        out: dict[str, set[str]] = {}
+        for u90, u50 in self.membership.items():
+            if u90 in self.fasta_ids:
+                out.setdefault(u50, set()).add(u90)
+        return out
+
+    def expected_groups(self) -> list[list[str]]:
+        """The clusters a level built from this release must give: the XML's groups, the unlisted alone."""
+        return sorted([sorted(g) for g in self.true_groups().values()] + [[m] for m in self.missing])
+
+
+def groups_of(clusters: list[dict], column: str) -> list[list[str]]:
+    """Rows of ``clusters.parquet`` grouped by ``column``, as sorted lists of ids."""
+    by: dict[str, set[str]] = {}
+    for r in clusters:
+        by.setdefault(r[column], set()).add(r["id"])
+    return sorted(map(sorted, by.values()))
+
 
 def _proteins(n: int) -> list[dict[str, str]]:
     text = fixture_path("sequences", "uniprot_trembl_500.fasta").read_text()
