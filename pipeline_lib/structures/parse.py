@@ -30,9 +30,8 @@ import contextlib
 import gzip
 import io
 import os
-import re
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal, cast
@@ -41,6 +40,8 @@ import gemmi
 import numpy as np
 
 from pipeline_lib.errors import DataValidationError
+from pipeline_lib.structures.completeness import check_cif_complete, check_pdb_complete, cut_atom_row
+from pipeline_lib.structures.provenance import predicted_cif, predicted_pdb
 from pipeline_lib.structures.residues import one_letter
 
 __all__ = ["Chain", "StructureBlob", "AltlocMode", "BACKBONE_ATOMS", "StructureTooLarge", "parse_structure",
@@ -52,14 +53,6 @@ BACKBONE_ATOMS = ("N", "CA", "C", "CB")
 _CIF_EXT = (".cif", ".mmcif")
 _PDB_EXT = (".pdb", ".ent")
 _KEPT_ENTITIES = (gemmi.EntityType.Polymer, gemmi.EntityType.Unknown)
-_PDB_COORD_END = 66  # an ATOM/HETATM record is complete up to the B-factor at column 66
-_END_RECORD = re.compile(rb"^END\s*$", re.M)
-_PREDICTORS = re.compile(rb"ALPHAFOLD|COLABFOLD|ESMFOLD|OPENFOLD|ROSETTAFOLD|OMEGAFOLD", re.I)
-_EXPERIMENTAL = re.compile(rb"X-RAY|NMR|ELECTRON|NEUTRON|FIBER|SOLID-STATE|SOLUTION SCATTERING|POWDER|INFRARED|"
-                           rb"FLUORESCENCE|EPR", re.I)
-_PDB_TEXT_RECORDS = (b"HEADER", b"TITLE ", b"COMPND", b"KEYWDS", b"EXPDTA", b"REMARK")
-_COLABFOLD_REVISION = "1971-01-01"  # ColabFold's mmCIF writer (CFMMCIFIO) stamps every model with this date
-_HEADER_SCAN = 4 << 20  # bytes of header text searched for a predictor's name
 _ATOM_RECORDS = (b"\nATOM", b"\nHETATM")  # PDB records and mmCIF _atom_site rows (group_PDB first) alike
 _CHUNK = 1 << 20
 
@@ -168,67 +161,6 @@ def _looks_binary(head: bytes) -> bool:
     return control > len(head) // 10
 
 
-def _check_pdb_complete(name: str, data: bytes) -> None:
-    """gemmi reads a truncated PDB file without complaint: catch a record cut in the middle, and a wwPDB
-    file (first record ``HEADER``) that lost its mandatory ``END`` record."""
-    last = data.rstrip(b"\r\n").rsplit(b"\n", 1)[-1]
-    if last[:6] in (b"ATOM  ", b"HETATM") and len(last.rstrip(b"\r")) < _PDB_COORD_END and not data.endswith(b"\n"):
-        raise DataValidationError("truncated file: the last ATOM/HETATM record is incomplete", path=name)
-    if data.lstrip()[:6] == b"HEADER" and not _END_RECORD.search(data):
-        raise DataValidationError("truncated file: it starts with a HEADER record but has no END record", path=name)
-
-
-def _check_cif_complete(name: str, data: bytes, block: gemmi.cif.Block) -> None:
-    """A file cut between two complete ``_atom_site`` rows is valid CIF, and valid files end in every layout
-    (PyMOL leaves the atom table open, others close it with ``#``). The atom records are cut when the atom table
-    is the last category and lacks a chain the file lists (``_struct_asym``: every one has atoms) or ends before a
-    residue the file lists as modelled (``_pdbx_poly_seq_scheme`` rows with a monomer, ``_ma_qa_metric_local``
-    rows of a ModelCIF model). A file that lists neither cannot be told from a complete one."""
-    items = list(block)
-    last = items[-1] if items else None
-    if last is None or last.loop is None or not last.loop.tags[0].lower().startswith("_atom_site."):
-        return  # the atom table is followed by another category: it ended where its writer ended it
-    declared_chains = set(block.find_values("_struct_asym.id"))
-    expected = _declared_modelled_ends(block)
-    if not expected and not declared_chains:
-        return  # nothing in the file says how far its atom table goes
-    seen: dict[str, int] = {}
-    for asym, seq in block.find("_atom_site.", ["label_asym_id", "label_seq_id"]):
-        with contextlib.suppress(ValueError):
-            seen[asym] = max(seen.get(asym, 0), int(seq))
-        seen.setdefault(asym, 0)
-    for asym in sorted(declared_chains - set(seen)):
-        raise DataValidationError(f"truncated file: the _atom_site table (the file's last category) has no atom of "
-                                  f"chain {asym}, which _struct_asym lists", path=name)
-    for asym, end in expected.items():
-        if seen.get(asym, 0) < end:
-            raise DataValidationError(
-                f"truncated file: the _atom_site table (the file's last category) ends before residue {end} of "
-                f"chain {asym}, which the file lists as modelled", path=name)
-
-
-def _declared_modelled_ends(block: gemmi.cif.Block) -> dict[str, int]:
-    """label_asym_id -> the last label_seq_id the file declares as modelled."""
-    out: dict[str, int] = {}
-    declared = [(r.str(0), r.str(1)) for r in block.find("_pdbx_poly_seq_scheme.", ["asym_id", "seq_id",
-                                                                                    "pdb_mon_id"])
-                if r.str(2) not in ("?", ".")]
-    declared += [(r.str(0), r.str(1)) for r in block.find("_ma_qa_metric_local.", ["label_asym_id",
-                                                                                    "label_seq_id"])]
-    for asym, seq in declared:
-        with contextlib.suppress(ValueError):
-            out[asym] = max(out.get(asym, 0), int(seq))
-    return out
-
-
-def _cut_atom_row(data: bytes, exc: Exception) -> bool:
-    """gemmi's value-count error on the atom table, and no other category after it: a row cut in the middle."""
-    if "Wrong number of values in loop _atom_site" not in str(exc):
-        return False
-    tail = data[data.rfind(b"_atom_site."):]
-    return re.search(rb"^\s*(loop_|_(?!atom_site\.)|data_)", tail, re.M) is None
-
-
 def _qa_metric(block: gemmi.cif.Block) -> dict[tuple[str, int], float]:
     """``_ma_qa_metric_local`` (ModelCIF per-residue pLDDT) keyed by (label_asym_id, label_seq_id)."""
     table = block.find("_ma_qa_metric_local.", ["label_asym_id", "label_seq_id", "metric_value"])
@@ -247,48 +179,19 @@ def _load(name: str, data: bytes) -> tuple[gemmi.Structure, dict[tuple[str, int]
             try:
                 doc = gemmi.cif.read_string(data)
             except ValueError as exc:
-                if _cut_atom_row(data, exc):
+                if cut_atom_row(data, exc):
                     raise DataValidationError(f"truncated file: its last _atom_site row is incomplete ({exc})",
                                               path=name) from None
                 raise
             block = doc[0]
-            _check_cif_complete(name, data, block)  # what gemmi accepts: a file cut between two rows
-            return gemmi.make_structure_from_block(block), _qa_metric(block), _predicted_cif(data, block)
-        _check_pdb_complete(name, data)
-        return gemmi.read_pdb_string(data), {}, _predicted_pdb(data)
+            check_cif_complete(name, data, block)  # what gemmi accepts: a file cut between two rows
+            return gemmi.make_structure_from_block(block), _qa_metric(block), predicted_cif(data, block)
+        check_pdb_complete(name, data)
+        return gemmi.read_pdb_string(data), {}, predicted_pdb(data)
     except DataValidationError:
         raise
     except (RuntimeError, ValueError, IndexError, UnicodeDecodeError) as exc:
         raise DataValidationError(f"not a readable PDB/mmCIF structure ({exc})", path=name) from None
-
-
-def _experimental(methods: Iterable[bytes | str]) -> bool:
-    return any(_EXPERIMENTAL.search(m if isinstance(m, bytes) else m.encode()) for m in methods)
-
-
-def _predicted_pdb(data: bytes) -> bool:
-    """A predicted model by its header: no experimental EXPDTA, and a ``PARENT`` record (AlphaFold / OpenFold /
-    ESMFold writers) or a predictor named in the HEADER, TITLE, COMPND, KEYWDS, EXPDTA or REMARK records."""
-    atoms = min((i for i in (data.find(b"\nATOM"), data.find(b"\nHETATM")) if i >= 0), default=len(data))
-    lines = data[: min(atoms, _HEADER_SCAN)].splitlines()
-    if _experimental(ln[6:] for ln in lines if ln.startswith(b"EXPDTA")):
-        return False
-    return any(ln.startswith(b"PARENT") or (ln[:6] in _PDB_TEXT_RECORDS and _PREDICTORS.search(ln))
-               for ln in lines)
-
-
-def _predicted_cif(data: bytes, block: gemmi.cif.Block) -> bool:
-    """A predicted model by its content: no experimental ``_exptl.method``, and ModelCIF quality categories
-    (``_ma_qa_metric*``, written by AlphaFold DB and AlphaFold 2.3+), ColabFold's placeholder revision date, or a
-    predictor named before the atom table (``_software``, ``_struct.title``, citations)."""
-    if _experimental(block.find_values("_exptl.method")):
-        return False
-    if any(c.startswith("_ma_qa_metric") for c in block.get_mmcif_category_names()):
-        return True
-    if _COLABFOLD_REVISION in block.find_values("_pdbx_audit_revision_history.revision_date"):
-        return True
-    atoms = data.find(b"_atom_site.")
-    return _PREDICTORS.search(data[: min(atoms if atoms >= 0 else len(data), _HEADER_SCAN)]) is not None
 
 
 def _pick_atoms(res: gemmi.Residue, altloc: AltlocMode) -> dict[str, gemmi.Atom]:
