@@ -15,7 +15,7 @@ from flows.runner import on_configured_runner, with_runner
 from flows.runs import load_run_config, pipeline_run
 from pipeline_lib.config import Config, DownloadSettings
 from tasks import data
-from tasks.common import StageOutput, resolve, resolve_all
+from tasks.common import RunContext, StageOutput, resolve, resolve_all
 from tasks.retention import retention
 
 
@@ -52,8 +52,9 @@ def run_data_stages(ctx, cfg: Config, release: data.ReleaseCheck | None = None) 
         levels.append(resolve(ctx, data.cluster_level.submit(ctx, cfg, ingested, i, levels[-1] if levels else None,
                                                              source)))
     clustered = resolve(ctx, data.cluster.submit(ctx, cfg, ingested, levels))
-    splitted = resolve(ctx, data.split.submit(ctx, cfg, ingested, clustered))
-    audited = resolve(ctx, data.audit.submit(ctx, cfg, ingested, splitted)) if cfg.split.audit.enabled else None
+    decontam = _decontaminate(ctx, cfg, ingested, clustered)
+    splitted = resolve(ctx, data.split.submit(ctx, cfg, ingested, clustered, decontam))
+    audited = _audit(ctx, cfg, ingested, splitted) if cfg.split.audit.enabled else None
     futures = [data.shards_partition.submit(ctx, cfg, ingested, clustered, splitted, i, rows)
                for i, rows in enumerate(data.shard_partitions(cfg, ingested))]
     partitions = resolve_all(ctx, futures, "shard-partitions", "partitions")  # partitions done, in the UI
@@ -61,6 +62,27 @@ def run_data_stages(ctx, cfg: Config, release: data.ReleaseCheck | None = None) 
     per_level = {f"cluster_{lv.name}": out for lv, out in zip(cfg.cluster.levels, levels, strict=True)}
     return {"source": source, "ingest": ingested, **per_level, "cluster": clustered, "split": splitted,
             **({"audit": audited} if audited else {}), "shards": sharded}
+
+
+def _decontaminate(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageOutput) -> list[StageOutput]:
+    """Decontamination's search, when asked for: the targets' database once, the training rows in chunks of
+    ``split.decontaminate.chunk_rows`` side by side on the task runner."""
+    n = data.decontam_chunks(cfg, ingested)
+    if not n:
+        return []
+    target = resolve(ctx, data.decontam_target.submit(ctx, cfg, ingested, clustered))
+    futures = [data.decontam_chunk.submit(ctx, cfg, ingested, clustered, target, i) for i in range(n)]
+    return resolve_all(ctx, futures, "decontam-chunks", "chunks")
+
+
+def _audit(ctx: RunContext, cfg: Config, ingested: StageOutput, splitted: StageOutput) -> StageOutput:
+    """The leakage audit: the train database once, the held-out queries in chunks side by side on the task runner
+    (``split.audit.chunk_queries`` each), then the summary, before any shard is written."""
+    n = data.audit_chunks(cfg, ingested, splitted)
+    target = resolve(ctx, data.audit_target.submit(ctx, cfg, ingested, splitted)) if n else None
+    futures = [data.audit_chunk.submit(ctx, cfg, ingested, splitted, target, i) for i in range(n)]
+    chunks = resolve_all(ctx, futures, "audit-chunks", "chunks") if futures else []
+    return resolve(ctx, data.audit.submit(ctx, cfg, ingested, splitted, chunks))
 
 
 @flow(name="data_refresh", log_prints=True)

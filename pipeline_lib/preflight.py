@@ -14,11 +14,12 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline_lib.config import Config
-from pipeline_lib.errors import ConfigError
+from pipeline_lib.errors import ConfigError, PipelineError
 
 __all__ = ["check", "problems", "checkpoint_vocab", "SPLITS", "FLOWS"]
 
@@ -124,12 +125,32 @@ def _evaluate(cfg: Config, checkpoints: Sequence[str]) -> list[str]:
     return out
 
 
+def _mpi(cfg: Config) -> list[str]:
+    """cluster.mpi_runner needs an MPI build of mmseqs and the launcher on PATH."""
+    runner = cfg.cluster.mpi_runner
+    if not runner:
+        return []
+    from pipeline_lib.tools.mmseqs import find_mmseqs, is_mpi_build  # noqa: PLC0415
+
+    out = [] if shutil.which(runner[0]) else [f"cluster.mpi_runner: {runner[0]} is not on PATH"]
+    try:
+        binary = cfg.cluster.binary or find_mmseqs()
+    except PipelineError as exc:
+        return [*out, f"cluster.mpi_runner: {exc}"]
+    if not is_mpi_build(binary):
+        out.append(f"cluster.mpi_runner: {binary} is not an MPI build of mmseqs (under {' '.join(runner)} every "
+                   "rank would redo each step); set cluster.binary to one (docs/scale.md, 'Multi-node MMseqs2')")
+    return out
+
+
 def problems(cfg: Config, flow: str, *, checkpoints: Sequence[str] = ()) -> list[str]:
     """Every problem :func:`check` would report for ``flow`` (one of :data:`FLOWS`), in config order."""
     training = flow == "train" or (flow == "end_to_end" and cfg.train.enabled)
     evaluating = flow == "evaluate" or (training and flow == "end_to_end" and cfg.evaluate.enabled)
     reads_data = flow != "evaluate" or cfg.evaluate.perplexity.enabled
     out = _data_inputs(cfg) if reads_data else []
+    if reads_data and flow != "structures":
+        out += _mpi(cfg)
     if flow == "structures" or (cfg.structures.enabled and reads_data) or (training and cfg.train.vocab == "saprot"):
         out += _structure_inputs(cfg)
     if training:

@@ -6,29 +6,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline_lib import schemas
 from pipeline_lib.config import Config
 from pipeline_lib.errors import DataValidationError
+from pipeline_lib.io import duckdb_connect, sql_path
 from pipeline_lib.lineage import ArtifactRecord, artifact_for, redact_secrets, to_json
-from pipeline_lib.sequences.audit import audit_metrics, audit_splits
+from pipeline_lib.sequences.audit import audit_metrics, plan_audit, search_options, summarize_audit
 from pipeline_lib.sequences.cluster import assemble_clusters
 from pipeline_lib.sequences.cluster import cluster_level as cluster_level_members
 from pipeline_lib.sequences.cluster_uniref import uniref_level
-from pipeline_lib.sequences.cluster_update import cluster_level_incremental, find_previous_level
+from pipeline_lib.sequences.cluster_update import cluster_level_incremental, find_previous_level, level_params
 from pipeline_lib.sequences.config import ClusterLevel
 from pipeline_lib.sequences.ingest import ingest_fasta
+from pipeline_lib.sequences.search import build_target_db, chunk_count, chunk_rows, merged_lines, search_chunk
 from pipeline_lib.sequences.shards import assemble_shards, partition_ranges, write_shard_partition
-from pipeline_lib.sequences.split import assign_splits, decontaminate
+from pipeline_lib.sequences.split import (
+    assign_splits,
+    decontam_masks,
+    decontam_options,
+    decontam_rows,
+    decontaminate,
+    write_decontam_targets,
+)
 from pipeline_lib.stage_cache import relative_to_root
 from pipeline_lib.tools.mmseqs import MMseqs
 from tasks.artifacts import progress_artifacts
 from tasks.common import Produced, RunContext, StageOutput, lineage_task, logger, retry_transient, run_stage
 
-__all__ = ["check_release", "source_urls", "source_url", "source", "ingest", "cluster", "split", "shard_partitions",
-           "shards_partition", "shards", "ReleaseCheck"]
+__all__ = ["check_release", "source_urls", "source_url", "source", "ingest", "cluster", "split", "decontam_chunks",
+           "decontam_target", "decontam_chunk", "audit_chunks",
+           "audit_target", "audit_chunk", "audit", "shard_partitions", "shards_partition", "shards", "ReleaseCheck"]
 
 
 @dataclass
@@ -169,9 +180,11 @@ def cluster_level(ctx: RunContext, cfg: Config, ingested: StageOutput, index: in
     seqs = ingested.outputs["sequences.parquet"]
     if level.method == "uniref":
         return _uniref_level(ctx, level, seqs, previous, fetched)
-    mm = MMseqs(binary=cfg.cluster.binary, threads=cfg.cluster.threads)
-    # threads change speed, not results: keep them out of the cache key
-    params = {"level": level.model_dump(mode="json"), "binary": cfg.cluster.binary, "mmseqs_version": mm.version()}
+    limit = cfg.cluster.limit_of(level)
+    mm = MMseqs(binary=cfg.cluster.binary, threads=cfg.cluster.threads, split_memory_limit=limit,
+                mpi_runner=cfg.cluster.mpi_runner)
+    # threads, memory limit and MPI change how it runs, not the clusters: keep them out of the cache key
+    params = {"level": level_params(level), "binary": cfg.cluster.binary, "mmseqs_version": mm.version()}
     if cfg.cluster.incremental:  # (only then: turning it on re-keys, turning it off finds the plain result again)
         params["incremental"] = True
     inputs = [seqs, *([previous.outputs["members.parquet"]] if previous else [])]
@@ -189,7 +202,8 @@ def cluster_level(ctx: RunContext, cfg: Config, ingested: StageOutput, index: in
             res = cluster_level_members(Path(seqs.path), level, tmp, tmp / "_mmseqs", mm, previous=above)
         _rm(tmp / "_mmseqs")
         produced = [Produced("members.parquet", "cluster_members", res.members, meta={"level": level.name})]
-        stats = {"level": level.name, "sequences": res.members, "clusters": res.clusters, "commands": [res.command]}
+        stats = {"level": level.name, "sequences": res.members, "clusters": res.clusters, "commands": [res.command],
+                 "memory_limit": limit, "mpi_runner": cfg.cluster.mpi_runner}
         if res.refresh and old:  # the clustering it was updated from: its stage directory and cache key
             stats["refresh"] = res.refresh | {"previous": relative_to_root(old[0], Path(ctx.workdir)),
                                               "previous_cache_key": old[1]["cache_key"]}
@@ -218,7 +232,7 @@ def _uniref_level(ctx: RunContext, level: ClusterLevel, seqs: ArtifactRecord, pr
     level = level.model_copy(update={"membership": _membership_file(level, fetched)})
     assert level.membership is not None
     membership = artifact_for(level.membership, "uniref_membership")
-    params = {"level": level.model_dump(mode="json", exclude={"membership"})}
+    params = {"level": level.model_dump(mode="json", exclude={"membership", "memory_limit"})}
     inputs = [seqs, membership, *([previous.outputs["members.parquet"]] if previous else [])]
 
     def compute(tmp: Path):
@@ -271,19 +285,89 @@ def cluster(ctx: RunContext, cfg: Config, ingested: StageOutput, levels: list[St
     return run_stage(ctx, "cluster", {"levels": names}, [seqs, *members], compute)
 
 
+def decontam_chunks(cfg: Config, ingested: StageOutput) -> int:
+    """Chunks of ``split.decontaminate.chunk_rows`` sequence rows the decontamination searches in (0: none asked)."""
+    d = cfg.split.decontaminate
+    if not d.fasta and not d.held_out:
+        return 0
+    seqs = ingested.outputs["sequences.parquet"]
+    rows = seqs.rows if seqs.rows is not None else pq.ParquetFile(seqs.path).metadata.num_rows
+    return chunk_count(rows, d.chunk_rows)
+
+
+def _split_params(cfg: Config) -> dict[str, Any]:
+    return {"split": cfg.split.model_dump(mode="json", exclude={"audit"}), "level": cfg.split_level, "seed": cfg.seed}
+
+
+@lineage_task(name="decontam_target")
+def decontam_target(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageOutput) -> StageOutput:
+    """Stage 4 (decontamination 1/2): the evaluation FASTA records and, with ``held_out``, the would-be valid and
+    test rows as one mmseqs database that every decontamination chunk searches."""
+    mm = MMseqs(binary=cfg.cluster.binary, threads=cfg.cluster.threads)
+    seqs, clusters = ingested.outputs["sequences.parquet"], clustered.outputs["clusters.parquet"]
+    evals = [artifact_for(f, "eval_fasta") for f in cfg.split.decontaminate.fasta]
+    # what the targets depend on: which rows are held out and the evaluation files (not the search's thresholds)
+    params = {"split": cfg.split.model_dump(mode="json", exclude={"audit": True, "decontaminate": {
+        "chunk_rows", "min_seq_id", "coverage"}}), "level": cfg.split_level, "seed": cfg.seed,
+              "mmseqs_version": mm.version()}
+
+    def compute(tmp: Path):
+        _, is_held = decontam_masks(Path(clusters.path), cfg.split_level, cfg.seed, cfg.split)
+        n = write_decontam_targets(Path(seqs.path), is_held, cfg.split.decontaminate, tmp / "targets.fasta")
+        (tmp / "db").mkdir()
+        mm.createdb(tmp / "targets.fasta", tmp / "db" / "db", log_file=tmp / "db" / "mmseqs.log")
+        (tmp / "targets.fasta").unlink()
+        return [Produced("db", "mmseqs_db", n)], {"targets": n}, {"mmseqs": mm.version()}
+
+    return run_stage(ctx, "decontam_target", params, [seqs, clusters, *evals], compute)
+
+
+@lineage_task(name="decontam_chunk", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient)
+def decontam_chunk(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageOutput,
+                   target: StageOutput, index: int) -> StageOutput:
+    """Stage 4 (decontamination 2/2): the training rows among sequence rows ``[index * chunk_rows, ...)`` searched
+    against the targets; a failed chunk retries alone, finished ones are cached."""
+    d = cfg.split.decontaminate
+    mm = MMseqs(binary=cfg.cluster.binary, threads=cfg.cluster.threads)
+    seqs, clusters = ingested.outputs["sequences.parquet"], clustered.outputs["clusters.parquet"]
+    params = {**_split_params(cfg), "chunk": index, "mmseqs_version": mm.version()}
+
+    def compute(tmp: Path):
+        is_train, _ = decontam_masks(Path(clusters.path), cfg.split_level, cfg.seed, cfg.split)
+        lo = index * d.chunk_rows
+        rows = lo + np.flatnonzero(is_train[lo:lo + d.chunk_rows])
+        command = search_chunk(Path(seqs.path), rows, Path(target.outputs["db"].path) / "db", tmp / "hits.tsv",
+                               tmp / "_mmseqs", mm, decontam_options(d))
+        _rm(tmp / "_mmseqs")
+        return [Produced("hits.tsv", "search_hits", len(rows))], \
+            {"chunk": index, "queries": len(rows), "commands": [command] if command else []}, {"mmseqs": mm.version()}
+
+    return run_stage(ctx, "decontam_chunk", params, [seqs, clusters, target.outputs["db"]], compute)
+
+
 @lineage_task(name="split")
-def split(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageOutput) -> StageOutput:
-    """Stage 4: train/valid/test by cluster at the split level, with optional decontamination."""
+def split(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageOutput,
+          decontam: list[StageOutput] | None = None) -> StageOutput:
+    """Stage 4: train/valid/test by cluster at the split level, with optional decontamination (from the
+    ``decontam`` chunks' hits; None: searched here in one go)."""
     seqs, clusters = ingested.outputs["sequences.parquet"], clustered.outputs["clusters.parquet"]
     evals = [artifact_for(f, "eval_fasta") for f in cfg.split.decontaminate.fasta]
     level_bad = clustered.outputs.get("quarantine.parquet")  # rows a cluster level could not place
-    inputs: list[ArtifactRecord] = [seqs, clusters, *evals, *([level_bad] if level_bad else [])]
-    params = {"split": cfg.split.model_dump(mode="json"), "level": cfg.split_level, "seed": cfg.seed}
+    hits = [c.outputs["hits.tsv"] for c in decontam or []]
+    inputs: list[ArtifactRecord] = [seqs, clusters, *evals, *([level_bad] if level_bad else []), *hits]
+    params = _split_params(cfg)
 
     def compute(tmp: Path):
-        rows, cmd = decontaminate(Path(seqs.path), Path(clusters.path), cfg.split.decontaminate, cfg.split,
-                                  level=cfg.split_level, seed=cfg.seed, tmp_dir=tmp / "_mmseqs",
-                                  threads=cfg.cluster.threads, binary=cfg.cluster.binary)
+        if decontam:
+            is_train, _ = decontam_masks(Path(clusters.path), cfg.split_level, cfg.seed, cfg.split)
+            rows = decontam_rows(Path(seqs.path), is_train, merged_lines(Path(h.path) for h in hits),
+                                 cfg.split.decontaminate)
+            cmds = [c for out in decontam for c in out.stats.get("commands", [])]
+        else:
+            rows, cmd = decontaminate(Path(seqs.path), Path(clusters.path), cfg.split.decontaminate, cfg.split,
+                                      level=cfg.split_level, seed=cfg.seed, tmp_dir=tmp / "_mmseqs",
+                                      threads=cfg.cluster.threads, binary=cfg.cluster.binary)
+            cmds = [cmd] if cmd else []
         _rm(tmp / "_mmseqs")
         if level_bad is not None:
             rows = pq.read_table(level_bad.path).to_pylist() + rows
@@ -295,28 +379,85 @@ def split(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageO
         stats = {"sizes": res.sizes, "clusters": res.clusters, "quarantined": len(rows),
                  "not_in_membership": sum(r["reason"] == "not_in_membership" for r in rows),
                  "decontaminated": sum(r["reason"] != "not_in_membership" for r in rows),
-                 "commands": [cmd] if cmd else []}
-        return produced, stats, ({"mmseqs": MMseqs(binary=cfg.cluster.binary).version()} if cmd else {})
+                 "commands": cmds, **({"decontam_chunks": len(decontam)} if decontam else {})}
+        return produced, stats, ({"mmseqs": MMseqs(binary=cfg.cluster.binary).version()} if cmds else {})
 
     return run_stage(ctx, "split", params, inputs, compute)
 
 
-@lineage_task(name="audit")
-def audit(ctx: RunContext, cfg: Config, ingested: StageOutput, splitted: StageOutput) -> StageOutput:
-    """Stage 4b: the leakage audit, each held-out split searched against train (metrics ``audit/...``)."""
-    seqs, splits = ingested.outputs["sequences.parquet"], splitted.outputs["splits.parquet"]
+def _audit_inputs(ingested: StageOutput, splitted: StageOutput) -> list[ArtifactRecord]:
+    return [ingested.outputs["sequences.parquet"], splitted.outputs["splits.parquet"]]
+
+
+def audit_chunks(cfg: Config, ingested: StageOutput, splitted: StageOutput) -> int:
+    """How many query chunks the audit searches in (from the splits' sizes and the config, never the runner)."""
+    con = duckdb_connect()
+    try:
+        splits = sql_path(splitted.path("splits.parquet"))
+        counts = dict(con.execute(f"SELECT split, count(*) FROM read_parquet({splits}) GROUP BY split").fetchall())
+    finally:
+        con.close()
+    if not counts.get("train"):
+        return 0
+    asked = sum(min(counts.get(s, 0), cfg.split.audit.max_queries) for s in ("valid", "test"))
+    return chunk_count(asked, cfg.split.audit.chunk_queries)
+
+
+@lineage_task(name="audit_target")
+def audit_target(ctx: RunContext, cfg: Config, ingested: StageOutput, splitted: StageOutput) -> StageOutput:
+    """Stage 4b (1/3): the train split as one mmseqs database, which every audit chunk searches."""
     mm = MMseqs(binary=cfg.cluster.binary, threads=cfg.cluster.threads)
-    params = {"audit": cfg.split.audit.model_dump(mode="json"), "seed": cfg.seed, "mmseqs_version": mm.version()}
+    seqs, splits = (Path(a.path) for a in _audit_inputs(ingested, splitted))
 
     def compute(tmp: Path):
-        res = audit_splits(Path(seqs.path), Path(splits.path), tmp, tmp / "_mmseqs", cfg.split.audit, seed=cfg.seed,
-                           threads=cfg.cluster.threads, binary=cfg.cluster.binary)
-        _rm(tmp / "_mmseqs")
-        rows = sum(s["queries"] for s in res.per_split.values())
-        stats = {**res.per_split, "commands": [res.command] if res.command else []}
-        return [Produced("audit.parquet", "split_audit", rows)], stats, {"mmseqs": mm.version()}
+        plan = plan_audit(seqs, splits, cfg.split.audit, seed=cfg.seed)
+        _, rows = build_target_db(seqs, plan.train, tmp / "db", mm)
+        return [Produced("db", "mmseqs_db", rows)], {"train": rows}, {"mmseqs": mm.version()}
 
-    out = run_stage(ctx, "audit", params, [seqs, splits], compute)
+    return run_stage(ctx, "audit_target", {"mmseqs_version": mm.version()}, _audit_inputs(ingested, splitted), compute)
+
+
+@lineage_task(name="audit_chunk", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient)
+def audit_chunk(ctx: RunContext, cfg: Config, ingested: StageOutput, splitted: StageOutput, target: StageOutput,
+                index: int) -> StageOutput:
+    """Stage 4b (2/3): the ``index``-th chunk of held-out queries searched against the train database; a failed
+    chunk retries alone, finished ones are cached."""
+    a = cfg.split.audit
+    mm = MMseqs(binary=cfg.cluster.binary, threads=cfg.cluster.threads)
+    seqs, splits = (Path(x.path) for x in _audit_inputs(ingested, splitted))
+    params = {"audit": a.model_dump(mode="json", include={"max_queries", "coverage", "sensitivity", "chunk_queries"}),
+              "seed": cfg.seed, "chunk": index, "mmseqs_version": mm.version()}
+
+    def compute(tmp: Path):
+        rows = chunk_rows(plan_audit(seqs, splits, a, seed=cfg.seed).asked, a.chunk_queries, index)
+        db = Path(target.outputs["db"].path) / "db"
+        command = search_chunk(seqs, rows, db, tmp / "hits.tsv", tmp / "_mmseqs", mm, search_options(a))
+        _rm(tmp / "_mmseqs")
+        return [Produced("hits.tsv", "search_hits", len(rows))], {"chunk": index, "queries": len(rows),
+                                                                   "commands": [command]}, {"mmseqs": mm.version()}
+
+    return run_stage(ctx, "audit_chunk", params, [*_audit_inputs(ingested, splitted), target.outputs["db"]],
+                     compute)
+
+
+@lineage_task(name="audit")
+def audit(ctx: RunContext, cfg: Config, ingested: StageOutput, splitted: StageOutput,
+          chunks: list[StageOutput]) -> StageOutput:
+    """Stage 4b (3/3): the leakage audit from the chunks' hits: per held-out split the nearest train neighbour of
+    every (sampled) sequence, the shares at 30/50/70/90 % (metrics ``audit/...``), ``split.audit.max_identity``."""
+    seqs, splits = (Path(x.path) for x in _audit_inputs(ingested, splitted))
+    hits = [c.outputs["hits.tsv"] for c in chunks]
+    params = {"audit": cfg.split.audit.model_dump(mode="json", exclude={"chunk_queries"}), "seed": cfg.seed}
+
+    def compute(tmp: Path):
+        plan = plan_audit(seqs, splits, cfg.split.audit, seed=cfg.seed)
+        res = summarize_audit(seqs, plan, [Path(h.path) for h in hits], tmp, cfg.split.audit, splits=splits)
+        rows = sum(s["queries"] for s in res.per_split.values())
+        stats = {**res.per_split, "chunks": len(chunks),
+                 "commands": [cmd for c in chunks for cmd in c.stats.get("commands", [])]}
+        return [Produced("audit.parquet", "split_audit", rows)], stats, {}
+
+    out = run_stage(ctx, "audit", params, [*_audit_inputs(ingested, splitted), *hits], compute)
     ctx.store.record_metrics(ctx.run_id, None, [(name, 0, value) for name, value in audit_metrics(out.stats)])
     return out
 

@@ -35,10 +35,10 @@ def test_runs_steps_and_stage_summary(demo):
     _, res = demo
     runs = {r["run_id"]: r for r in data.list_runs(res.lineage)}
     run = runs[res.run_id]
-    assert run["status"] == "completed" and run["steps"] == 9 and run["failed"] == 0 and run["duration_s"] > 0
+    assert run["status"] == "completed" and run["steps"] == 11 and run["failed"] == 0 and run["duration_s"] > 0
     steps = data.run_steps(res.lineage, res.run_id)
     assert [s["stage"] for s in steps] == ["source", "ingest", "cluster_level", "cluster_level", "cluster", "split",
-                                           "audit", "shards_partition", "shards"]
+                                           "audit_target", "audit_chunk", "audit", "shards_partition", "shards"]
     assert steps[1]["stats"]["kept"] == res.stages["ingest"].stats["kept"]
     summary = {r["stage"]: r for r in data.stage_summary(steps)}
     assert summary["cluster"]["completed"] == 1 and summary["cluster"]["duration_s"] > 0

@@ -61,7 +61,8 @@ def test_rerun_is_cached_and_param_change_recomputes_only_downstream(first_run):
         "SELECT stage, status FROM steps WHERE run_id=? ORDER BY started_at", [res3.run_id])
     assert [(r["stage"], r["status"]) for r in statuses][1:] == [
         ("ingest", "cached"), ("cluster_level", "cached"), ("cluster_level", "cached"), ("cluster", "cached"),
-        ("split", "completed"), ("audit", "completed"), ("shards_partition", "completed"),
+        ("split", "completed"), ("audit_target", "completed"), ("audit_chunk", "completed"),
+        ("audit", "completed"), ("shards_partition", "completed"),
         ("shards", "completed")]
 
 

@@ -53,7 +53,7 @@ exec "{real}" "$@"
 # (name, how to stop the run there, what must be finished by then, the stage whose temporary directory the
 # kill leaves: the only temporary in the workdir, since each earlier one was removed by the run that redid
 # its stage; None: killed after the stage's rename, so no temporary at all)
-DATA = ("source", "ingest", "cluster_level", "cluster", "split", "audit", "shards")
+DATA = ("source", "ingest", "cluster_level", "cluster", "split", "audit_target", "audit_chunk", "audit", "shards")
 KILL_POINTS = [
     ("ingest: mid-parse, between two Parquet row groups", "pause:ingest:pyarrow.parquet:ParquetWriter.write_table@2",
      set(DATA[:1]), "ingest"),
@@ -66,7 +66,7 @@ KILL_POINTS = [
     ("split: renamed, lineage step not yet recorded", "pause:split:pipeline_lib.lineage:LineageStore.record_step@1",
      set(DATA[:5]), None),
     ("shards: between two shard writes (of a partition)",
-     "pause:shards_partition:pyarrow.parquet:ParquetWriter.write_table@3", set(DATA[:6]), "shards_partition"),
+     "pause:shards_partition:pyarrow.parquet:ParquetWriter.write_table@3", set(DATA[:8]), "shards_partition"),
     ("shards: renamed, lineage step not yet recorded", "pause:shards:pipeline_lib.lineage:LineageStore.record_step@1",
      set(DATA) | {"shards_partition"}, None),
 ]
@@ -141,7 +141,8 @@ def test_lineage_marks_every_killed_run_crashed(crashed_then_resumed):
     steps = store.query("SELECT stage, status FROM steps WHERE run_id=? ORDER BY started_at", [last])
     assert [(s["stage"], s["status"]) for s in steps] == [
         ("source", "completed"), ("ingest", "cached"), ("cluster_level", "cached"), ("cluster_level", "cached"),
-        ("cluster", "cached"), ("split", "cached"), ("audit", "cached"),
+        ("cluster", "cached"), ("split", "cached"), ("audit_target", "cached"), ("audit_chunk", "cached"),
+        ("audit", "cached"),
         ("shards_partition", "cached"), ("shards", "cached")]
     # the shard files trace back to the source FASTA even though the run that wrote them was killed
     shard = next((workdir / "stages" / "shards").glob("*/train/part-00000.parquet"))

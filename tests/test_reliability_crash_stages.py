@@ -211,7 +211,8 @@ def reference(reference_run) -> Path:
 
 # (name, fault runner spec or "train:WHERE", stages finished by then, the stage folder holding the only
 # temporary the kill leaves: earlier ones were removed by the runs that redid their stage; None: no temporary)
-DATA = {"source", "ingest", "cluster_level", "cluster", "split", "audit", "shards_partition", "shards"}
+DATA = {"source", "ingest", "cluster_level", "cluster", "split", "audit_target", "audit_chunk", "audit",
+        "shards_partition", "shards"}
 STRUCTURES = DATA | {"structures_batch", "structures", "msa_target"}  # all done once the MSA batches run
 KILL_POINTS = [
     ("structures: a batch task in 3Di encoding, nothing written yet",

@@ -41,7 +41,8 @@ def test_oldest_release_unique_dirs_deleted_and_recorded(three_releases):
     d1, d2, d3 = (_stage_dirs(store, work, r.run_id) for r in (r1, r2, r3))
     only_first = d1 - d2 - d3
     assert {p.parent.name for p in only_first} == \
-        {"ingest", "cluster_level", "cluster", "split", "audit", "shards_partition", "shards"}
+        {"ingest", "cluster_level", "cluster", "split", "audit_target", "audit_chunk", "audit", "shards_partition",
+         "shards"}
     assert not any(p.exists() for p in only_first)
     assert all(p.is_dir() and (p / "_SUCCESS.json").is_file() for p in d2 | d3)
     shared = d1 & (d2 | d3)  # the source directory: same parameters for every release
@@ -100,7 +101,8 @@ def test_end_to_end_applies_retention_too(prefect_harness, tmp_path):
     store = LineageStore(work / "lineage.duckdb")
     only_first = _stage_dirs(store, work, r1.run_id) - _stage_dirs(store, work, r2.run_id)
     assert {p.parent.name for p in only_first} == \
-        {"ingest", "cluster_level", "cluster", "split", "audit", "shards_partition", "shards"}
+        {"ingest", "cluster_level", "cluster", "split", "audit_target", "audit_chunk", "audit", "shards_partition",
+         "shards"}
     assert not any(p.exists() for p in only_first)
     assert all(p.is_dir() for p in _stage_dirs(store, work, r2.run_id))
     stats = json.loads(store.query("SELECT stats FROM steps WHERE run_id=? AND stage='retention'",

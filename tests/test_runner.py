@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from uuid import UUID
 
+import pyarrow.parquet as pq
 import pytest
 from conftest_http import http_server  # noqa: F401  (fixture)
 from http_server import Fault
@@ -65,6 +66,13 @@ def manifest_without_provenance(result) -> dict:
     return manifest
 
 
+AUDIT_CHUNK = 40
+
+
+def without_audit(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [p for p in params if not p[0].startswith("audit")]
+
+
 def step_params(result) -> list[tuple[str, str]]:
     rows = LineageStore(result.lineage).query("SELECT stage, params FROM steps WHERE run_id=?", [result.run_id])
     return sorted((r["stage"], r["params"]) for r in rows)  # (shard partitions finish in any order)
@@ -107,18 +115,30 @@ def test_dask_local_cluster_gives_the_thread_runners_artifacts(thread_run, tmp_p
 
     spy_cls = _spy_cluster()
     monkeypatch.setattr(distributed, "LocalCluster", spy_cls)  # what DaskTaskRunner starts when given no address
-    res = run_configured(data_refresh, DEMO, overrides(tmp_path / "work", "runner.kind=dask"))
+    # the leakage audit's held-out queries in chunks of 40 (the thread run searched them in one)
+    res = run_configured(data_refresh, DEMO, overrides(tmp_path / "work", "runner.kind=dask",
+                                                       f"split.audit.chunk_queries={AUDIT_CHUNK}"))
 
     assert res.status == "completed" and not any(res.stages[s].cached for s in DATA_STAGES)
     assert artifacts(res) == artifacts(thread_run) and len(artifacts(res)) >= 7
     assert manifest_without_provenance(res) == manifest_without_provenance(thread_run)
     # the runner enters neither cache keys nor the config hash (and no artifact names its workdir)
-    assert step_params(res) == step_params(thread_run)
+    assert without_audit(step_params(res)) == without_audit(step_params(thread_run))
+    # query-sharded audit: the chunks ran on the workers; their hits, merged in chunk order, are the one search's
+    from tests.test_split_audit import chunk_hits
+
+    one, many = chunk_hits(thread_run), chunk_hits(res)
+    queries = sum(res.stages["audit"].stats[s]["queries"] for s in ("valid", "test"))
+    assert len(one) == 1 and len(many) == -(-queries // AUDIT_CHUNK) >= 3
+    assert [line for f in many for line in f.read_text().splitlines()] == one[0].read_text().splitlines()
+    assert pq.read_table(res.stages["audit"].path("audit.parquet")).equals(
+        pq.read_table(thread_run.stages["audit"].path("audit.parquet")))
     if code_version.__wrapped__() == CODE_AT_START:  # (unless the sources were edited while the test ran)
         assert {s: res.stages[s].cache_key for s in DATA_STAGES} == \
             {s: thread_run.stages[s].cache_key for s in DATA_STAGES}
     runs = {r["run_id"]: r["config_hash"] for r in LineageStore(res.lineage).runs()}
-    assert runs[res.run_id] == load_config(DEMO, overrides(tmp_path / "work")).hash()
+    assert runs[res.run_id] == load_config(DEMO, overrides(tmp_path / "work", "runner.kind=dask",
+                                                           f"split.audit.chunk_queries={AUDIT_CHUNK}")).hash()
 
     (cluster,) = spy_cls.seen
     assert cluster.kwargs | {"n_workers": 2, "threads_per_worker": 1, "processes": True} == cluster.kwargs
@@ -128,13 +148,14 @@ def test_dask_local_cluster_gives_the_thread_runners_artifacts(thread_run, tmp_p
     rows = res.stages["ingest"].outputs["sequences.parquet"].rows
     partitions = -(-rows // PARTITION_ROWS)
     assert partitions >= 2
-    # source, ingest, each cluster level, cluster, split, each shard partition and the shards manifest each ran as
-    # a task on one of the two worker processes; the partitions' rows and tokens add up to the manifest's
-    assert len(done) == 5 + 2 + 1 + partitions and {t["worker"] for t in done} <= set(cluster.worker_pids)
+    # source, ingest, each cluster level, cluster, split, the audit's target, chunks and summary, each shard
+    # partition and the shards manifest each ran as a task on one of the two worker processes; the partitions'
+    # rows and tokens add up to the manifest's
+    assert len(done) == 5 + 2 + 2 + len(many) + partitions and {t["worker"] for t in done} <= set(cluster.worker_pids)
     steps = LineageStore(res.lineage).query("SELECT stage, status, stats FROM steps WHERE run_id=?", [res.run_id])
     assert sorted(s["stage"] for s in steps) == \
-        sorted(["source", *DATA_STAGES, "cluster_level", "cluster_level", "audit",
-                *["shards_partition"] * partitions])  # kept by the workers, written here
+        sorted(["source", *DATA_STAGES, "cluster_level", "cluster_level", "audit_target", *["audit_chunk"] * len(many),
+                "audit", *["shards_partition"] * partitions])  # kept by the workers, written here
     assert {s["status"] for s in steps} == {"completed"}
     parts = [json.loads(s["stats"]) for s in steps if s["stage"] == "shards_partition"]
     assert sorted(p["partition"] for p in parts) == list(range(partitions))

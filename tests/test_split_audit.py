@@ -54,6 +54,29 @@ def test_audit_finds_planted_leakage_and_none_when_families_stay_together(prefec
     assert "Leakage audit" in page and f"{worst['id']} ~ {worst['train_id']}" in page
     together = data_refresh(str(ROOT / "configs" / "demo.yaml"), _args(tmp_path / "b", fasta, "0.5"))
     assert all(together.stages["audit"].stats[s]["max_identity"] == 0.0 for s in ("valid", "test"))
+    # query-sharded: chunks of 5 held-out queries, side by side on the thread runner, give the same hits in the
+    # same order as the one search above, and the same audit (the data stages are served from cache)
+    chunked = data_refresh(str(ROOT / "configs" / "demo.yaml"), _args(tmp_path / "a", fasta, "1.0",
+                                                                      "split.audit.chunk_queries=5"))
+    assert chunked.stages["split"].cached and not chunked.stages["audit"].cached
+    one, many = chunk_hits(res), chunk_hits(chunked)
+    assert len(one) == 1 and len(many) == -(-len(audit) // 5) >= 3
+    assert [line for f in many for line in f.read_text().splitlines()] == one[0].read_text().splitlines()
+    assert pq.read_table(chunked.stages["audit"].path("audit.parquet")).equals(
+        pq.read_table(res.stages["audit"].path("audit.parquet")))
+    assert chunked.stages["audit"].stats["chunks"] == len(many)
+
+
+def chunk_hits(result) -> list:
+    """The hit files of a run's audit chunks, in chunk order (from lineage: step cache keys -> stage directories)."""
+    import json
+    from pathlib import Path
+
+    workdir = Path(result.stages["audit"].directory).parents[2]
+    steps = LineageStore(result.lineage).query(
+        "SELECT cache_key, stats FROM steps WHERE run_id=? AND stage='audit_chunk'", [result.run_id])
+    ordered = sorted(steps, key=lambda s: json.loads(s["stats"])["chunk"])
+    return [workdir / "stages" / "audit_chunk" / s["cache_key"][:16] / "hits.tsv" for s in ordered]
 
 
 def test_max_identity_fails_the_build_before_the_shards(prefect_harness, tmp_path):
@@ -83,3 +106,16 @@ def test_decontaminating_train_against_held_out_removes_exactly_the_leaks(prefec
     assert all(r["reason"] == "decontaminated" and "identity to held-out sequence fam" in r["detail"] for r in removed)
     assert res.stages["split"].stats["decontaminated"] == len(truth)
     assert all(res.stages["audit"].stats[s]["max_identity"] < 0.9 for s in ("valid", "test"))
+    # query-sharded: the training rows searched in chunks of 10 sequence rows on the thread runner, against the
+    # targets' database built once, quarantine exactly the same rows
+    chunked = data_refresh(str(ROOT / "configs" / "demo.yaml"),
+                           _args(tmp_path, fasta, "1.0", "split.decontaminate.held_out=true",
+                                 "split.decontaminate.min_seq_id=0.9", "split.decontaminate.chunk_rows=10"))
+    steps = LineageStore(chunked.lineage).query(
+        "SELECT stage, status, stats FROM steps WHERE run_id=? AND stage LIKE 'decontam%'", [chunked.run_id])
+    rows = res.stages["ingest"].outputs["sequences.parquet"].rows
+    assert sorted(s["stage"] for s in steps) == ["decontam_chunk"] * -(-rows // 10) + ["decontam_target"]
+    assert next(s for s in steps if s["stage"] == "decontam_target")["status"] == "cached"
+    assert pq.read_table(chunked.stages["split"].path("quarantine.parquet")).equals(
+        pq.read_table(res.stages["split"].path("quarantine.parquet")))
+    assert chunked.stages["split"].stats["decontam_chunks"] == -(-rows // 10)

@@ -19,10 +19,13 @@ from pipeline_lib.lineage import LineageStore
 from tests.conftest import ROOT
 from tests.helpers import family_fasta
 
+AUDIT = ("audit_target", "audit_chunk", "audit")
 # every stage run_stage is called with, by the task function that defines its compute closure
 TASKS = {"source": "tasks.data:source", "ingest": "tasks.data:ingest", "cluster_level": "tasks.data:cluster_level",
          "cluster": "tasks.data:cluster",
-         "split": "tasks.data:split", "audit": "tasks.data:audit", "shards_partition": "tasks.data:shards_partition",
+         "split": "tasks.data:split", "audit_target": "tasks.data:audit_target",
+         "audit_chunk": "tasks.data:audit_chunk", "audit": "tasks.data:audit",
+         "shards_partition": "tasks.data:shards_partition",
          "shards": "tasks.data:shards",
          "msa_target": "tasks.msa:msa_target", "msa": "tasks.msa:msa",
          "structures_batch": "tasks.structures:structures_batch", "structures": "tasks.structures:structures",
@@ -107,8 +110,9 @@ def test_docstring_and_comment_edits_of_every_module_change_no_key(sources):
 
 
 @pytest.mark.parametrize("edited, rekeyed", [
-    ("pipeline_lib/sequences/cluster.py", {"cluster_level", "cluster", "split", "audit"}),  # split, audit use helpers
-    ("pipeline_lib/sequences/ingest.py", {"ingest", "cluster_level", "cluster", "split", "audit"}),
+    ("pipeline_lib/sequences/cluster.py", {"cluster_level", "cluster", "split", *AUDIT}),  # split, audit use helpers
+    ("pipeline_lib/sequences/ingest.py", {"ingest", "cluster_level", "cluster", "split", *AUDIT}),
+    ("pipeline_lib/sequences/search.py", set(AUDIT)),
     ("pipeline_lib/train/loop.py", {"train"}),    # evaluate re-keys through its input, the new checkpoint
     ("pipeline_lib/train/model.py", {"train", "evaluate"}),            # evaluate builds the model too
     ("pipeline_lib/sequences/shard_writer.py", {"shards_partition", "shards"}),
@@ -239,7 +243,8 @@ def test_a_rerun_says_why_in_lineage(prefect_harness, tmp_path, monkeypatch):
     assert steps(second.run_id) == [
         ("ingest", "cached", None), ("cluster_level", "cached", None), ("cluster_level", "cached", None),
         ("cluster", "completed", ["stage version changed (1 -> 2)"]), ("split", "cached", None),
-        ("audit", "cached", None), ("shards_partition", "cached", None), ("shards", "cached", None)]
+        ("audit_target", "cached", None), ("audit_chunk", "cached", None), ("audit", "cached", None),
+        ("shards_partition", "cached", None), ("shards", "cached", None)]
     third = data_refresh(demo, [*base, levels.format(0.4)])
     assert steps(third.run_id)[:3] == [
         ("ingest", "cached", None), ("cluster_level", "cached", None),

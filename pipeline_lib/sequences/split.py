@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +28,11 @@ from pipeline_lib.io import sql_path
 from pipeline_lib.sequences.cluster import write_fasta_from_parquet
 from pipeline_lib.sequences.config import DecontaminateConfig, SplitConfig
 from pipeline_lib.sequences.ingest_dedupe import spilling_connection
+from pipeline_lib.sequences.search import search_chunk
 from pipeline_lib.tools.mmseqs import MMseqs
 
-__all__ = ["SplitResult", "split_of", "assign_splits", "decontaminate"]
+__all__ = ["SplitResult", "split_of", "assign_splits", "decontaminate", "decontam_masks", "decontam_options",
+           "decontam_rows", "write_decontam_targets"]
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -130,45 +133,46 @@ def _train_mask(clusters: Path, level: str, seed: int, split_cfg: SplitConfig) -
     return train, ~train
 
 
-def decontaminate(sequences: Path, clusters: Path, cfg: DecontaminateConfig, split_cfg: SplitConfig, *,
-                  level: str, seed: int, tmp_dir: Path, threads: int = 1,
-                  binary: str | None = None) -> tuple[list[dict], list[str]]:
-    """Search would-be training sequences against the evaluation FASTA files, and against this build's own valid
-    and test sequences when ``cfg.held_out``.
+def decontam_masks(clusters: Path, level: str, seed: int, split_cfg: SplitConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per sequence row: would it be train, would it be valid or test (what decontamination searches, and against)."""
+    return _train_mask(clusters, level, seed, split_cfg)
 
-    Returns (quarantine rows for hits at >= ``cfg.min_seq_id``, the mmseqs argv used).
-    """
-    if not cfg.fasta and not cfg.held_out:
-        return [], []
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    is_train, is_held = _train_mask(clusters, level, seed, split_cfg)
-    query = tmp_dir / "train.fasta"
-    write_fasta_from_parquet(sequences, query, keep=is_train)
-    targets = tmp_dir / "eval.fasta"
-    if cfg.held_out:  # ">held:<row>": the held-out row, named by its id in the quarantine detail
-        write_fasta_from_parquet(sequences, tmp_dir / "held.fasta", keep=is_held)
-        with open(tmp_dir / "held.fasta") as src, open(targets, "w") as out:
-            for line in src:
-                out.write(f">held:{line[1:]}" if line.startswith(">") else line)
-    with open(targets, "a") as out:
+
+def write_decontam_targets(sequences: Path, is_held: np.ndarray, cfg: DecontaminateConfig, out: Path) -> int:
+    """The search targets: the held-out rows as ``>held:<row>`` (with ``cfg.held_out``), then every record of the
+    evaluation FASTA files as ``><file name>:<record>``. Returns the records written."""
+    written = 0
+    with open(out, "w") as fh:
+        if cfg.held_out:  # ">held:<row>": the held-out row, named by its id in the quarantine detail
+            held = out.with_name(out.name + ".held")
+            written += write_fasta_from_parquet(sequences, held, keep=is_held)
+            with open(held) as src:
+                for line in src:
+                    fh.write(f">held:{line[1:]}" if line.startswith(">") else line)
+            held.unlink()
+        from pipeline_lib.sequences.fasta import read_fasta  # local import keeps module import light
+
         for f in cfg.fasta:
-            from pipeline_lib.sequences.fasta import read_fasta  # local import keeps module import light
-
             for rec in read_fasta(f):
-                out.write(f">{Path(f).name}:{rec.index}\n{rec.sequence.upper().rstrip('*')}\n")
-    mm = MMseqs(binary=binary, threads=threads)
-    hits = tmp_dir / "hits.m8"
-    args = ["easy-search", str(query), str(targets), str(hits), str(tmp_dir / "search_tmp"),
-            "--min-seq-id", str(cfg.min_seq_id), "-c", str(cfg.coverage), "--threads", str(threads), "-v", "1"]
-    mm.run(*args, log_file=tmp_dir / "mmseqs.log")
+                fh.write(f">{Path(f).name}:{rec.index}\n{rec.sequence.upper().rstrip('*')}\n")
+                written += 1
+    return written
+
+
+def decontam_options(cfg: DecontaminateConfig) -> list[str]:
+    return ["--min-seq-id", str(cfg.min_seq_id), "-c", str(cfg.coverage)]
+
+
+def decontam_rows(sequences: Path, is_train: np.ndarray, hits: Iterable[str],
+                  cfg: DecontaminateConfig) -> list[dict]:
+    """Quarantine rows for the training rows with a hit at >= ``cfg.min_seq_id`` (the best hit named)."""
     best: dict[int, tuple[float, str]] = {}
-    with open(hits) as fh:
-        for line in fh:
-            q, t, pident = line.split("\t")[:3]
-            ident = float(pident) / (100.0 if float(pident) > 1.0 else 1.0)
-            qi = int(q)
-            if ident >= cfg.min_seq_id and ident > best.get(qi, (-1.0, ""))[0]:
-                best[qi] = (ident, t)
+    for line in hits:
+        q, t, pident = line.split("\t")[:3]
+        ident = float(pident) / (100.0 if float(pident) > 1.0 else 1.0)
+        qi = int(q)
+        if ident >= cfg.min_seq_id and ident > best.get(qi, (-1.0, ""))[0]:
+            best[qi] = (ident, t)
     # only the hit rows are looked up (a few, of tens of millions): their id, and the held-out ids they hit
     held = [int(t.removeprefix("held:")) for _, t in best.values() if t.startswith("held:")]
     ids = _rows_at(sequences, ["id"], list(best) + held)
@@ -181,4 +185,27 @@ def decontaminate(sequences: Path, clusters: Path, cfg: DecontaminateConfig, spl
                  detail=f"{ids[qi][0]}: {ident:.2f} identity to {target(t)}", raw=None)
             for qi, (ident, t) in sorted(best.items()) if is_train[qi]]
     log.info("decontamination: %d training sequences removed", len(rows))
-    return rows, ["mmseqs", *args]
+    return rows
+
+
+def decontaminate(sequences: Path, clusters: Path, cfg: DecontaminateConfig, split_cfg: SplitConfig, *,
+                  level: str, seed: int, tmp_dir: Path, threads: int = 1,
+                  binary: str | None = None) -> tuple[list[dict], list[str]]:
+    """Search would-be training sequences against the evaluation FASTA files, and against this build's own valid
+    and test sequences when ``cfg.held_out``, in one search (the pipeline cuts the training rows into chunks that
+    run as tasks: ``decontam_target`` / ``decontam_chunk``).
+
+    Returns (quarantine rows for hits at >= ``cfg.min_seq_id``, the mmseqs argv used).
+    """
+    if not cfg.fasta and not cfg.held_out:
+        return [], []
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    is_train, is_held = decontam_masks(clusters, level, seed, split_cfg)
+    mm = MMseqs(binary=binary, threads=threads)
+    write_decontam_targets(sequences, is_held, cfg, tmp_dir / "eval.fasta")
+    mm.createdb(tmp_dir / "eval.fasta", tmp_dir / "eval_db", log_file=tmp_dir / "mmseqs.log")
+    hits = tmp_dir / "hits.m8"
+    argv = search_chunk(sequences, np.flatnonzero(is_train), tmp_dir / "eval_db", hits, tmp_dir / "search", mm,
+                        decontam_options(cfg))
+    with open(hits) as fh:
+        return decontam_rows(sequences, is_train, fh, cfg), argv

@@ -9,11 +9,12 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import BinaryIO
 
 from pipeline_lib.errors import ToolError
 from pipeline_lib.tools.base import BinaryTool
 
-__all__ = ["MMseqs", "find_mmseqs"]
+__all__ = ["MMseqs", "find_mmseqs", "is_mpi_build"]
 
 # at verbosity 3 a workflow (easy-linclust, search, ...) prints each module it starts as its full command line:
 # "kmermatcher tmp/.../input tmp/.../pref --sub-mat ... -v 3 "
@@ -49,8 +50,47 @@ def _version_of(binary: str) -> str:
     return MMseqs(binary=binary).run("version", capture_stdout=True).strip()
 
 
+def is_mpi_build(binary: str) -> bool:
+    """True when the mmseqs binary was built with MPI (``-DHAVE_MPI=1``: it calls ``MPI_Init``). A binary without
+    MPI under ``--mpi-runner`` would run every step N times over the same files."""
+    try:
+        path = Path(binary) if Path(binary).is_file() else Path(shutil.which(binary) or binary)
+        with open(path, "rb") as fh:
+            return _contains(fh, b"MPI_Init")
+    except OSError:
+        return False
+
+
+def _contains(fh: BinaryIO, needle: bytes, chunk: int = 1 << 22) -> bool:
+    tail = b""
+    while block := fh.read(chunk):
+        if needle in tail + block:
+            return True
+        tail = block[-len(needle):]
+    return False
+
+
 class MMseqs(BinaryTool):
+    """``split_memory_limit`` (e.g. ``"8G"``) goes to the workflows as ``--split-memory-limit``: k-mer matching and
+    prefiltering then work in pieces that fit instead of failing. ``mpi_runner`` (e.g. ``["mpirun", "-np", "4"]``,
+    ``["srun"]``) runs the workflows' parallel steps (prefilter, align, kmermatcher, rescorediagonal) under MPI
+    (``--mpi-runner``; needs an MPI build of mmseqs, see docs/scale.md)."""
+
     name = "mmseqs"
+
+    def __init__(self, *, binary: str | os.PathLike[str] | None = None, threads: int = 1,
+                 split_memory_limit: str | None = None, mpi_runner: list[str] | None = None) -> None:
+        super().__init__(binary=binary, threads=threads)
+        self.split_memory_limit = split_memory_limit
+        self.mpi_runner = list(mpi_runner) if mpi_runner else None
+        if self.mpi_runner and not is_mpi_build(self.binary):
+            raise ToolError(f"mpi runner {' '.join(self.mpi_runner)!r} needs an mmseqs built with MPI; "
+                            f"{self.binary} is not (build one: docs/scale.md, 'Multi-node MMseqs2')")
+
+    def workflow_options(self) -> list[str]:
+        """Options every clustering / search workflow gets: memory limit and MPI runner, when set."""
+        out = ["--split-memory-limit", self.split_memory_limit] if self.split_memory_limit else []
+        return out + (["--mpi-runner", " ".join(self.mpi_runner)] if self.mpi_runner else [])
 
     def _find_default(self) -> str:
         return find_mmseqs()
@@ -75,13 +115,14 @@ class MMseqs(BinaryTool):
         args = [f"easy-{method}", str(fasta), str(out_prefix), str(tmp_dir),
                 "--min-seq-id", str(min_seq_id), "-c", str(coverage), "--cov-mode", str(cov_mode),
                 "--cluster-mode", str(cluster_mode), "--threads", str(self.threads), "-v", "3",
-                *(extra or [])]
+                *self.workflow_options(), *(extra or [])]
         self.run(*args, log_file=log_file)
         return args
 
     def _level_args(self, min_seq_id: float, coverage: float, cov_mode: int, cluster_mode: int) -> list[str]:
         return ["--min-seq-id", str(min_seq_id), "-c", str(coverage), "--cov-mode", str(cov_mode),
-                "--cluster-mode", str(cluster_mode), "--threads", str(self.threads), "-v", "3"]
+                "--cluster-mode", str(cluster_mode), "--threads", str(self.threads), "-v", "3",
+                *self.workflow_options()]
 
     def createdb(self, fasta: str | os.PathLike[str], db: str | os.PathLike[str], *,
                  log_file: str | os.PathLike[str] | None = None) -> list[str]:

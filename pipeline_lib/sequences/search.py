@@ -1,0 +1,99 @@
+"""Query-sharded MMseqs2 searches: one target database, the queries cut into chunks that run as separate tasks
+(side by side on the task runner, each cached on its own), their hits merged in chunk order.
+
+    db = build_target_db(sequences, keep_train, out / "target", mm)         # createdb once
+    for i, rows in enumerate(chunk_rows(query_rows, 5000)):                  # one task each
+        search_chunk(sequences, rows, db, out / f"chunk{i}" / "hits.tsv", tmp, mm, options)
+    for line in merged_lines([chunk hit files in chunk order]): ...
+
+Queries and targets are named by their row ordinal in the sequences table. A query's hits depend on the query and
+the target database only (MMseqs2's prefilter indexes the target; e-values use the target's size), so N chunks give
+the hits of one search, in the same order: each chunk's output is in its queries' order, the chunks are contiguous
+runs of the sorted query rows, and they are merged in chunk order.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pipeline_lib.errors import ToolError
+from pipeline_lib.sequences.cluster import write_fasta_from_parquet
+from pipeline_lib.tools.mmseqs import MMseqs
+
+__all__ = ["chunk_count", "chunk_rows", "build_target_db", "search_chunk", "merged_lines"]
+
+
+def chunk_count(queries: int, per_chunk: int) -> int:
+    """Chunks of at most ``per_chunk`` queries (none for no queries)."""
+    return math.ceil(queries / per_chunk) if queries else 0
+
+
+def chunk_rows(rows: np.ndarray, per_chunk: int, index: int) -> np.ndarray:
+    """The ``index``-th contiguous run of ``per_chunk`` of the (sorted) query ``rows``."""
+    return rows[index * per_chunk:(index + 1) * per_chunk]
+
+
+def _mask(n: int, rows: np.ndarray) -> np.ndarray:
+    keep = np.zeros(n, dtype=bool)
+    keep[rows] = True
+    return keep
+
+
+def build_target_db(sequences: Path, rows: np.ndarray, out_dir: Path, mm: MMseqs, *,
+                    log_file: Path | None = None) -> tuple[Path, int]:
+    """``out_dir/db``: an mmseqs database of the sequences at ``rows`` (named by ordinal); returns it and the count."""
+    from pipeline_lib.sequences.cluster import rows_of  # noqa: PLC0415
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fasta = out_dir / "target.fasta"
+    written = write_fasta_from_parquet(sequences, fasta, keep=_mask(rows_of(sequences), rows))
+    mm.createdb(fasta, out_dir / "db", log_file=log_file or out_dir / "mmseqs.log")
+    fasta.unlink()
+    return out_dir / "db", written
+
+
+def search_chunk(sequences: Path, rows: np.ndarray, target_db: Path, hits: Path, tmp_dir: Path, mm: MMseqs,
+                 options: list[str]) -> list[str]:
+    """``mmseqs easy-search`` of the sequences at ``rows`` against ``target_db`` into ``hits`` (TSV, in query row
+    order); ``options`` are the search's own (format, identity, coverage, sensitivity). Returns the argv (none
+    for no rows)."""
+    from pipeline_lib.sequences.cluster import rows_of  # noqa: PLC0415
+
+    if not len(rows):  # (a chunk of rows none of which is a query): no hits, no mmseqs call
+        hits.write_text("")
+        return []
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    queries = tmp_dir / "queries.fasta"
+    write_fasta_from_parquet(sequences, queries, keep=_mask(rows_of(sequences), rows))
+    args = ["easy-search", str(queries), str(target_db), str(hits), str(tmp_dir / "search_tmp"), *options,
+            "--threads", str(mm.threads), "-v", "1", *mm.workflow_options()]
+    mm.run(*args, log_file=tmp_dir / "mmseqs.log")
+    if not hits.is_file():
+        raise ToolError(f"mmseqs exited 0 but did not write {hits.name}", argv=[mm.binary, *args])
+    _in_query_order(hits, rows)
+    return ["mmseqs", *args]
+
+
+def _in_query_order(hits: Path, rows: np.ndarray) -> None:
+    """Rewrite ``hits`` so queries come in row order, each query's hits in mmseqs' order (best first). easy-search
+    writes queries in its database's order, which follows the input but is not promised to."""
+    by_query: dict[int, list[str]] = {}
+    with open(hits) as fh:
+        for line in fh:
+            by_query.setdefault(int(line.split("\t", 1)[0]), []).append(line)
+    tmp = hits.with_name(hits.name + ".sorted")
+    with open(tmp, "w") as out:
+        for q in sorted(by_query):
+            out.writelines(by_query[q])
+    os.replace(tmp, hits)
+
+
+def merged_lines(files: Iterable[Path]) -> Iterator[str]:
+    """The hit lines of the chunks' files, in chunk order."""
+    for path in files:
+        with open(path) as fh:
+            yield from fh
