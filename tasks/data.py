@@ -22,7 +22,14 @@ from pipeline_lib.sequences.cluster_uniref import uniref_level
 from pipeline_lib.sequences.cluster_update import cluster_level_incremental, find_previous_level, level_params
 from pipeline_lib.sequences.config import ClusterLevel
 from pipeline_lib.sequences.ingest import ingest_fasta
-from pipeline_lib.sequences.search import build_target_db, chunk_count, chunk_rows, merged_lines, search_chunk
+from pipeline_lib.sequences.search import (
+    build_target_db,
+    chunk_count,
+    chunk_rows,
+    index_target_db,
+    merged_lines,
+    search_chunk,
+)
 from pipeline_lib.sequences.shards import assemble_shards, partition_ranges, write_shard_partition
 from pipeline_lib.sequences.split import (
     assign_splits,
@@ -317,6 +324,8 @@ def decontam_target(ctx: RunContext, cfg: Config, ingested: StageOutput, cluster
         (tmp / "db").mkdir()
         mm.createdb(tmp / "targets.fasta", tmp / "db" / "db", log_file=tmp / "db" / "mmseqs.log")
         (tmp / "targets.fasta").unlink()
+        if n:
+            index_target_db(tmp / "db" / "db", mm, decontam_options(cfg.split.decontaminate))
         return [Produced("db", "mmseqs_db", n)], {"targets": n}, {"mmseqs": mm.version()}
 
     return run_stage(ctx, "decontam_target", params, [seqs, clusters, *evals], compute)
@@ -411,10 +420,11 @@ def audit_target(ctx: RunContext, cfg: Config, ingested: StageOutput, splitted: 
 
     def compute(tmp: Path):
         plan = plan_audit(seqs, splits, cfg.split.audit, seed=cfg.seed)
-        _, rows = build_target_db(seqs, plan.train, tmp / "db", mm)
+        _, rows = build_target_db(seqs, plan.train, tmp / "db", mm, search_options=search_options(cfg.split.audit))
         return [Produced("db", "mmseqs_db", rows)], {"train": rows}, {"mmseqs": mm.version()}
 
-    return run_stage(ctx, "audit_target", {"mmseqs_version": mm.version()}, _audit_inputs(ingested, splitted), compute)
+    params = {"mmseqs_version": mm.version(), "sensitivity": cfg.split.audit.sensitivity}  # (the index's -s)
+    return run_stage(ctx, "audit_target", params, _audit_inputs(ingested, splitted), compute)
 
 
 @lineage_task(name="audit_chunk", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient)
@@ -429,7 +439,7 @@ def audit_chunk(ctx: RunContext, cfg: Config, ingested: StageOutput, splitted: S
               "seed": cfg.seed, "chunk": index, "mmseqs_version": mm.version()}
 
     def compute(tmp: Path):
-        rows = chunk_rows(plan_audit(seqs, splits, a, seed=cfg.seed).asked, a.chunk_queries, index)
+        rows = chunk_rows(plan_audit(seqs, splits, a, seed=cfg.seed, with_train=False).asked, a.chunk_queries, index)
         db = Path(target.outputs["db"].path) / "db"
         command = search_chunk(seqs, rows, db, tmp / "hits.tsv", tmp / "_mmseqs", mm, search_options(a))
         _rm(tmp / "_mmseqs")
@@ -450,7 +460,7 @@ def audit(ctx: RunContext, cfg: Config, ingested: StageOutput, splitted: StageOu
     params = {"audit": cfg.split.audit.model_dump(mode="json", exclude={"chunk_queries"}), "seed": cfg.seed}
 
     def compute(tmp: Path):
-        plan = plan_audit(seqs, splits, cfg.split.audit, seed=cfg.seed)
+        plan = plan_audit(seqs, splits, cfg.split.audit, seed=cfg.seed, with_train=False)
         res = summarize_audit(seqs, plan, [Path(h.path) for h in hits], tmp, cfg.split.audit, splits=splits)
         rows = sum(s["queries"] for s in res.per_split.values())
         stats = {**res.per_split, "chunks": len(chunks),

@@ -31,7 +31,7 @@ import gzip
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -276,6 +276,3 @@ def write_families(spec: FamilySpec, seeds: Sequence[tuple[str, str]], fasta: Pa
             writer.write_table(pa.table(rows, schema=TRUTH_SCHEMA))
     return stats
 
-
-def spec_record(spec: FamilySpec) -> dict[str, object]:
-    return asdict(spec)

@@ -1,7 +1,7 @@
 """Query-sharded MMseqs2 searches: one target database, the queries cut into chunks that run as separate tasks
 (side by side on the task runner, each cached on its own), their hits merged in chunk order.
 
-    db = build_target_db(sequences, keep_train, out / "target", mm)         # createdb once
+    db, n = build_target_db(sequences, train_rows, out / "target", mm, search_options=options)  # createdb + index once
     for i, rows in enumerate(chunk_rows(query_rows, 5000)):                  # one task each
         search_chunk(sequences, rows, db, out / f"chunk{i}" / "hits.tsv", tmp, mm, options)
     for line in merged_lines([chunk hit files in chunk order]): ...
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from pipeline_lib.errors import ToolError
 from pipeline_lib.sequences.cluster import write_fasta_from_parquet
 from pipeline_lib.tools.mmseqs import MMseqs
 
-__all__ = ["chunk_count", "chunk_rows", "build_target_db", "search_chunk", "merged_lines"]
+__all__ = ["chunk_count", "chunk_rows", "build_target_db", "index_target_db", "search_chunk", "merged_lines"]
 
 
 def chunk_count(queries: int, per_chunk: int) -> int:
@@ -43,9 +44,22 @@ def _mask(n: int, rows: np.ndarray) -> np.ndarray:
     return keep
 
 
+def index_target_db(db: Path, mm: MMseqs, search_options: list[str], *, log_file: Path | None = None) -> None:
+    """``mmseqs createindex`` of a target database, with the search's k-mer settings (``-s``): every chunk's
+    prefilter then reads this index instead of building its own (measured: 4 chunks 27 s instead of 46 s, for an
+    index built in 8 s; the same hits). It costs disk: about 1-2x the database."""
+    sens = search_options[search_options.index("-s"):search_options.index("-s") + 2] if "-s" in search_options else []
+    tmp = db.parent / f"{db.name}_index_tmp"
+    mm.run("createindex", str(db), str(tmp), *sens, "--threads", str(mm.threads), "-v", "1",
+           *(["--split-memory-limit", mm.split_memory_limit] if mm.split_memory_limit else []),
+           log_file=log_file or db.parent / "mmseqs.log")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def build_target_db(sequences: Path, rows: np.ndarray, out_dir: Path, mm: MMseqs, *,
-                    log_file: Path | None = None) -> tuple[Path, int]:
-    """``out_dir/db``: an mmseqs database of the sequences at ``rows`` (named by ordinal); returns it and the count."""
+                    search_options: list[str] | None = None, log_file: Path | None = None) -> tuple[Path, int]:
+    """``out_dir/db``: an mmseqs database of the sequences at ``rows`` (named by ordinal), indexed for
+    ``search_options`` when given; returns it and the count."""
     from pipeline_lib.sequences.cluster import rows_of  # noqa: PLC0415
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -53,6 +67,8 @@ def build_target_db(sequences: Path, rows: np.ndarray, out_dir: Path, mm: MMseqs
     written = write_fasta_from_parquet(sequences, fasta, keep=_mask(rows_of(sequences), rows))
     mm.createdb(fasta, out_dir / "db", log_file=log_file or out_dir / "mmseqs.log")
     fasta.unlink()
+    if search_options is not None and written:
+        index_target_db(out_dir / "db", mm, search_options, log_file=log_file)
     return out_dir / "db", written
 
 
