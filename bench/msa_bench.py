@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/msa_bench.py --queries 100 --batch-size 50 [--targets generated:2000] [--repeats 3]
 
-Targets: the 500 real TrEMBL sequences in ``../shared/fixtures`` (default) or ``generated:N`` (random
-families of 200-residue proteins with point mutants). Queries: the first ``--queries`` target sequences.
+Targets: the 500 real TrEMBL sequences in ``../shared/fixtures`` (default) or ``generated:N`` (N synthetic family
+sequences, ``pipeline_lib/sequences/families.py``). Queries: the first ``--queries`` target sequences.
 Each mode runs in its own subprocess, alternating, ``--repeats`` times (median reported):
 
 * ``bare``: the exact argv lists the pipeline records (createdb of target and queries, search, filterresult,
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import shutil
 import statistics
@@ -40,25 +39,18 @@ from pipeline_lib.msa.build import build_msas, prepare_target, read_queries  # n
 from pipeline_lib.msa.config import MsaConfig  # noqa: E402
 from pipeline_lib.msa.store import write_msa_parquet  # noqa: E402
 from pipeline_lib.msa.tokens import write_msa_shards  # noqa: E402
+from pipeline_lib.sequences.families import FamilySpec, load_seeds, write_families  # noqa: E402
 from pipeline_lib.tools.base import BinaryTool  # noqa: E402
 from pipeline_lib.tools.mmseqs import MMseqs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TREMBL = ROOT.parent / "shared" / "fixtures" / "sequences" / "uniprot_trembl_500.fasta"
-AA = "ACDEFGHIKLMNPQRSTVWY"
 
 
 def generate_targets(path: Path, n: int, seed: int = 0) -> None:
-    """Families of 10 (a random parent and 9 mutants at ~90-98% identity) until ``n`` sequences."""
-    rng = random.Random(seed)
-    with open(path, "w") as fh:
-        for i in range(0, n, 10):
-            parent = [rng.choice(AA) for _ in range(200)]
-            for j in range(min(10, n - i)):
-                seq = parent[:]
-                for pos in rng.sample(range(200), 4 * j):
-                    seq[pos] = rng.choice(AA)
-                fh.write(f">gen{i + j} family {i // 10}\n{''.join(seq)}\n")
+    """``n`` synthetic family sequences (pipeline_lib/sequences/families.py: real seed proteins grown along random
+    trees), the same generator as the clustering and search benchmarks."""
+    write_families(FamilySpec(n=n, seed=seed), load_seeds(), path, path.with_suffix(".truth.parquet"))
 
 
 def _config(args: argparse.Namespace) -> MsaConfig:

@@ -105,11 +105,13 @@ def test_memory_limit_reaches_lineage_and_keeps_the_cache(prefect_harness, tmp_p
             plain.stages[f"cluster_{lv}"].cache_key == limited.stages[f"cluster_{lv}"].cache_key
 
 
-MPI_MMSEQS = os.environ.get("PLM_MMSEQS_MPI", "/work/mmseqs_mpi/build/bin/mmseqs")
+# what `make mmseqs-mpi` builds (or any MPI build named by PLM_MMSEQS_MPI)
+MPI_MMSEQS = os.environ.get("PLM_MMSEQS_MPI", str(Path(__file__).resolve().parents[1] / "build" / "mmseqs-mpi" / "bin"
+                                                  / "mmseqs"))
 
 
 @pytest.mark.skipif(not (Path(MPI_MMSEQS).is_file() and is_mpi_build(MPI_MMSEQS) and shutil.which("mpirun")),
-                    reason="no MPI build of mmseqs (set PLM_MMSEQS_MPI; build: docs/scale.md) or no mpirun")
+                    reason="no MPI build of mmseqs (make mmseqs-mpi, or set PLM_MMSEQS_MPI) or no mpirun")
 @pytest.mark.parametrize("method", ["linclust", "cluster"])
 def test_two_mpi_ranks_give_the_clusters_of_one(sequences, tmp_path, monkeypatch, method):
     monkeypatch.setenv("OMPI_ALLOW_RUN_AS_ROOT", "1")
