@@ -20,10 +20,12 @@ from tests.conftest import ROOT
 from tests.helpers import family_fasta
 
 AUDIT = ("audit_target", "audit_chunk", "audit")
+DECONTAM = ("decontam_target", "decontam_chunk")
 # every stage run_stage is called with, by the task function that defines its compute closure
 TASKS = {"source": "tasks.data:source", "ingest": "tasks.data:ingest", "cluster_level": "tasks.data:cluster_level",
          "cluster": "tasks.data:cluster",
-         "split": "tasks.data:split", "audit_target": "tasks.data:audit_target",
+         "split": "tasks.data:split", "decontam_target": "tasks.data:decontam_target",
+         "decontam_chunk": "tasks.data:decontam_chunk", "audit_target": "tasks.data:audit_target",
          "audit_chunk": "tasks.data:audit_chunk", "audit": "tasks.data:audit",
          "shards_partition": "tasks.data:shards_partition",
          "shards": "tasks.data:shards",
@@ -110,9 +112,9 @@ def test_docstring_and_comment_edits_of_every_module_change_no_key(sources):
 
 
 @pytest.mark.parametrize("edited, rekeyed", [
-    ("pipeline_lib/sequences/cluster.py", {"cluster_level", "cluster", "split", *AUDIT}),  # split, audit use helpers
-    ("pipeline_lib/sequences/ingest.py", {"ingest", "cluster_level", "cluster", "split", *AUDIT}),
-    ("pipeline_lib/sequences/search.py", set(AUDIT)),
+    ("pipeline_lib/sequences/cluster.py", {"cluster_level", "cluster", "split", *DECONTAM, *AUDIT}),  # (helpers)
+    ("pipeline_lib/sequences/ingest.py", {"ingest", "cluster_level", "cluster", "split", *DECONTAM, *AUDIT}),
+    ("pipeline_lib/sequences/search.py", {"split", *DECONTAM, *AUDIT}),          # the query-chunked searches
     ("pipeline_lib/train/loop.py", {"train"}),    # evaluate re-keys through its input, the new checkpoint
     ("pipeline_lib/train/model.py", {"train", "evaluate"}),            # evaluate builds the model too
     ("pipeline_lib/sequences/shard_writer.py", {"shards_partition", "shards"}),

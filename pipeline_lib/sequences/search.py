@@ -20,12 +20,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from pipeline_lib.errors import ToolError
-from pipeline_lib.sequences.cluster import write_fasta_from_parquet
 from pipeline_lib.tools.mmseqs import MMseqs
 
-__all__ = ["chunk_count", "chunk_rows", "build_target_db", "index_target_db", "search_chunk", "merged_lines"]
+__all__ = ["chunk_count", "chunk_rows", "build_target_db", "index_target_db", "search_chunk", "merged_lines",
+           "write_rows_fasta"]
 
 
 def chunk_count(queries: int, per_chunk: int) -> int:
@@ -38,10 +39,21 @@ def chunk_rows(rows: np.ndarray, per_chunk: int, index: int) -> np.ndarray:
     return rows[index * per_chunk:(index + 1) * per_chunk]
 
 
-def _mask(n: int, rows: np.ndarray) -> np.ndarray:
-    keep = np.zeros(n, dtype=bool)
-    keep[rows] = True
-    return keep
+def write_rows_fasta(sequences: Path, rows: np.ndarray, fasta: Path) -> int:
+    """``>ordinal`` / sequence records of the sorted ``rows``, reading only the Parquet row groups that hold them (a
+    chunk of 2 M rows of a 200 M-row table reads 1 % of it, not all of it). Returns the records written."""
+    pf = pq.ParquetFile(sequences)
+    written = start = 0
+    with open(fasta, "w") as fh:
+        for g in range(pf.metadata.num_row_groups):
+            end = start + pf.metadata.row_group(g).num_rows
+            lo, hi = np.searchsorted(rows, [start, end])
+            if hi > lo:
+                seqs = pf.read_row_group(g, columns=["sequence"]).column(0)
+                fh.write("".join(f">{r}\n{seqs[int(r) - start].as_py()}\n" for r in rows[lo:hi]))
+                written += int(hi - lo)
+            start = end
+    return written
 
 
 def index_target_db(db: Path, mm: MMseqs, search_options: list[str], *, log_file: Path | None = None) -> None:
@@ -60,11 +72,9 @@ def build_target_db(sequences: Path, rows: np.ndarray, out_dir: Path, mm: MMseqs
                     search_options: list[str] | None = None, log_file: Path | None = None) -> tuple[Path, int]:
     """``out_dir/db``: an mmseqs database of the sequences at ``rows`` (named by ordinal), indexed for
     ``search_options`` when given; returns it and the count."""
-    from pipeline_lib.sequences.cluster import rows_of  # noqa: PLC0415
-
     out_dir.mkdir(parents=True, exist_ok=True)
     fasta = out_dir / "target.fasta"
-    written = write_fasta_from_parquet(sequences, fasta, keep=_mask(rows_of(sequences), rows))
+    written = write_rows_fasta(sequences, np.sort(rows), fasta)
     mm.createdb(fasta, out_dir / "db", log_file=log_file or out_dir / "mmseqs.log")
     fasta.unlink()
     if search_options is not None and written:
@@ -77,14 +87,12 @@ def search_chunk(sequences: Path, rows: np.ndarray, target_db: Path, hits: Path,
     """``mmseqs easy-search`` of the sequences at ``rows`` against ``target_db`` into ``hits`` (TSV, in query row
     order); ``options`` are the search's own (format, identity, coverage, sensitivity). Returns the argv (none
     for no rows)."""
-    from pipeline_lib.sequences.cluster import rows_of  # noqa: PLC0415
-
     if not len(rows):  # (a chunk of rows none of which is a query): no hits, no mmseqs call
         hits.write_text("")
         return []
     tmp_dir.mkdir(parents=True, exist_ok=True)
     queries = tmp_dir / "queries.fasta"
-    write_fasta_from_parquet(sequences, queries, keep=_mask(rows_of(sequences), rows))
+    write_rows_fasta(sequences, np.sort(rows), queries)
     args = ["easy-search", str(queries), str(target_db), str(hits), str(tmp_dir / "search_tmp"), *options,
             "--threads", str(mm.threads), "-v", "1", *mm.workflow_options()]
     mm.run(*args, log_file=tmp_dir / "mmseqs.log")
