@@ -402,8 +402,9 @@ def audit_chunks(cfg: Config, ingested: StageOutput, splitted: StageOutput) -> i
     """How many query chunks the audit searches in (from the splits' sizes and the config, never the runner)."""
     con = duckdb_connect()
     try:
-        splits = sql_path(splitted.path("splits.parquet"))
-        counts = dict(con.execute(f"SELECT split, count(*) FROM read_parquet({splits}) GROUP BY split").fetchall())
+        path = splitted.path("splits.parquet")
+        counts = dict(con.execute(f"SELECT split, count(*) FROM read_parquet({sql_path(path)}) GROUP BY split")
+                      .fetchall())
     finally:
         con.close()
     if not counts.get("train"):

@@ -89,8 +89,12 @@ def test_memory_limit_reaches_lineage_and_keeps_the_cache(prefect_harness, tmp_p
     from flows.data_refresh import data_refresh
     from pipeline_lib.lineage import LineageStore
     from tests.conftest import ROOT
+    from tests.helpers import family_fasta
 
-    config, common = str(ROOT / "configs" / "demo.yaml"), [f"workdir={tmp_path / 'w'}", "structures.enabled=false"]
+    family_fasta(tmp_path / "f.fa", families=6, mutants=3, unrelated=6, length=120)
+    config = str(ROOT / "configs" / "demo.yaml")  # its levels: c90 linclust, c50 cluster
+    common = [f"workdir={tmp_path / 'w'}", "structures.enabled=false", "split.valid_fraction=0.2",
+              f"source={{kind: fasta, paths: [{tmp_path / 'f.fa'}]}}", "split.test_fraction=0.2"]
     limited = data_refresh(config, [*common, "cluster.memory_limit=3G"])
     rows = LineageStore(limited.lineage).query(
         "SELECT stats FROM steps WHERE run_id=? AND stage='cluster_level' ORDER BY started_at", [limited.run_id])

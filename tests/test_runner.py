@@ -66,7 +66,7 @@ def manifest_without_provenance(result) -> dict:
     return manifest
 
 
-AUDIT_CHUNK = 40
+AUDIT_CHUNK = 80
 
 
 def without_audit(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -115,7 +115,7 @@ def test_dask_local_cluster_gives_the_thread_runners_artifacts(thread_run, tmp_p
 
     spy_cls = _spy_cluster()
     monkeypatch.setattr(distributed, "LocalCluster", spy_cls)  # what DaskTaskRunner starts when given no address
-    # the leakage audit's held-out queries in chunks of 40 (the thread run searched them in one)
+    # the leakage audit's held-out queries in chunks of 80 (the thread run searched them in one)
     res = run_configured(data_refresh, DEMO, overrides(tmp_path / "work", "runner.kind=dask",
                                                        f"split.audit.chunk_queries={AUDIT_CHUNK}"))
 

@@ -2,9 +2,9 @@
 (side by side on the task runner, each cached on its own), their hits merged in chunk order.
 
     db, n = build_target_db(sequences, train_rows, out / "target", mm, search_options=options)  # createdb + index once
-    for i, rows in enumerate(chunk_rows(query_rows, 5000)):                  # one task each
-        search_chunk(sequences, rows, db, out / f"chunk{i}" / "hits.tsv", tmp, mm, options)
-    for line in merged_lines([chunk hit files in chunk order]): ...
+    for i in range(chunk_count(len(query_rows), 5000)):                      # one task each
+        search_chunk(sequences, chunk_rows(query_rows, 5000, i), db, out / f"hits{i}.tsv", tmp / str(i), mm, options)
+    for line in merged_lines([out / f"hits{i}.tsv" for i in ...]): ...       # in chunk order
 
 Queries and targets are named by their row ordinal in the sequences table. A query's hits depend on the query and
 the target database only (MMseqs2's prefilter indexes the target; e-values use the target's size), so N chunks give
@@ -49,8 +49,8 @@ def write_rows_fasta(sequences: Path, rows: np.ndarray, fasta: Path) -> int:
             end = start + pf.metadata.row_group(g).num_rows
             lo, hi = np.searchsorted(rows, [start, end])
             if hi > lo:
-                seqs = pf.read_row_group(g, columns=["sequence"]).column(0)
-                fh.write("".join(f">{r}\n{seqs[int(r) - start].as_py()}\n" for r in rows[lo:hi]))
+                picked = pf.read_row_group(g, columns=["sequence"]).column(0).take(rows[lo:hi] - start).to_pylist()
+                fh.write("".join(f">{r}\n{seq}\n" for r, seq in zip(rows[lo:hi].tolist(), picked, strict=True)))
                 written += int(hi - lo)
             start = end
     return written

@@ -171,7 +171,9 @@ def decontam_rows(sequences: Path, is_train: np.ndarray, hits: Iterable[str],
         q, t, pident = line.split("\t")[:3]
         ident = float(pident) / (100.0 if float(pident) > 1.0 else 1.0)
         qi = int(q)
-        if ident >= cfg.min_seq_id and ident > best.get(qi, (-1.0, ""))[0]:
+        cur = best.get(qi, (-1.0, ""))
+        # highest identity, then the smallest target name: the same choice whatever order mmseqs lists ties in
+        if ident >= cfg.min_seq_id and (ident > cur[0] or (ident == cur[0] and t < cur[1])):
             best[qi] = (ident, t)
     # only the hit rows are looked up (a few, of tens of millions): their id, and the held-out ids they hit
     held = [int(t.removeprefix("held:")) for _, t in best.values() if t.startswith("held:")]
