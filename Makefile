@@ -39,7 +39,7 @@ lint: install
 	$(BIN)/mypy
 
 test: install browser
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q -p no:cacheprovider tests
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 tests
 
 bench: install
 	$(BIN)/python bench/data_path.py --size-gb 1

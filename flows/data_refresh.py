@@ -70,7 +70,7 @@ def _decontaminate(ctx: RunContext, cfg: Config, ingested: StageOutput, clustere
     n = data.decontam_chunks(cfg, ingested)
     if not n:
         return []
-    target = resolve(ctx, data.decontam_target.submit(ctx, cfg, ingested, clustered))
+    target = resolve(ctx, data.decontam_target.submit(ctx, cfg, ingested, clustered, n > 1))
     futures = [data.decontam_chunk.submit(ctx, cfg, ingested, clustered, target, i) for i in range(n)]
     return resolve_all(ctx, futures, "decontam-chunks", "chunks")
 
@@ -79,7 +79,7 @@ def _audit(ctx: RunContext, cfg: Config, ingested: StageOutput, splitted: StageO
     """The leakage audit: the train database once, the held-out queries in chunks side by side on the task runner
     (``split.audit.chunk_queries`` each), then the summary, before any shard is written."""
     n = data.audit_chunks(cfg, ingested, splitted)
-    target = resolve(ctx, data.audit_target.submit(ctx, cfg, ingested, splitted)) if n else None
+    target = resolve(ctx, data.audit_target.submit(ctx, cfg, ingested, splitted, n > 1)) if n else None
     futures = [data.audit_chunk.submit(ctx, cfg, ingested, splitted, target, i) for i in range(n)]
     chunks = resolve_all(ctx, futures, "audit-chunks", "chunks") if futures else []
     return resolve(ctx, data.audit.submit(ctx, cfg, ingested, splitted, chunks))

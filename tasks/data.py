@@ -307,16 +307,17 @@ def _split_params(cfg: Config) -> dict[str, Any]:
 
 
 @lineage_task(name="decontam_target")
-def decontam_target(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageOutput) -> StageOutput:
+def decontam_target(ctx: RunContext, cfg: Config, ingested: StageOutput, clustered: StageOutput,
+                    indexed: bool = True) -> StageOutput:
     """Stage 4 (decontamination 1/2): the evaluation FASTA records and, with ``held_out``, the would-be valid and
-    test rows as one mmseqs database that every decontamination chunk searches."""
+    test rows as one mmseqs database that every decontamination chunk searches (indexed once for several)."""
     mm = MMseqs(binary=cfg.cluster.binary, threads=cfg.cluster.threads)
     seqs, clusters = ingested.outputs["sequences.parquet"], clustered.outputs["clusters.parquet"]
     evals = [artifact_for(f, "eval_fasta") for f in cfg.split.decontaminate.fasta]
     # what the targets depend on: which rows are held out and the evaluation files (not the search's thresholds)
     params = {"split": cfg.split.model_dump(mode="json", exclude={"audit": True, "decontaminate": {
         "chunk_rows", "min_seq_id", "coverage"}}), "level": cfg.split_level, "seed": cfg.seed,
-              "mmseqs_version": mm.version()}
+              "mmseqs_version": mm.version(), "indexed": indexed}
 
     def compute(tmp: Path):
         _, is_held = decontam_masks(Path(clusters.path), cfg.split_level, cfg.seed, cfg.split)
@@ -324,7 +325,7 @@ def decontam_target(ctx: RunContext, cfg: Config, ingested: StageOutput, cluster
         (tmp / "db").mkdir()
         mm.createdb(tmp / "targets.fasta", tmp / "db" / "db", log_file=tmp / "db" / "mmseqs.log")
         (tmp / "targets.fasta").unlink()
-        if n:
+        if n and indexed:
             index_target_db(tmp / "db" / "db", mm, decontam_options(cfg.split.decontaminate))
         return [Produced("db", "mmseqs_db", n)], {"targets": n}, {"mmseqs": mm.version()}
 
@@ -414,17 +415,20 @@ def audit_chunks(cfg: Config, ingested: StageOutput, splitted: StageOutput) -> i
 
 
 @lineage_task(name="audit_target")
-def audit_target(ctx: RunContext, cfg: Config, ingested: StageOutput, splitted: StageOutput) -> StageOutput:
-    """Stage 4b (1/3): the train split as one mmseqs database, which every audit chunk searches."""
+def audit_target(ctx: RunContext, cfg: Config, ingested: StageOutput, splitted: StageOutput,
+                 indexed: bool = True) -> StageOutput:
+    """Stage 4b (1/3): the train split as one mmseqs database, which every audit chunk searches; ``indexed``
+    (several chunks) also writes its k-mer index once, which one search would only build again."""
     mm = MMseqs(binary=cfg.cluster.binary, threads=cfg.cluster.threads)
     seqs, splits = (Path(a.path) for a in _audit_inputs(ingested, splitted))
+    options = search_options(cfg.split.audit) if indexed else None
 
     def compute(tmp: Path):
         plan = plan_audit(seqs, splits, cfg.split.audit, seed=cfg.seed)
-        _, rows = build_target_db(seqs, plan.train, tmp / "db", mm, search_options=search_options(cfg.split.audit))
-        return [Produced("db", "mmseqs_db", rows)], {"train": rows}, {"mmseqs": mm.version()}
+        _, rows = build_target_db(seqs, plan.train, tmp / "db", mm, search_options=options)
+        return [Produced("db", "mmseqs_db", rows)], {"train": rows, "indexed": indexed}, {"mmseqs": mm.version()}
 
-    params = {"mmseqs_version": mm.version(), "sensitivity": cfg.split.audit.sensitivity}  # (the index's -s)
+    params = {"mmseqs_version": mm.version(), "index": cfg.split.audit.sensitivity if indexed else None}
     return run_stage(ctx, "audit_target", params, _audit_inputs(ingested, splitted), compute)
 
 

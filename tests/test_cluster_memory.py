@@ -4,7 +4,6 @@ tie-breaking), and ``cluster.mpi_runner``
 runs MMseqs2's parallel steps under MPI with the same clusters as one rank."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -83,30 +82,8 @@ def test_mpi_runner_refuses_a_binary_without_mpi():
         MMseqs(mpi_runner=["mpirun", "-np", "2"])
 
 
-def test_memory_limit_reaches_lineage_and_keeps_the_cache(prefect_harness, tmp_path):
-    """The user's path: ``--set cluster.memory_limit=...`` shows in every level's command and stats in lineage,
-    and does not re-key the levels (it changes how mmseqs works, not the clusters)."""
-    from flows.data_refresh import data_refresh
-    from pipeline_lib.lineage import LineageStore
-    from tests.conftest import ROOT
-    from tests.helpers import family_fasta
-
-    family_fasta(tmp_path / "f.fa", families=6, mutants=3, unrelated=6, length=120)
-    config = str(ROOT / "configs" / "demo.yaml")  # its levels: c90 linclust, c50 cluster
-    common = [f"workdir={tmp_path / 'w'}", "structures.enabled=false", "split.valid_fraction=0.2",
-              f"source={{kind: fasta, paths: [{tmp_path / 'f.fa'}]}}", "split.test_fraction=0.2"]
-    limited = data_refresh(config, [*common, "cluster.memory_limit=3G"])
-    rows = LineageStore(limited.lineage).query(
-        "SELECT stats FROM steps WHERE run_id=? AND stage='cluster_level' ORDER BY started_at", [limited.run_id])
-    assert len(rows) == 2
-    for row in rows:
-        stats = json.loads(row["stats"])
-        assert stats["memory_limit"] == "3G"
-        assert "--split-memory-limit 3G" in " ".join(stats["commands"][0])
-    plain = data_refresh(config, common)
-    for lv in ("c90", "c50"):
-        assert plain.stages[f"cluster_{lv}"].cached and \
-            plain.stages[f"cluster_{lv}"].cache_key == limited.stages[f"cluster_{lv}"].cache_key
+# The user's path (`--set cluster.memory_limit=...` in lineage, not in the cache key) is driven in
+# tests/test_cluster_update.py::test_data_refresh_updates_the_previous_release, which runs a refresh under a limit.
 
 
 # what `make mmseqs-mpi` builds (or any MPI build named by PLM_MMSEQS_MPI)

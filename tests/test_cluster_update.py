@@ -209,7 +209,9 @@ def test_data_refresh_updates_the_previous_release(prefect_harness, releases, tm
     common = [f"workdir={tmp_path / 'w'}", "cluster.incremental=true", "split.valid_fraction=0.2"]
     config = str(ROOT / "configs" / "demo.yaml")
     first = data_refresh(config, [*common, f"source={{kind: fasta, paths: [{d / 'a.fa'}]}}"])
-    second = data_refresh(config, [*common, f"source={{kind: fasta, paths: [{d / 'b.fa'}]}}"])
+    # the second release under a memory limit: it reaches clusterupdate's command and the steps' stats
+    limited = [*common, "cluster.memory_limit=3G"]
+    second = data_refresh(config, [*limited, f"source={{kind: fasta, paths: [{d / 'b.fa'}]}}"])
     assert "refresh" not in first.stages["cluster_c90"].stats
     for lv in ("c90", "c50"):
         refresh = second.stages[f"cluster_{lv}"].stats["refresh"]
@@ -223,5 +225,12 @@ def test_data_refresh_updates_the_previous_release(prefect_harness, releases, tm
         "SELECT stats FROM steps WHERE run_id=? AND stage='cluster_level' ORDER BY started_at", [second.run_id])
     assert [json.loads(r["stats"])["refresh"]["kept"] for r in rows] == \
         [second.stages[f"cluster_{lv}"].stats["refresh"]["kept"] for lv in ("c90", "c50")]
+    for r in rows:
+        stats = json.loads(r["stats"])
+        assert stats["memory_limit"] == "3G" and "--split-memory-limit 3G" in " ".join(stats["commands"][0])
+        assert stats["commands"][0][1] == "clusterupdate"
+    # without the limit the same release is served from cache: the limit is not part of any key
     again = data_refresh(config, [*common, f"source={{kind: fasta, paths: [{d / 'b.fa'}]}}"])
     assert all(again.stages[k].cached for k in ("cluster_c90", "cluster_c50", "cluster", "split", "shards"))
+    assert [again.stages[f"cluster_{lv}"].cache_key for lv in ("c90", "c50")] == \
+        [second.stages[f"cluster_{lv}"].cache_key for lv in ("c90", "c50")]

@@ -107,7 +107,7 @@ def test_decontaminating_train_against_held_out_removes_exactly_the_leaks(prefec
     assert res.stages["split"].stats["decontaminated"] == len(truth)
     assert all(res.stages["audit"].stats[s]["max_identity"] < 0.9 for s in ("valid", "test"))
     # query-sharded: the training rows searched in chunks of 40 sequence rows on the thread runner, against the
-    # targets' database built once, quarantine exactly the same rows
+    # targets' database built (and, for several chunks, indexed) once, quarantine exactly the same rows
     chunked = data_refresh(str(ROOT / "configs" / "demo.yaml"),
                            _args(tmp_path, fasta, "1.0", "split.decontaminate.held_out=true",
                                  "split.decontaminate.min_seq_id=0.9", "split.decontaminate.chunk_rows=40"))
@@ -115,7 +115,6 @@ def test_decontaminating_train_against_held_out_removes_exactly_the_leaks(prefec
         "SELECT stage, status, stats FROM steps WHERE run_id=? AND stage LIKE 'decontam%'", [chunked.run_id])
     rows = res.stages["ingest"].outputs["sequences.parquet"].rows
     assert sorted(s["stage"] for s in steps) == ["decontam_chunk"] * -(-rows // 40) + ["decontam_target"]
-    assert next(s for s in steps if s["stage"] == "decontam_target")["status"] == "cached"
     assert pq.read_table(chunked.stages["split"].path("quarantine.parquet")).equals(
         pq.read_table(res.stages["split"].path("quarantine.parquet")))
     assert chunked.stages["split"].stats["decontam_chunks"] == -(-rows // 40) >= 2
