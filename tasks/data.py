@@ -26,7 +26,7 @@ from pipeline_lib.sequences.search import (
     build_target_db,
     chunk_count,
     chunk_rows,
-    index_target_db,
+    fasta_target_db,
     merged_lines,
     search_chunk,
 )
@@ -322,11 +322,8 @@ def decontam_target(ctx: RunContext, cfg: Config, ingested: StageOutput, cluster
     def compute(tmp: Path):
         _, is_held = decontam_masks(Path(clusters.path), cfg.split_level, cfg.seed, cfg.split)
         n = write_decontam_targets(Path(seqs.path), is_held, cfg.split.decontaminate, tmp / "targets.fasta")
-        (tmp / "db").mkdir()
-        mm.createdb(tmp / "targets.fasta", tmp / "db" / "db", log_file=tmp / "db" / "mmseqs.log")
-        (tmp / "targets.fasta").unlink()
-        if n and indexed:
-            index_target_db(tmp / "db" / "db", mm, decontam_options(cfg.split.decontaminate))
+        fasta_target_db(tmp / "targets.fasta", tmp / "db", mm,
+                        search_options=decontam_options(cfg.split.decontaminate) if n and indexed else None)
         return [Produced("db", "mmseqs_db", n)], {"targets": n}, {"mmseqs": mm.version()}
 
     return run_stage(ctx, "decontam_target", params, [seqs, clusters, *evals], compute)

@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 from pipeline_lib.errors import ToolError
 from pipeline_lib.tools.mmseqs import MMseqs
 
-__all__ = ["chunk_count", "chunk_rows", "build_target_db", "index_target_db", "search_chunk", "merged_lines",
+__all__ = ["chunk_count", "chunk_rows", "build_target_db", "fasta_target_db", "index_target_db", "search_chunk",
+           "merged_lines",
            "write_rows_fasta"]
 
 
@@ -75,11 +76,19 @@ def build_target_db(sequences: Path, rows: np.ndarray, out_dir: Path, mm: MMseqs
     out_dir.mkdir(parents=True, exist_ok=True)
     fasta = out_dir / "target.fasta"
     written = write_rows_fasta(sequences, np.sort(rows), fasta)
+    return fasta_target_db(fasta, out_dir, mm, search_options=search_options if written else None,
+                           log_file=log_file), written
+
+
+def fasta_target_db(fasta: Path, out_dir: Path, mm: MMseqs, *, search_options: list[str] | None = None,
+                    log_file: Path | None = None) -> Path:
+    """``out_dir/db`` from a target FASTA (which is then removed), indexed for ``search_options`` when given."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     mm.createdb(fasta, out_dir / "db", log_file=log_file or out_dir / "mmseqs.log")
     fasta.unlink()
-    if search_options is not None and written:
+    if search_options is not None:
         index_target_db(out_dir / "db", mm, search_options, log_file=log_file)
-    return out_dir / "db", written
+    return out_dir / "db"
 
 
 def search_chunk(sequences: Path, rows: np.ndarray, target_db: Path, hits: Path, tmp_dir: Path, mm: MMseqs,

@@ -28,7 +28,7 @@ from pipeline_lib.io import sql_path
 from pipeline_lib.sequences.cluster import write_fasta_from_parquet
 from pipeline_lib.sequences.config import DecontaminateConfig, SplitConfig
 from pipeline_lib.sequences.ingest_dedupe import spilling_connection
-from pipeline_lib.sequences.search import search_chunk
+from pipeline_lib.sequences.search import fasta_target_db, search_chunk
 from pipeline_lib.tools.mmseqs import MMseqs
 
 __all__ = ["SplitResult", "split_of", "assign_splits", "decontaminate", "decontam_masks", "decontam_options",
@@ -205,9 +205,8 @@ def decontaminate(sequences: Path, clusters: Path, cfg: DecontaminateConfig, spl
     is_train, is_held = decontam_masks(clusters, level, seed, split_cfg)
     mm = MMseqs(binary=binary, threads=threads)
     write_decontam_targets(sequences, is_held, cfg, tmp_dir / "eval.fasta")
-    mm.createdb(tmp_dir / "eval.fasta", tmp_dir / "eval_db", log_file=tmp_dir / "mmseqs.log")
+    db = fasta_target_db(tmp_dir / "eval.fasta", tmp_dir / "eval", mm, log_file=tmp_dir / "mmseqs.log")
     hits = tmp_dir / "hits.m8"
-    argv = search_chunk(sequences, np.flatnonzero(is_train), tmp_dir / "eval_db", hits, tmp_dir / "search", mm,
-                        decontam_options(cfg))
+    argv = search_chunk(sequences, np.flatnonzero(is_train), db, hits, tmp_dir / "search", mm, decontam_options(cfg))
     with open(hits) as fh:
         return decontam_rows(sequences, is_train, fh, cfg), argv
